@@ -1,0 +1,60 @@
+# lorabench — the two commands a user needs are `make benchmark` and `make test`; each sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lorabench-installed
+SUITE ?= harness/suites/default.yaml
+RESULTS ?= results/runs/default
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup test test-fast benchmark report regress parity memory microbench model data clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv and install the pinned stack (no-op when already done)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
+	$(PY) -c "import torch, torchvision, transformers, peft, swift, deepspeed, jiwer; print('lorabench stack ok: torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+	touch $(STAMP)
+
+test: setup  ## run the whole test suite (unit, integration on the tiny model, CLI)
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=1200
+
+test-fast: setup  ## unit and CLI tests only (no framework training)
+	$(PY) -m pytest -q -m "not integration and not slow"
+
+data: setup  ## build the default synthetic dataset
+	$(VENV)/bin/lorabench data build synthdocs
+
+model: setup data  ## build (or fetch from cache) the embedded tiny model
+	$(VENV)/bin/lorabench model build
+
+benchmark: setup  ## run the default suite on the tiny model and write the report
+	$(VENV)/bin/lorabench run $(SUITE) --resume
+	$(VENV)/bin/lorabench report $(RESULTS)
+
+report: setup  ## write the report for RESULTS
+	$(VENV)/bin/lorabench report $(RESULTS)
+
+regress: setup  ## compare RESULTS against the committed baseline
+	$(VENV)/bin/lorabench regress --baseline results/baselines/default.json --current $(RESULTS)
+
+parity: setup  ## prove peft, swift and torch aligned on the example spec
+	$(VENV)/bin/lorabench parity harness/suites/parity.yaml
+
+memory: setup  ## run the memory-levers suite (DeepSpeed ZeRO, offload, 2 processes)
+	$(VENV)/bin/lorabench run harness/suites/memory.yaml --resume
+	$(VENV)/bin/lorabench report results/runs/memory
+
+microbench: setup  ## pytest-benchmark micro-benchmarks of the hot paths
+	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-compare || $(PY) -m pytest -q benchmarks --benchmark-autosave
+
+clean:  ## remove generated data, local runs and caches (keeps .venv)
+	rm -rf datasets/*/build results/runs .cache

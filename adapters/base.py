@@ -1,0 +1,52 @@
+"""The adapter protocol: what every framework wrapper provides, and what it returns.
+
+In the spirit of lm-evaluation-harness's `LM`: a Protocol, no implementation inheritance. Shared
+helpers (LoRA target resolution, read-back of live objects, per-step recording) live in
+`adapters.common` as plain functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    """What `train` returns. Every field is read from the live run, never copied from the spec."""
+
+    adapter_dir: Path  # PEFT format: adapter_config.json + adapter_model.safetensors
+    initial_adapter: Path  # safetensors of the LoRA tensors before the first step (parity compares them)
+    steps: list[dict]  # one per optimizer step: step, loss, lr, grad_norm, tokens, samples, seconds
+    effective: dict[str, Any]  # flat name -> value, read back from model / optimizer / scheduler / loader
+    setup_s: float  # process start of training (imports excluded) to the first step
+    train_s: float
+
+
+class Adapter(Protocol):
+    name: str
+
+    def train(self, spec: dict, data: "TrainData", out_dir: Path, hooks: "Hooks") -> TrainOutcome:
+        """Train with LoRA as `spec` says (in this process) and save the adapter under `out_dir`.
+
+        `data` gives the train JSONL (absolute image paths) and the model directory. `hooks`
+        receives per-step records (progress bars, meters) and may be a no-op.
+        """
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    model_dir: Path
+    train_jsonl: Path  # rows: id, messages (user with <image>, assistant target), images (absolute)
+    n_samples: int
+
+
+class Hooks:
+    """Callbacks from inside a framework's loop to the harness; all optional."""
+
+    def on_train_begin(self) -> None:  # meters reset their peaks here: memory covers training only
+        pass
+
+    def on_step(self, record: dict) -> None:
+        pass

@@ -1,0 +1,304 @@
+"""Helpers shared by the adapters: plain functions, no base class.
+
+- which Linear modules get LoRA (`resolve_targets`), as one exact regex both PEFT and swift accept;
+- the LoRA config (`lora_config`) and the initial-adapter snapshot (`save_lora_state`);
+- the chat-format collator a PEFT user writes (`ChatCollator`);
+- read-back of effective settings from the live model, optimizer, scheduler and loader;
+- `StepRecorder`, a Trainer callback + training_step wrapper that logs the exact per-step loss
+  (the Trainer rounds its logged loss to 4 digits: useless for a 1e-5 parity check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+from harness.chat import DEFAULT_SYSTEM, build_answer, build_prompt
+
+LM_PREFIX = "model.language_model."
+VISION_PREFIX = "model.visual."
+PROJECTOR_PREFIX = "model.visual.merger."
+
+
+def resolve_targets(model, targets) -> list[str]:
+    """Full names of the Linear modules that get LoRA, in model order.
+
+    lm: the language model's linears (not lm_head: tied to the embeddings here);
+    lm+vision: also the vision tower's blocks (not the projector);
+    all-linear: PEFT's meaning, every Linear but the output layer (vision tower and projector too);
+    a list: module names, or suffixes matched on dotted boundaries (e.g. "q_proj").
+    """
+    import torch
+
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    if targets == "lm":
+        return [n for n in linears if n.startswith(LM_PREFIX)]
+    if targets == "lm+vision":
+        return [n for n in linears if n.startswith(LM_PREFIX) or
+                (n.startswith(VISION_PREFIX) and not n.startswith(PROJECTOR_PREFIX))]
+    if targets == "all-linear":
+        return linears
+    wanted = list(targets)
+    chosen = [n for n in linears if any(n == t or n.endswith("." + t) for t in wanted)]
+    if not chosen:
+        from harness.errors import UserError
+
+        raise UserError(f"lora.targets {wanted} matches no Linear module of the model")
+    return chosen
+
+
+def targets_regex(names: list[str]) -> str:
+    """A full-match regex for exactly these module names (PEFT `target_modules` str, swift `target_regex`)."""
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+PEFT_INIT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+
+
+def lora_config(spec: dict, target_names: list[str]):
+    from peft import LoraConfig
+
+    lora = spec["lora"]
+    return LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=targets_regex(target_names), init_lora_weights=PEFT_INIT[lora["init"]],
+        use_rslora=lora["rslora"], bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def lora_state(model) -> dict:
+    """LoRA tensors keyed by module path, without framework-specific prefixes."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model)
+    return {normalize_key(k): v.detach().clone().float().contiguous() for k, v in state.items()}
+
+
+def normalize_key(key: str) -> str:
+    # PEFT: base_model.model.<path>.lora_A.weight; keep <path>.lora_A.weight
+    key = key.replace("base_model.model.", "", 1) if key.startswith("base_model.model.") else key
+    return key.replace(".default.", ".")
+
+
+def save_lora_state(model, path: Path) -> str:
+    """Save the LoRA tensors; returns their checksum (sha256 over sorted names and bytes)."""
+    from safetensors.torch import save_file
+
+    state = lora_state(model)
+    save_file(state, str(path))
+    return tensors_checksum(state)
+
+
+def tensors_checksum(state: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def system_for(spec: dict) -> str | None:
+    return DEFAULT_SYSTEM if spec["train"]["system_prompt"] == "default" else None
+
+
+class ChatCollator:
+    """Rows of the common JSONL format -> a training batch, as a PEFT user writes it.
+
+    `label_mask="answer"`: loss on the answer + <|im_end|> + newline (what ms-swift supervises);
+    `"all"`: loss on every token but padding and image pads (the Hugging Face cookbook way).
+    Right padding, like swift's training template.
+    """
+
+    def __init__(self, processor, system: str | None, label_mask: str, max_length: int):
+        self.processor = processor
+        self.system = system
+        self.label_mask = label_mask
+        self.max_length = max_length
+        tok = processor.tokenizer
+        self.pad_id = tok.pad_token_id
+        self.image_pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
+
+    def __call__(self, rows: list[dict]):
+        import torch
+        from PIL import Image
+
+        tok = self.processor.tokenizer
+        tok.padding_side = "right"
+        texts, answer_lens, images = [], [], []
+        for row in rows:
+            user = row["messages"][0]["content"]
+            answer = build_answer(row["messages"][1]["content"])
+            texts.append(build_prompt(user, system=self.system) + answer)
+            answer_lens.append(len(tok(answer, add_special_tokens=False).input_ids))
+            images.append(Image.open(row["images"][0]).convert("RGB"))
+        enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt",
+                             return_mm_token_type_ids=True)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        if self.label_mask == "answer":
+            for i, n in enumerate(answer_lens):
+                length = int(mask[i].sum())
+                labels[i, : length - n] = -100
+        else:
+            labels[ids == self.image_pad_id] = -100
+        if ids.shape[1] > self.max_length:
+            raise ValueError(f"a sample has {ids.shape[1]} tokens > train.max_length {self.max_length}")
+        enc["labels"] = labels
+        return dict(enc)
+
+
+def optimizer_settings(optimizer) -> dict:
+    while hasattr(optimizer, "optimizer"):  # accelerate / DeepSpeed wrappers
+        optimizer = optimizer.optimizer
+    groups = []
+    for g in optimizer.param_groups:
+        groups.append({"n_params": sum(p.numel() for p in g["params"]), "lr": g.get("initial_lr", g["lr"]),
+                       "betas": list(g.get("betas", [])), "eps": g.get("eps"), "weight_decay": g.get("weight_decay")})
+    groups = [g for g in groups if g["n_params"]]
+    flags = {k: optimizer.defaults.get(k) for k in ("foreach", "fused", "amsgrad") if k in optimizer.defaults}
+    out = {"optimizer": type(optimizer).__name__, "optimizer_flags": json.dumps(flags, sort_keys=True)}
+    for i, g in enumerate(groups):
+        for k, v in g.items():
+            out[f"optim.group{i}.{k}"] = v
+    out["optim.groups_with_decay"] = sum(1 for g in groups if g["weight_decay"])
+    return out
+
+
+def model_settings(model) -> dict:
+    """LoRA and precision as built: target modules, r, alpha, scaling, dropout, trainable params."""
+    import torch
+
+    targets, r, alpha, scaling, dropout = [], set(), set(), set(), set()
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            targets.append(normalize_key(name))
+            r.add(module.r["default"])
+            alpha.add(module.lora_alpha["default"])
+            scaling.add(round(float(module.scaling["default"]), 8))
+            drop = module.lora_dropout["default"]
+            dropout.add(float(drop.p) if isinstance(drop, torch.nn.Dropout) else 0.0)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    vision_trainable = sum(p.numel() for n, p in trainable if ".visual." in n and "lora_" not in n)
+    one = lambda s: sorted(s)[0] if len(s) == 1 else sorted(s)  # noqa: E731
+    return {
+        "lora.n_targets": len(targets),
+        "lora.targets_sha": hashlib.sha256("\n".join(sorted(targets)).encode()).hexdigest()[:16],
+        "lora.targets_vision": sum(1 for t in targets if ".visual." in t),
+        "lora.r": one(r), "lora.alpha": one(alpha), "lora.scaling": one(scaling), "lora.dropout": one(dropout),
+        "trainable_params": sum(p.numel() for _, p in trainable),
+        "trainable_non_lora_params": sum(p.numel() for n, p in trainable if "lora_" not in n),
+        "vision_full_weights_trainable": vision_trainable,
+        "dtype": str(next(p for p in model.parameters()).dtype).replace("torch.", ""),
+        "grad_checkpointing": bool(getattr(_base(model), "is_gradient_checkpointing", False)),
+    }
+
+
+def _base(model):
+    while hasattr(model, "base_model") and model.base_model is not model:
+        model = model.base_model
+    return getattr(model, "model", model)
+
+
+def batch_fingerprint(inputs) -> str:
+    """What a micro-batch trains on: hash of its supervised token ids (order-sensitive)."""
+    labels = inputs["labels"]
+    h = hashlib.sha256()
+    for row in labels.tolist():
+        h.update(json.dumps([t for t in row if t != -100]).encode())
+    return h.hexdigest()[:12]
+
+
+class StepRecorder:
+    """Exact per-step loss, lr, grad norm, tokens and time for any transformers Trainer.
+
+    Wraps `trainer.training_step` (sums the accumulation-scaled micro-batch losses, exactly what the
+    Trainer adds to its running loss) and listens to the Trainer's callbacks for step boundaries.
+    """
+
+    def __init__(self, trainer, hooks, on_begin=None, mean_of_means: bool = False):
+        from transformers import TrainerCallback
+
+        self.steps: list[dict] = []
+        self.fingerprints: list[str] = []
+        self._loss = 0.0
+        self._tokens = 0
+        self._samples = 0
+        self._t0 = None
+        self.first_step_at = None
+        self.hooks = hooks
+        recorder = self
+        original = trainer.training_step
+
+        def training_step(model, inputs, num_items_in_batch=None):
+            if mean_of_means:  # no global token count: each micro-batch is a mean, divided by GA
+                num_items_in_batch = None
+            loss = original(model, inputs, num_items_in_batch)
+            recorder._loss += float(loss.detach().float())
+            recorder._tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
+            recorder._samples += int(inputs["labels"].shape[0])
+            recorder.fingerprints.append(batch_fingerprint(inputs))
+            return loss
+
+        trainer.training_step = training_step
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                if on_begin:
+                    on_begin(kw)
+                hooks.on_train_begin()
+
+            def on_step_begin(self, args, state, control, optimizer=None, **kw):
+                recorder._t0 = time.perf_counter()
+                if recorder.first_step_at is None:
+                    recorder.first_step_at = recorder._t0
+                recorder._lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "grad_norm" in logs and recorder.steps and recorder.steps[-1]["grad_norm"] is None:
+                    recorder.steps[-1]["grad_norm"] = float(logs["grad_norm"])
+
+            def on_step_end(self, args, state, control, **kw):
+                rec = {"step": state.global_step, "loss": recorder._loss, "lr": recorder._lr, "grad_norm": None,
+                       "tokens": recorder._tokens, "samples": recorder._samples,
+                       "seconds": time.perf_counter() - recorder._t0}
+                recorder.steps.append(rec)
+                recorder._loss, recorder._tokens, recorder._samples = 0.0, 0, 0
+                hooks.on_step(rec)
+
+        self.callback = _Callback()
+        trainer.add_callback(self.callback)
+
+    def data_order_sha(self) -> str:
+        return hashlib.sha256(",".join(self.fingerprints).encode()).hexdigest()[:16]
+
+
+def run_settings(args, recorder: StepRecorder, system, label_mask) -> dict:
+    """Settings of the loop itself, from the Trainer's live arguments and the recorded steps."""
+    return {
+        "grad_accum": args.gradient_accumulation_steps,
+        "batch_size": args.per_device_train_batch_size,
+        "world_size": args.world_size,
+        "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "max_grad_norm": args.max_grad_norm,
+        "lr_schedule": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup_steps": args.warmup_steps,
+        "seed": args.seed,
+        "data_seed": args.data_seed,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "average_tokens_across_devices": args.average_tokens_across_devices,
+        "lr_per_step_sha": hashlib.sha256(json.dumps([round(s["lr"], 12) for s in recorder.steps]).encode()).hexdigest()[:16],
+        "data_order_sha": recorder.data_order_sha(),
+        "system_prompt": "default" if system else "none",
+        "label_mask": label_mask,
+        "deepspeed_zero_stage": (args.hf_deepspeed_config.config.get("zero_optimization", {}).get("stage")
+                                 if getattr(args, "hf_deepspeed_config", None) else None),
+    }

@@ -1,0 +1,95 @@
+"""Native PEFT: transformers.Trainer + peft.get_peft_model, as a PEFT user writes it.
+
+aligned: every knob from the spec, set explicitly. native: what a user who trusts the defaults
+writes — `LoraConfig(r, target_modules="all-linear")`, `TrainingArguments(learning_rate default,
+max_steps, per_device_train_batch_size, seed)`, the processor's chat template and labels on every
+non-pad, non-image token (the Hugging Face cookbook recipe).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from adapters import common
+from adapters.base import Hooks, TrainData, TrainOutcome
+
+PRECISION_ARGS = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}}
+
+
+def training_args(spec: dict, out_dir: Path, deepspeed_config: dict | None):
+    from transformers import TrainingArguments
+
+    t, o, s = spec["train"], spec["optim"], spec["schedule"]
+    common_args = dict(
+        output_dir=str(out_dir / "trainer"), max_steps=t["steps"], per_device_train_batch_size=t["batch_size"],
+        seed=t["seed"], logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0,
+        remove_unused_columns=False, disable_tqdm=True, use_cpu=spec["device"] == "cpu",
+        deepspeed=deepspeed_config,
+    )
+    if spec["alignment"] == "native":
+        return TrainingArguments(**common_args)
+    return TrainingArguments(
+        **common_args, **PRECISION_ARGS[t["precision"]],
+        gradient_accumulation_steps=t["grad_accum"], learning_rate=o["lr"], adam_beta1=o["betas"][0],
+        adam_beta2=o["betas"][1], adam_epsilon=o["eps"], weight_decay=o["weight_decay"], optim="adamw_torch",
+        lr_scheduler_type=s["type"], warmup_steps=s["warmup_steps"], max_grad_norm=1.0,
+        data_seed=t["data_seed"], gradient_checkpointing=t["grad_checkpointing"],
+        average_tokens_across_devices=True,
+    )
+
+
+class PeftAdapter:
+    name = "peft"
+
+    def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration, Trainer, set_seed
+
+        from harness.distributed import deepspeed_config
+
+        t0 = time.perf_counter()
+        native = spec["alignment"] == "native"
+        set_seed(spec["train"]["seed"])  # before loading: LoRA init draws from this state
+        processor = AutoProcessor.from_pretrained(str(data.model_dir))
+        dtype = torch.float32 if native else {"fp32": torch.float32, "fp16": torch.float32,
+                                              "bf16": torch.float32}[spec["train"]["precision"]]
+        model = Qwen2VLForConditionalGeneration.from_pretrained(str(data.model_dir), dtype=dtype)
+        if native:
+            config = LoraConfig(r=spec["lora"]["r"], target_modules="all-linear", task_type="CAUSAL_LM")
+        else:
+            config = common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"]))
+        model = get_peft_model(model, config)
+        if not spec["train"]["freeze_vision"]:
+            for name, p in model.named_parameters():
+                if ".visual." in name and ".merger." not in name and "lora_" not in name:
+                    p.requires_grad_(True)
+        if spec["train"]["grad_checkpointing"] and not native:
+            model.enable_input_require_grads()
+        rows = common.read_jsonl(data.train_jsonl)
+        system = common.DEFAULT_SYSTEM if native else common.system_for(spec)
+        label_mask = "all" if native else spec["train"]["label_mask"]
+        collator = common.ChatCollator(processor, system, label_mask, spec["train"]["max_length"])
+        args = training_args(spec, out_dir, deepspeed_config(spec))
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+        effective: dict = {}
+        initial = out_dir / "initial_adapter.safetensors"
+
+        def on_begin(kw):
+            effective.update(common.model_settings(kw["model"]))
+            effective["lora.init_sha"] = common.save_lora_state(model, initial)
+            effective.update(common.optimizer_settings(kw["optimizer"]))
+            effective["scheduler"] = type(kw["lr_scheduler"]).__name__
+
+        recorder = common.StepRecorder(trainer, hooks, on_begin=on_begin,
+                                       mean_of_means=spec["train"]["loss_norm"] == "mean_of_means" and not native)
+        trainer.train()
+        t_end = time.perf_counter()
+        adapter_dir = out_dir / "adapter"
+        if trainer.is_world_process_zero():
+            trainer.model.save_pretrained(str(adapter_dir))
+        effective.update(common.run_settings(trainer.args, recorder, system, label_mask))
+        return TrainOutcome(adapter_dir=adapter_dir, initial_adapter=initial, steps=recorder.steps,
+                            effective=effective, setup_s=(recorder.first_step_at or t_end) - t0,
+                            train_s=t_end - (recorder.first_step_at or t_end))

@@ -1,0 +1,122 @@
+"""ms-swift: its own sft pipeline (`SwiftSft`, what `swift sft` runs), its template and trainer.
+
+aligned: every knob set explicitly to the spec (targets as one exact regex, `dataset_shuffle=False`
+so the only shuffle is the Trainer sampler's, `system` as the spec says, `fp16=False` because swift
+turns fp16 on for fp32 models when a GPU is present). native: only what a swift user passes —
+model, dataset, `tuner_type lora`, `target_modules all-linear`, steps, batch size, seed — and swift's
+defaults for everything else.
+
+The only hook into swift is a subclass of `SwiftSft` that overrides `train(trainer)` to attach the
+step recorder and save the adapter: swift builds model, LoRA, template, optimizer and data exactly
+as `swift sft` does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from adapters import common
+from adapters.base import Hooks, TrainData, TrainOutcome
+
+SWIFT_INIT = {"kaiming": "true", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config):
+    from swift.arguments import SftArguments
+
+    from adapters.swift_model import MODEL_TYPE
+
+    t, o, s, lora = spec["train"], spec["optim"], spec["schedule"], spec["lora"]
+    is_tiny = (Path(data.model_dir) / "lorabench.json").exists()
+    base = dict(
+        model=str(data.model_dir), dataset=[str(data.train_jsonl)], tuner_type="lora",
+        output_dir=str(out_dir / "swift"), add_version=False, check_model=False, report_to=["none"],
+        dataloader_num_workers=0, max_steps=t["steps"], per_device_train_batch_size=t["batch_size"],
+        seed=t["seed"], logging_steps=1, save_strategy="no", lora_rank=lora["r"], load_from_cache_file=False,
+        deepspeed=deepspeed_config, dataset_num_proc=1,
+    )
+    if is_tiny:
+        base["model_type"] = MODEL_TYPE
+    if spec["alignment"] == "native":
+        return SftArguments(**base, target_modules=["all-linear"])
+    vision = any(".visual." in n for n in target_names)
+    return SftArguments(
+        **base, target_regex=common.targets_regex(target_names), lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"], init_weights=SWIFT_INIT[lora["init"]], use_rslora=lora["rslora"],
+        learning_rate=o["lr"], adam_beta1=o["betas"][0], adam_beta2=o["betas"][1], adam_epsilon=o["eps"],
+        weight_decay=o["weight_decay"], optim="adamw_torch", lr_scheduler_type=s["type"],
+        warmup_steps=s["warmup_steps"], max_grad_norm=1.0, gradient_accumulation_steps=t["grad_accum"],
+        gradient_checkpointing=t["grad_checkpointing"], torch_dtype="float32", fp16=t["precision"] == "fp16",
+        bf16=t["precision"] == "bf16", data_seed=t["data_seed"],
+        dataset_shuffle=t["data_order"] == "swift_shuffle", split_dataset_ratio=0.0,
+        system="" if t["system_prompt"] == "none" else None, max_length=t["max_length"],
+        freeze_vit=not vision and t["freeze_vision"], freeze_aligner=True,
+        average_tokens_across_devices=True,
+    )
+
+
+class SwiftAdapter:
+    name = "swift"
+
+    def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
+        from adapters.swift_model import register
+
+        from harness.distributed import deepspeed_config
+
+        t0 = time.perf_counter()
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            # one process without a launcher: swift (via DeepSpeed) would look for mpi4py otherwise
+            os.environ.setdefault(key, {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}[key])
+        register()
+        from swift.pipelines import SwiftSft
+
+        target_names = None
+        if spec["alignment"] == "aligned":
+            target_names = _target_names(spec, data)
+        args = sft_arguments(spec, data, out_dir, target_names, deepspeed_config(spec))
+        native = spec["alignment"] == "native"
+        result: dict = {}
+        initial = out_dir / "initial_adapter.safetensors"
+
+        class RecordedSft(SwiftSft):
+            def train(self, trainer):
+                effective: dict = {}
+
+                def on_begin(kw):
+                    effective.update(common.model_settings(kw["model"]))
+                    effective["lora.init_sha"] = common.save_lora_state(kw["model"], initial)
+                    effective.update(common.optimizer_settings(kw["optimizer"]))
+                    effective["scheduler"] = type(kw["lr_scheduler"]).__name__
+
+                mean_of_means = spec["train"]["loss_norm"] == "mean_of_means" and not native
+                recorder = common.StepRecorder(trainer, hooks, on_begin=on_begin, mean_of_means=mean_of_means)
+                out = super().train(trainer)
+                t_end = time.perf_counter()
+                if trainer.is_world_process_zero():
+                    trainer.model.save_pretrained(str(out_dir / "adapter"))
+                system = self.template.template_meta.default_system if self.args.system is None else self.args.system
+                effective.update(common.run_settings(trainer.args, recorder, system, "answer"))
+                effective["swift.dataset_shuffle"] = self.args.dataset_shuffle
+                effective["swift.use_logits_to_keep"] = self.args.use_logits_to_keep
+                result.update(steps=recorder.steps, effective=effective, first=recorder.first_step_at, end=t_end)
+                return out
+
+        RecordedSft(args).main()
+        first = result["first"] or result["end"]
+        return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=result["steps"],
+                            effective=result["effective"], setup_s=first - t0, train_s=result["end"] - first)
+
+
+def _target_names(spec: dict, data: TrainData) -> list[str]:
+    """Resolve targets on a meta-device copy of the model: no weights loaded, no RNG consumed."""
+    import torch
+    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(str(data.model_dir))
+    with torch.device("meta"):
+        model = Qwen2VLForConditionalGeneration(config)
+    return common.resolve_targets(model, spec["lora"]["targets"])

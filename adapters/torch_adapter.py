@@ -1,0 +1,128 @@
+"""The plain PyTorch reference: peft for LoRA, and a training loop you can read in one screen.
+
+It does, by hand, what transformers.Trainer does for the aligned spec — the same sampler order,
+the same loss normalisation, the same AdamW and schedule — so that a framework's cost and
+behaviour can be compared with "no framework at all". Native mode is the same loop: a reference has
+no defaults of its own to trust.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from adapters import common
+from adapters.base import Hooks, TrainData, TrainOutcome
+
+
+class TorchAdapter:
+    name = "torch"
+
+    def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
+        import torch
+        from peft import get_peft_model
+        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration, get_scheduler, set_seed
+
+        if spec["distributed"]["world_size"] > 1 or spec["distributed"]["zero_stage"] is not None:
+            from harness.errors import UserError
+
+            raise UserError("the torch reference adapter runs one process without DeepSpeed")
+        t0 = time.perf_counter()
+        t, o, s = spec["train"], spec["optim"], spec["schedule"]
+        device = torch.device(spec["device"])
+        set_seed(t["seed"])  # before loading: LoRA init draws from this state
+        processor = AutoProcessor.from_pretrained(str(data.model_dir))
+        model = Qwen2VLForConditionalGeneration.from_pretrained(str(data.model_dir), dtype=torch.float32)
+        model = get_peft_model(model, common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"])))
+        if t["grad_checkpointing"]:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.to(device).train()
+        effective = common.model_settings(model)
+        initial = out_dir / "initial_adapter.safetensors"
+        effective["lora.init_sha"] = common.save_lora_state(model, initial)
+
+        # AdamW as the Trainer builds it: decay on weights, none on biases and norms.
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        no_decay = lambda n: n.endswith(".bias") or "norm" in n.lower()  # noqa: E731
+        groups = [{"params": [p for n, p in params if not no_decay(n)], "weight_decay": o["weight_decay"]},
+                  {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
+        scheduler = get_scheduler(s["type"], optimizer, num_warmup_steps=s["warmup_steps"],
+                                  num_training_steps=t["steps"])
+        effective.update(common.optimizer_settings(optimizer))
+        effective["scheduler"] = type(scheduler).__name__
+
+        rows = common.read_jsonl(data.train_jsonl)
+        collate = common.ChatCollator(processor, common.system_for(spec), t["label_mask"], t["max_length"])
+        micro_batches = sampler_batches(len(rows), t["batch_size"], t["data_seed"])
+        hooks.on_train_begin()
+        steps, fingerprints = [], []
+        first_step_at = time.perf_counter()
+        for step in range(1, t["steps"] + 1):
+            t_step = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            batches = [collate([rows[i] for i in next(micro_batches)]) for _ in range(t["grad_accum"])]
+            # per token over the accumulated batch: every micro-batch divides by the step's token count
+            n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+            step_loss, tokens, samples = 0.0, 0, 0
+            for batch in batches:
+                fingerprints.append(common.batch_fingerprint(batch))
+                batch = {k: v.to(device) for k, v in batch.items()}
+                if t["loss_norm"] == "tokens":
+                    loss = model(**batch, num_items_in_batch=n_tokens).loss
+                else:  # mean of micro-batch means
+                    loss = model(**batch).loss / t["grad_accum"]
+                loss.backward()
+                step_loss += float(loss.detach())
+                tokens += int(batch["attention_mask"].sum())
+                samples += int(batch["labels"].shape[0])
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
+                      "samples": samples, "seconds": time.perf_counter() - t_step}
+            steps.append(record)
+            hooks.on_step(record)
+        t_end = time.perf_counter()
+        model.save_pretrained(str(out_dir / "adapter"))
+        effective.update(reference_settings(spec, steps, fingerprints))
+        return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=steps,
+                            effective=effective, setup_s=first_step_at - t0, train_s=t_end - first_step_at)
+
+
+def sampler_batches(n: int, batch_size: int, data_seed: int):
+    """Indices batch by batch, epoch after epoch, in the Trainer's order.
+
+    transformers' sampler (through accelerate's SeedableRandomSampler) draws
+    `randperm(n, generator=manual_seed(data_seed + epoch))` each epoch; the last partial batch is kept.
+    """
+    import torch
+
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(data_seed + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size]
+        epoch += 1
+
+
+def reference_settings(spec: dict, steps: list[dict], fingerprints: list[str]) -> dict:
+    import hashlib
+    import json
+
+    t = spec["train"]
+    return {
+        "grad_accum": t["grad_accum"], "batch_size": t["batch_size"], "world_size": 1,
+        "global_batch": t["batch_size"] * t["grad_accum"], "max_grad_norm": 1.0,
+        "lr_schedule": spec["schedule"]["type"], "warmup_steps": spec["schedule"]["warmup_steps"],
+        "seed": t["seed"], "data_seed": t["data_seed"], "precision": "fp32",
+        "average_tokens_across_devices": True,
+        "lr_per_step_sha": hashlib.sha256(json.dumps([round(s["lr"], 12) for s in steps]).encode()).hexdigest()[:16],
+        "data_order_sha": hashlib.sha256(",".join(fingerprints).encode()).hexdigest()[:16],
+        "system_prompt": t["system_prompt"], "label_mask": t["label_mask"], "deepspeed_zero_stage": None,
+    }
+
+

@@ -1,0 +1,45 @@
+"""`lorabench regress --baseline FILE --current RESULTS [--json] [--threshold METRIC=FRACTION ...]`.
+
+Exit status: 0 nothing regressed, 1 something is worse beyond threshold and noise (or a baseline cell
+is missing / failing now), 2 bad input (unreadable or malformed file, wrong schema_version, no records).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from harness.errors import UserError
+
+
+def add_parser(parser) -> None:
+    parser.add_argument("--baseline", required=True, metavar="FILE",
+                        help="baseline bundle (results/baselines/<suite>.json) or results directory")
+    parser.add_argument("--current", required=True, metavar="RESULTS",
+                        help="current results directory (runs/*.json), record file or bundle")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"regressed", "rows", "warnings"} as JSON instead of a table')
+    parser.add_argument("--threshold", action="append", default=[], metavar="METRIC=FRACTION",
+                        help="override a threshold, e.g. field_f1=0.03 (absolute for quality metrics) "
+                             "or peak_rss_mib=0.2 (a fraction of the baseline for the others); repeatable")
+
+
+def run(args) -> int:
+    from harness.regress import compare, format_table, parse_thresholds
+    from harness.results import load_records
+
+    thresholds = parse_thresholds(args.threshold)
+    baseline = load_records(args.baseline)
+    if not baseline:
+        raise UserError(f"{args.baseline}: no run records in the baseline")
+    current = load_records(args.current)
+    if not current:
+        raise UserError(f"{args.current}: no run records in the current results")
+    result = compare(baseline, current, thresholds)
+    for line in result["warnings"]:
+        print(f"lorabench: warning: {line}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(format_table(result))
+    return 1 if result["regressed"] else 0

@@ -1,0 +1,38 @@
+"""DeepSpeed configs and launch commands for multi-process runs.
+
+One config for both frameworks (passed as a dict to TrainingArguments / SftArguments), so ZeRO
+settings are aligned by construction. Measured pitfalls (shared/facts.md) shape it:
+- with > 1 process, `train_batch_size: "auto"` is left out: transformers fills it while the world
+  size is still 1 and DeepSpeed then asserts `4 != 4 * 1 * 2`;
+- offload to the CPU uses DeepSpeedCPUAdam (compiled on first use, cached in TORCH_EXTENSIONS_DIR).
+"""
+
+from __future__ import annotations
+
+
+def deepspeed_config(spec: dict) -> dict | None:
+    dist = spec["distributed"]
+    if dist["zero_stage"] is None:
+        return None
+    precision = spec["train"]["precision"]
+    zero: dict = {"stage": dist["zero_stage"]}
+    if dist["offload_optimizer"]:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if dist["offload_params"]:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if dist["zero_stage"] == 3:
+        # Small live-parameter budget: makes ZeRO-3's partitioning visible on a small model (facts).
+        zero.update({"stage3_max_live_parameters": 1e6, "stage3_max_reuse_distance": 0,
+                     "stage3_prefetch_bucket_size": 1e6, "stage3_param_persistence_threshold": 0,
+                     "stage3_gather_16bit_weights_on_model_save": True})
+    config = {
+        "zero_optimization": zero,
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "fp16": {"enabled": precision == "fp16"},
+        "bf16": {"enabled": precision == "bf16"},
+    }
+    if dist["world_size"] == 1:
+        config["train_batch_size"] = "auto"
+    return config

@@ -1,0 +1,76 @@
+"""Turn a spec into a job a worker can run: resolved model directory and prepared data files.
+
+The train file is written once per run directory with absolute image paths and only the columns
+every framework reads (id, messages, images): swift, PEFT and the reference read the very same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from harness.errors import UserError
+
+
+def resolve_dataset_dir(name: str) -> Path:
+    """A card name or path -> its (verified) build; a directory of JSONL files -> itself."""
+    path = Path(name)
+    if path.is_dir() and not (path / "card.yaml").exists():
+        return path
+    from harness.data import ensure_built
+
+    return Path(ensure_built(name))
+
+
+def split_file(dataset_dir: Path, split: str, task: str) -> Path:
+    for candidate in (dataset_dir / f"{split}.{task}.jsonl", dataset_dir / f"{split}.jsonl"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"dataset {dataset_dir} has no {split}.{task}.jsonl (nor {split}.jsonl)")
+
+
+def resolve_model_dir(name: str) -> Path:
+    if name == "tiny":
+        from harness.models import tiny_checkpoint
+
+        return tiny_checkpoint()
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise UserError(f"model {name!r}: not 'tiny' and not a checkpoint directory with a config.json")
+    return path
+
+
+def write_train_file(source: Path, dest: Path, task: str, max_samples: int | None) -> int:
+    """Validate the split with the shared loader, then write rows with absolute image paths."""
+    from harness.data import PROMPTS, load_samples
+
+    samples = load_samples(source, task=task)
+    if max_samples:
+        samples = samples[:max_samples]
+    if not samples:
+        raise UserError(f"{source}: no {task} samples to train on")
+    tmp = dest.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for s in samples:
+            prompt = s.prompt or PROMPTS.get(task, "")
+            f.write(json.dumps({"id": s.id, "messages": [
+                {"role": "user", "content": "<image>" + prompt},
+                {"role": "assistant", "content": s.target}], "images": [str(Path(s.image).resolve())]}) + "\n")
+    os.replace(tmp, dest)
+    return len(samples)
+
+
+def prepare_job(spec: dict, run_dir: Path) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset_dir = resolve_dataset_dir(spec["dataset"])
+    model_dir = resolve_model_dir(spec["model"])
+    train_jsonl = run_dir / "train.jsonl"
+    n_train = write_train_file(split_file(dataset_dir, "train", spec["task"]), train_jsonl, spec["task"],
+                               spec["train"]["max_train_samples"])
+    job = {"spec": spec, "run_dir": str(run_dir.resolve()), "model_dir": str(Path(model_dir).resolve()),
+           "dataset_dir": str(dataset_dir.resolve()), "train_jsonl": str(train_jsonl.resolve()),
+           "n_train": n_train,
+           "eval_jsonl": str(split_file(dataset_dir, spec["eval"]["split"], spec["task"]).resolve())}
+    (run_dir / "job.json").write_text(json.dumps(job, indent=1))
+    return job

@@ -1,0 +1,401 @@
+"""The results store: one schema-versioned JSON record per run, written atomically, loaded safely.
+
+Layout of a results directory (the runner writes it, `report` / `regress` / `history` read it):
+
+    <results_dir>/runs/<run_id>.json               one record (schema below, docs/results-schema.md)
+    <results_dir>/runs/<run_id>.predictions.jsonl  the eval predictions
+    <results_dir>/runs/<run_id>.per_sample.jsonl   per-sample quality counts (harness.metrics rows)
+    <results_dir>/parity.json  (optional)          a parity/ablation document (see docs)
+
+A *bundle* file (`results/baselines/<suite>.json`) holds many records:
+`{"schema_version": 1, "suite": str, "created_at": str, "records": [record, ...]}`.
+
+Every loaded record gets a private key `_source` (the file it came from) so that relative paths in it
+(`per_sample_file`) can be resolved; keys starting with "_" are never written back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.metrics import HIGHER_IS_BETTER
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "timeout", "oom", "cancelled")
+
+# Metric name -> "higher" | "lower" (which way is better). Quality comes from harness.metrics, so the
+# scorer and the report can never disagree about the direction of CER.
+QUALITY_METRICS = tuple(HIGHER_IS_BETTER)
+METRIC_DIRECTION: dict[str, str] = {
+    **{name: ("higher" if up else "lower") for name, up in HIGHER_IS_BETTER.items()},
+    "final_loss": "lower",
+    # throughput and utilisation
+    "train_samples_per_s": "higher",
+    "train_tokens_per_s": "higher",
+    "mfu": "higher",
+    # memory
+    "peak_rss_mib": "lower",
+    "peak_rss_above_baseline_mib": "lower",
+    "gpu_max_allocated_mib": "lower",
+    "gpu_max_reserved_mib": "lower",
+    # times (the IQR of step time is jitter: less is better too)
+    "step_time_s_median": "lower",
+    "step_time_s_iqr": "lower",
+    "eval_s": "lower",
+    "wall_s": "lower",
+}
+
+# Top-level keys every record has, whatever its status; an ok record has these too.
+REQUIRED_KEYS = ("schema_version", "run_id", "suite", "spec_hash", "spec", "cell", "status",
+                 "error", "started_at", "finished_at", "wall_s", "command", "env")
+REQUIRED_OK_KEYS = ("train", "eval", "metrics", "memory")
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names files: no separators, no dotfile
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_record(d: Any) -> list[str]:
+    """Problems with a run record as one-line strings; [] when it follows schema_version 1.
+
+    Checks what the readers rely on: the version, the required keys and their types, the status,
+    and, for an ok record, `metrics` (numbers or null; `<metric>_ci` a [lo, hi] pair). Unknown keys
+    are allowed (the runner may add detail), step logs may be stripped (baselines).
+    """
+    if not isinstance(d, dict):
+        return [f"a record must be a JSON object, got {type(d).__name__}"]
+    problems: list[str] = []
+    version = d.get("schema_version")
+    if version != SCHEMA_VERSION:
+        problems.append(f"schema_version is {version!r}, this lorabench reads {SCHEMA_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in d]
+    if d.get("status") == "ok":
+        missing += [k for k in REQUIRED_OK_KEYS if k not in d]
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    run_id = d.get("run_id")
+    if "run_id" in d and not (isinstance(run_id, str) and _RUN_ID_RE.match(run_id)):
+        problems.append(f"run_id {run_id!r} must be a non-empty name of letters, digits, '.', '_', '-'")
+    for key in ("suite", "spec_hash", "started_at", "command"):
+        if key in d and not isinstance(d[key], str):
+            problems.append(f"{key} must be a string, got {type(d[key]).__name__}")
+    for key in ("spec", "cell", "env"):
+        if key in d and not isinstance(d[key], dict):
+            problems.append(f"{key} must be an object, got {type(d[key]).__name__}")
+    if "status" in d and d["status"] not in STATUSES:
+        problems.append(f"status {d['status']!r} is not one of {', '.join(STATUSES)}")
+    if "error" in d and d["error"] is not None and not isinstance(d["error"], str):
+        problems.append("error must be a string or null")
+    if "wall_s" in d and d["wall_s"] is not None and not _is_number(d["wall_s"]):
+        problems.append("wall_s must be a number")
+    for key in ("train", "eval", "memory", "parity"):
+        if key in d and d[key] is not None and not isinstance(d[key], dict):
+            problems.append(f"{key} must be an object")
+    train = d.get("train")
+    if isinstance(train, dict) and "steps" in train:
+        steps = train["steps"]
+        if not isinstance(steps, list) or not all(isinstance(s, dict) and "step" in s for s in steps):
+            problems.append("train.steps must be a list of objects with a 'step'")
+    metrics = d.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            problems.append("metrics must be an object")
+        else:
+            for name, value in metrics.items():
+                if name.endswith("_ci"):
+                    ok = (value is None or (isinstance(value, list) and len(value) == 2
+                                            and all(_is_number(v) for v in value)))
+                    if not ok:
+                        problems.append(f"metrics.{name} must be [lo, hi] or null")
+                elif value is not None and not _is_number(value):
+                    problems.append(f"metrics.{name} must be a number or null, got {value!r}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _public(record: Mapping) -> dict:
+    """The record without private (loader-added) keys."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as JSON to `path` so that readers see the old file or the new one, never a part.
+
+    Temp file in the same directory (same filesystem: os.replace is atomic there), fsync, replace,
+    then fsync the directory so the rename itself survives a power cut. The temp name starts with
+    "." and ends in ".tmp", which `load_records` never reads.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; records and baselines are meant to be shared
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=False, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def record_path(results_dir: str | Path, run_id: str) -> Path:
+    return Path(results_dir) / "runs" / f"{run_id}.json"
+
+
+def write_record(results_dir: str | Path, record: Mapping) -> Path:
+    """Atomically write `record` to `<results_dir>/runs/<run_id>.json`; returns the path.
+
+    Raises ValueError when the record does not validate: that is a bug in the writer, and a bad
+    record on disk would only fail later, far from its cause.
+    """
+    record = _public(record)
+    problems = validate_record(record)
+    if problems:
+        raise ValueError(f"refusing to write an invalid record {record.get('run_id')!r}: "
+                         + "; ".join(problems))
+    return write_json_atomic(record_path(results_dir, record["run_id"]), record)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{path}: malformed JSON ({exc})") from None
+
+
+def _checked(record: Any, where: str, source: Path) -> dict:
+    problems = validate_record(record)
+    if problems:
+        raise UserError(f"{where}: not a lorabench record: " + "; ".join(problems))
+    return {**record, "_source": str(source)}
+
+
+def _record_files(directory: Path) -> list[Path]:
+    """Record files in a directory: *.json, but not temp files, dotfiles or parity documents."""
+    return sorted(p for p in directory.glob("*.json")
+                  if p.is_file() and not p.name.startswith(".") and p.name != "parity.json")
+
+
+def is_bundle(doc: Any) -> bool:
+    return isinstance(doc, dict) and "records" in doc and "run_id" not in doc
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """All records under `path`, in a stable order (by file name, then position in a bundle).
+
+    `path` is a results directory (reads `runs/*.json`; a `runs/` directory itself works too), one
+    record file, or a bundle file `{"schema_version": 1, "records": [...]}`. Temp files of an
+    interrupted write are ignored. A missing path, malformed JSON, a wrong schema_version or a
+    record missing required keys is a UserError naming the file. An empty directory gives [].
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    if path.is_dir():
+        runs = path / "runs"
+        files = _record_files(runs if runs.is_dir() else path)
+        return [_checked(_read_json(f), str(f), f) for f in files]
+    doc = _read_json(path)
+    if not is_bundle(doc):
+        return [_checked(doc, str(path), path)]
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path}: bundle schema_version is {doc.get('schema_version')!r}, "
+                        f"this lorabench reads {SCHEMA_VERSION}")
+    if not isinstance(doc["records"], list):
+        raise UserError(f"{path}: 'records' must be a list")
+    return [_checked(r, f"{path} (records[{i}])", path) for i, r in enumerate(doc["records"])]
+
+
+def load_parity_docs(path: str | Path, records: Iterable[Mapping] = ()) -> list[dict]:
+    """Parity/ablation documents for a report: each record's `parity` key, plus a `parity.json`
+    in the results directory or its `runs/` (the same structure). Identical documents appear once.
+
+    Each document gets a `_label` (the run id or file it came from).
+    """
+    docs: list[dict] = []
+    seen: set[str] = set()
+
+    def add(doc: Any, label: str) -> None:
+        if not isinstance(doc, dict):
+            raise UserError(f"{label}: a parity document must be a JSON object")
+        key = json.dumps(doc, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            docs.append({**doc, "_label": label})
+
+    for record in records:
+        if record.get("parity"):
+            add(record["parity"], record["run_id"])
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "parity.json", path / "runs" / "parity.json"):
+            if candidate.is_file():
+                add(_read_json(candidate), str(candidate))
+    return docs
+
+
+def finished_hashes(results_dir: str | Path) -> set[str]:
+    """Spec hashes that need no re-run on `--resume`: those with a record of status "ok".
+
+    Failed, timed-out, out-of-memory and cancelled runs are NOT finished: a resume retries them
+    (their record is overwritten by the retry, since the run id derives from the spec hash).
+    A results directory that does not exist yet has nothing finished.
+    """
+    if not Path(results_dir).exists():
+        return set()
+    return {r["spec_hash"] for r in load_records(results_dir) if r["status"] == "ok"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouping and summaries shared by report, regress and history
+
+
+def _sort_key(value: Any) -> tuple:
+    # None sorts first, numbers numerically, everything else by its text.
+    if value is None:
+        return (0, 0, "")
+    if _is_number(value):
+        return (1, value, "")
+    return (2, 0, str(value))
+
+
+def _hashable(value: Any) -> Any:
+    # a cell value may be a list or object (e.g. a list of target modules): key it by its JSON
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def group_cells(records: Iterable[Mapping], by: Sequence[str] = ("framework", "alignment")
+                ) -> dict[tuple, list[dict]]:
+    """Records grouped by the values of `by` in their `cell` (a missing key counts as None).
+
+    Returns {(value, ...): [records]} with keys in a stable sorted order and records in input order.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        key = tuple(_hashable(record.get("cell", {}).get(k)) for k in by)
+        groups.setdefault(key, []).append(record)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0])))
+
+
+def cell_keys(records: Iterable[Mapping], ignore: Sequence[str] = ("seed",)) -> list[str]:
+    """The cell keys used by any record, except `ignore`; framework and alignment first."""
+    keys = {k for r in records for k in r.get("cell", {}) if k not in ignore}
+    first = [k for k in ("framework", "alignment") if k in keys]
+    return first + sorted(keys - set(first))
+
+
+def metric_values(records: Iterable[Mapping], metric: str) -> list[float]:
+    """The finite values of `metric` over the ok records that have it (one per seed)."""
+    values = []
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        value = (record.get("metrics") or {}).get(metric)
+        if _is_number(value) and math.isfinite(value):
+            values.append(float(value))
+    return values
+
+
+def ci_half_widths(records: Iterable[Mapping], metric: str) -> list[float]:
+    """Half-widths of the bootstrap intervals `<metric>_ci` of the ok records that have one."""
+    widths = []
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        ci = (record.get("metrics") or {}).get(f"{metric}_ci")
+        if isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci):
+            widths.append(abs(float(ci[1]) - float(ci[0])) / 2.0)
+    return widths
+
+
+# Environment fields whose difference can change a result; hostname and git state are expected to
+# differ between a baseline and a later run.
+_ENV_FIELDS = ("python", "torch_threads", "cpu", "cores", "gpu", "platform")
+
+
+def env_fingerprint_diff(env_a: Mapping | None, env_b: Mapping | None) -> list[str]:
+    """One line per environment difference that can change results, e.g.
+    "packages.torch: 2.14.1 != 2.15.0", "cpu: Xeon A != EPYC B", "dataset.checksum: ab12 != cd34".
+
+    Compares python, package versions, torch threads, CPU, core count, GPUs, platform, and the
+    dataset / model names and checksums. Not hostname or git commit.
+    """
+    env_a, env_b = env_a or {}, env_b or {}
+    diffs = []
+    for key in _ENV_FIELDS:
+        if env_a.get(key) != env_b.get(key):
+            diffs.append(f"{key}: {env_a.get(key)} != {env_b.get(key)}")
+    pkgs_a, pkgs_b = env_a.get("packages") or {}, env_b.get("packages") or {}
+    for name in sorted(set(pkgs_a) | set(pkgs_b)):
+        if pkgs_a.get(name) != pkgs_b.get(name):
+            diffs.append(f"packages.{name}: {pkgs_a.get(name)} != {pkgs_b.get(name)}")
+    for what in ("dataset", "model"):
+        a, b = env_a.get(what) or {}, env_b.get(what) or {}
+        for key in ("name", "checksum"):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{what}.{key}: {a.get(key)} != {b.get(key)}")
+    return diffs
+
+
+def resolve_sidecar(record: Mapping, name: str | None) -> Path | None:
+    """Path of a file named in a record (`per_sample_file`, predictions), relative to the record
+    file's directory; None when the record names none or it is not there."""
+    if not name or "_source" not in record:
+        return None
+    path = Path(record["_source"]).parent / name
+    return path if path.is_file() else None
+
+
+def make_bundle(records: Iterable[Mapping], suite: str, created_at: str) -> dict:
+    """A bundle of records (the baseline format), step logs stripped to keep it small.
+
+    Kept: everything else of each record (run_id, spec, cell, env, metrics incl. final_loss, train
+    timings, eval, memory). Private loader keys are dropped. Records are sorted by run id so a
+    re-promotion of the same runs gives the same file.
+    """
+    stripped = []
+    for record in sorted(records, key=lambda r: r["run_id"]):
+        record = _public(record)
+        if isinstance(record.get("train"), dict):
+            record["train"] = {k: v for k, v in record["train"].items() if k != "steps"}
+        stripped.append(record)
+    return {"schema_version": SCHEMA_VERSION, "suite": suite, "created_at": created_at,
+            "records": stripped}

@@ -1,0 +1,206 @@
+"""Run specs: one frozen, validated, hashable description of a training run.
+
+A spec is built from defaults (`DEFAULTS`) + a suite's defaults + a matrix cell + CLI overrides,
+merged section by section. Unknown keys are rejected with the dotted key and the valid ones, so a
+misspelt setting never silently falls back to a default. `spec_hash` is the sha256 of the canonical
+JSON: it names the run's record and decides what `--resume` skips.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+
+FRAMEWORKS = ("peft", "swift", "torch")
+TARGET_PRESETS = ("lm", "lm+vision", "all-linear")  # or an explicit list of module-name suffixes
+INITS = ("kaiming", "gaussian", "pissa", "olora")
+SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOSS_NORMS = ("tokens", "mean_of_means")
+DATA_ORDERS = ("sampler", "swift_shuffle")
+SYSTEM_PROMPTS = ("default", "none")
+LABEL_MASKS = ("answer", "all")  # loss on the answer only, or on every non-pad, non-image token
+
+# Every key a spec may hold, with its default. Comments say why a default is what it is.
+DEFAULTS: dict[str, Any] = {
+    "framework": "peft",
+    "alignment": "aligned",  # aligned: every knob below applies identically; native: framework defaults
+    "model": "tiny",  # "tiny" = the embedded model, or a local checkpoint directory
+    "dataset": "synthdocs",  # a card name, a card path, or a directory of <split>.<task>.jsonl files
+    "task": "extract",  # transcribe | extract
+    "lora": {
+        "targets": "lm",  # lm: language-model linears; lm+vision: also vision blocks; all-linear: PEFT's meaning
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.0,  # 0 keeps runs deterministic and comparable; swift's native default is 0.05
+        "init": "kaiming",  # PEFT's default (A kaiming-uniform, B zero)
+        "rslora": False,
+    },
+    "optim": {
+        "lr": 5e-4,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "decay_norm_and_bias": False,  # Trainer never decays norms and biases; swift neither
+    },
+    "schedule": {"type": "constant", "warmup_steps": 0},
+    "train": {
+        "steps": 20,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "loss_norm": "tokens",  # per token over the accumulated batch (transformers >= 4.46, swift)
+        "max_length": 1024,
+        "precision": "fp32",
+        "grad_checkpointing": False,
+        "freeze_vision": True,  # vision tower gets no full-weight training (LoRA on it only via targets)
+        "seed": 0,
+        "data_seed": 0,
+        "data_order": "sampler",  # sampler: Trainer's shuffled sampler only; swift_shuffle: swift's pre-shuffle too
+        "system_prompt": "default",
+        "label_mask": "answer",
+        "max_train_samples": None,  # None = the whole train split
+    },
+    "distributed": {"world_size": 1, "zero_stage": None, "offload_optimizer": False, "offload_params": False},
+    "eval": {"split": "test", "max_samples": 200, "max_new_tokens": 320, "batch_size": 16, "enabled": True},
+    "device": "cpu",  # cpu | cuda
+    "timeout_s": 3600,
+}
+
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(valid))})"
+
+
+def merge(base: dict, override: dict, where: str = "", source: str = "spec") -> dict:
+    """Deep-merge `override` into a copy of `base`; a key not in `base` is a UserError."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        dotted = f"{where}{key}"
+        if key not in base:
+            raise UserError(f"{source}: unknown key {dotted!r}{_suggest(key, base)}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: {dotted!r} must be a mapping, got {type(value).__name__}")
+            out[key] = merge(base[key], value, f"{dotted}.", source)
+        else:
+            out[key] = value
+    return out
+
+
+def _check_choice(value, choices, key, source):
+    if value not in choices:
+        raise UserError(f"{source}: {key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _check_number(value, key, source, *, low=None, integer=False, allow_none=False):
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or (low is not None and value < low):
+        kind = "an integer" if integer else "a number"
+        bound = f" >= {low}" if low is not None else ""
+        raise UserError(f"{source}: {key} must be {kind}{bound}, got {value!r}")
+
+
+def validate(spec: dict, source: str = "spec") -> dict:
+    """Check types and choices of a fully merged spec; returns it unchanged."""
+    _check_choice(spec["framework"], FRAMEWORKS, "framework", source)
+    _check_choice(spec["alignment"], ("aligned", "native"), "alignment", source)
+    _check_choice(spec["task"], ("transcribe", "extract"), "task", source)
+    lora, optim, sched, train, dist = spec["lora"], spec["optim"], spec["schedule"], spec["train"], spec["distributed"]
+    if isinstance(lora["targets"], str):
+        _check_choice(lora["targets"], TARGET_PRESETS, "lora.targets", source)
+    elif not (isinstance(lora["targets"], list) and lora["targets"] and all(isinstance(t, str) for t in lora["targets"])):
+        raise UserError(f"{source}: lora.targets must be one of {', '.join(TARGET_PRESETS)} or a list of module names")
+    _check_number(lora["r"], "lora.r", source, low=1, integer=True)
+    _check_number(lora["alpha"], "lora.alpha", source, low=0)
+    _check_number(lora["dropout"], "lora.dropout", source, low=0)
+    _check_choice(lora["init"], INITS, "lora.init", source)
+    _check_number(optim["lr"], "optim.lr", source, low=0)
+    if not (isinstance(optim["betas"], (list, tuple)) and len(optim["betas"]) == 2):
+        raise UserError(f"{source}: optim.betas must be a list of two numbers, got {optim['betas']!r}")
+    _check_number(optim["eps"], "optim.eps", source, low=0)
+    _check_number(optim["weight_decay"], "optim.weight_decay", source, low=0)
+    _check_choice(sched["type"], SCHEDULES, "schedule.type", source)
+    _check_number(sched["warmup_steps"], "schedule.warmup_steps", source, low=0, integer=True)
+    for key in ("steps", "batch_size", "grad_accum", "max_length"):
+        _check_number(train[key], f"train.{key}", source, low=1, integer=True)
+    _check_number(train["max_train_samples"], "train.max_train_samples", source, low=1, integer=True, allow_none=True)
+    _check_choice(train["loss_norm"], LOSS_NORMS, "train.loss_norm", source)
+    _check_choice(train["precision"], PRECISIONS, "train.precision", source)
+    _check_choice(train["data_order"], DATA_ORDERS, "train.data_order", source)
+    _check_choice(train["system_prompt"], SYSTEM_PROMPTS, "train.system_prompt", source)
+    _check_choice(train["label_mask"], LABEL_MASKS, "train.label_mask", source)
+    _check_number(dist["world_size"], "distributed.world_size", source, low=1, integer=True)
+    if dist["zero_stage"] is not None:
+        _check_choice(dist["zero_stage"], (0, 1, 2, 3), "distributed.zero_stage", source)
+    if dist["offload_params"] and dist["zero_stage"] != 3:
+        raise UserError(f"{source}: distributed.offload_params needs zero_stage 3")
+    if (dist["offload_optimizer"]) and dist["zero_stage"] in (None, 0):
+        raise UserError(f"{source}: distributed.offload_optimizer needs zero_stage 1, 2 or 3")
+    _check_choice(spec["device"], ("cpu", "cuda"), "device", source)
+    return spec
+
+
+def make_spec(*overrides: dict, source: str = "spec") -> dict:
+    """DEFAULTS, then each override in turn (suite defaults, matrix cell, --set ...), validated."""
+    spec = copy.deepcopy(DEFAULTS)
+    for override in overrides:
+        spec = merge(spec, override, source=source)
+    return validate(spec, source)
+
+
+def spec_hash(spec: dict) -> str:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_spec_file(path: str | Path) -> dict:
+    """A single run spec (YAML with any subset of DEFAULTS' keys)."""
+    return make_spec(load_yaml(path), source=str(path))
+
+
+def parse_set(assignments: list[str], source: str = "--set") -> dict:
+    """['lora.r=16', 'train.steps=5'] -> nested override dict (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in assignments or []:
+        if "=" not in item:
+            raise UserError(f"{source}: expected KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def get(spec: dict, dotted: str):
+    node = spec
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,136 @@
+"""One run, in its own process: `python -m harness.worker train|eval JOB.json`.
+
+Reads top to bottom. `train` imports exactly one framework (ms-swift patches transformers when
+imported, so frameworks never share a process), measures the post-import memory baseline, trains
+under the meters and writes `train.rank<R>.json`. `eval` runs in a fresh process that never imports
+a framework adapter: it loads the base model and the saved adapter itself and generates greedily
+on the test split, the same code for every framework, then scores with harness.metrics.
+Progress goes to `progress.jsonl` in the run directory (the runner draws bars from it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+class ProgressHooks:
+    """Adapter hooks: start the memory meter at train begin, log each step to progress.jsonl."""
+
+    def __init__(self, run_dir: Path, meter, rank: int):
+        self.meter = meter
+        self.rank = rank
+        self.path = run_dir / "progress.jsonl"
+
+    def on_train_begin(self) -> None:
+        self.meter.start()
+
+    def on_step(self, record: dict) -> None:
+        if self.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"event": "step", **record}) + "\n")
+
+
+def train(job: dict) -> int:
+    import torch
+
+    import adapters
+    from adapters.base import TrainData
+    from harness.meters import MemoryMeter, throughput
+
+    spec, run_dir = job["spec"], Path(job["run_dir"])
+    rank = int(os.environ.get("RANK", "0"))
+    torch.manual_seed(spec["train"]["seed"])
+    adapter = adapters.get(spec["framework"])
+    _import_framework(spec["framework"])  # so the baseline includes the framework's own imports
+    meter = MemoryMeter()  # baseline: RSS after imports
+    hooks = ProgressHooks(run_dir, meter, rank)
+    data = TrainData(model_dir=Path(job["model_dir"]), train_jsonl=Path(job["train_jsonl"]), n_samples=job["n_train"])
+    outcome = adapter.train(spec, data, run_dir, hooks)
+    memory = meter.stop()
+    result = {
+        "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "memory": memory,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if rank == 0:
+        result.update(steps=outcome.steps, effective=outcome.effective, setup_s=outcome.setup_s,
+                      train_s=outcome.train_s, throughput=throughput(outcome.steps),
+                      adapter_dir=str(outcome.adapter_dir), initial_adapter=str(outcome.initial_adapter))
+    _write_json(run_dir / f"train.rank{rank}.json", result)
+    return 0
+
+
+def _import_framework(name: str) -> None:
+    if name == "swift":
+        import swift.pipelines  # noqa: F401
+    else:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+
+
+def evaluate(job: dict) -> int:
+    from harness import metrics
+    from harness.data import load_samples
+    from harness.generation import generate, load_model
+
+    spec, run_dir = job["spec"], Path(job["run_dir"])
+    ev = spec["eval"]
+    t0 = time.perf_counter()
+    samples = load_samples(job["eval_jsonl"], task=spec["task"])[: ev["max_samples"]]
+    adapter_dir = run_dir / "adapter" if job.get("with_adapter", True) else None
+    model, processor = load_model(job["model_dir"], adapter_dir, device=spec["device"])
+    from PIL import Image
+
+    images = [Image.open(s.image).convert("RGB") for s in samples]
+    system = None if spec["train"]["system_prompt"] == "none" and spec["alignment"] == "aligned" else \
+        "You are a helpful assistant."
+    done = [0]
+
+    def progress(n):
+        done[0] += n
+        with open(run_dir / "progress.jsonl", "a") as f:
+            f.write(json.dumps({"event": "eval", "done": done[0], "total": len(samples)}) + "\n")
+
+    preds = generate(model, processor, images, [s.prompt for s in samples], system=system,
+                     max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress)
+    gen_s = time.perf_counter() - t0
+    refs = [{"id": s.id, "text": s.target, **({"fields": s.fields} if s.fields is not None and spec["task"] == "extract" else {})}
+            for s in samples]
+    pred_rows = [{"id": s.id, "prediction": p} for s, p in zip(samples, preds)]
+    with open(run_dir / "predictions.jsonl", "w") as f:
+        for row in pred_rows:
+            f.write(json.dumps(row) + "\n")
+    rows = metrics.per_sample(refs, pred_rows)
+    metrics.write_per_sample(rows, run_dir / "per_sample.jsonl")
+    summary = metrics.summarize(rows)
+    _write_json(run_dir / "eval.json", {"task": spec["task"], "split": ev["split"], "n": len(samples),
+                                        "seconds": gen_s, "metrics": summary})
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in ("train", "eval"):
+        print("usage: python -m harness.worker train|eval JOB.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[1]).read_text())
+    from harness.errors import UserError
+
+    try:
+        return train(job) if argv[0] == "train" else evaluate(job)
+    except UserError as exc:
+        print(f"lorabench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
