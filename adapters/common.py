@@ -195,6 +195,7 @@ def model_settings(model) -> dict:
         "lora.targets_vision": sum(1 for t in targets if ".visual." in t),
         "lora.r": one(r), "lora.alpha": one(alpha), "lora.scaling": one(scaling), "lora.dropout": one(dropout),
         "trainable_params": sum(p.numel() for _, p in trainable),
+        "total_params": sum(p.numel() for _, p in model.named_parameters()),
         "trainable_non_lora_params": sum(p.numel() for n, p in trainable if "lora_" not in n),
         "vision_full_weights_trainable": vision_trainable,
         "dtype": str(next(p for p in model.parameters()).dtype).replace("torch.", ""),

@@ -42,6 +42,8 @@ class ForgeConfig:
     prompt: str = "Read all text."
     seed: int = 0
     clip: float = 1.0
+    curriculum_fraction: float = 0.25  # first 25% of the time: pages of 1-2 rows only
+    curriculum_max_rows: int = 2
 
 
 def random_page_lines(rng: np.random.Generator) -> list[str]:
@@ -148,7 +150,13 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, on_step=None) -> dict:
             lr *= 1.0 - 0.9 * (frac - (1.0 - cfg.decay_fraction)) / cfg.decay_fraction
         for g in opt.param_groups:
             g["lr"] = lr
-        rows = rnd.choices(rows_choices, weights=weights)[0]
+        # Curriculum: copying from one or two rows is learnt first (the offset between an answer
+        # character and its image token is then nearly constant); full pages follow.
+        if frac < cfg.curriculum_fraction:
+            allowed = [r for r in rows_choices if r <= cfg.curriculum_max_rows] or rows_choices
+            rows = rnd.choices(allowed, weights=[weights[rows_choices.index(r)] for r in allowed])[0]
+        else:
+            rows = rnd.choices(rows_choices, weights=weights)[0]
         pages = rnd.sample(pool[rows], k=min(len(pool[rows]), max(1, cfg.batch_lines // rows)))
         systems = [None if rnd.random() < cfg.no_system_fraction else DEFAULT_SYSTEM for _ in pages]
         enc = encode_batch(processor, pages, cfg.prompt, systems)
@@ -160,7 +168,7 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, on_step=None) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         opt.step()
-        rec = {"step": step, "lm_loss": float(out.loss), "ctc_loss": float(ctc_loss), "lr": lr,
+        rec = {"step": step, "lm_loss": out.loss.item(), "ctc_loss": ctc_loss.item(), "lr": lr,
                "elapsed_s": time.perf_counter() - start}
         history.append(rec)
         if on_step:

@@ -8,9 +8,10 @@ Three parts, top to bottom:
    Hugging Face Qwen2-VL `config.json` (e.g. the embedded tiny model) becomes a Shape through
    `shape_from_hf_config`, so the estimate can be checked against measured runs.
 2. Estimate. `estimate(PlanInput) -> Plan`: bytes per GPU by component (frozen weights, LoRA weights,
-   gradients, optimizer states, ZeRO buffers, activations, logits, CUDA context, fragmentation) and
-   CPU RAM for offloaded states. Every formula is written out in docs/plan.md; the code says why.
-3. Answers. `fits`, `verdict` ("fits on 3 x 24 GiB (headroom 5.2 GiB)"), `search_fits` (largest
+   gradients, optimizer states, ZeRO buffers, stored activations, the transient peak (loss buffers
+   or one recomputed block), fragmentation, CUDA context) and CPU RAM for offloaded states. Every
+   formula is written out in docs/plan.md, with measurements on an H200 it was checked against.
+3. Answers. `fits`, `verdict` ("fits on 3 x 24 GiB (headroom 5.21 GiB)"), `search_fits` (largest
    max_length per batch size over a grid) and `deepspeed_crosscheck` (DeepSpeed's own cold
    estimators next to ours, for full fine-tuning, which is all DeepSpeed's estimators know).
 
@@ -36,8 +37,8 @@ TARGET_SETS = ("lm", "lm+vision", "all-linear")
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per weight / activation element
 
 # Defaults that stand for a real software stack; each is documented in docs/plan.md.
-CUDA_CONTEXT_GIB = 0.75  # CUDA context + cuBLAS workspace + NCCL buffers: 0.5-1 GiB per process
-FRAGMENTATION_FACTOR = 1.10  # reserved / allocated of PyTorch's caching allocator, typically 1.05-1.2
+CUDA_CONTEXT_GIB = 0.75  # GPU memory used outside PyTorch's allocator: measured 0.75 GiB (H200, torch 2.11)
+FRAGMENTATION_FACTOR = 1.10  # peak reserved / peak allocated of PyTorch's allocator: measured 1.03-1.20
 PROCESS_BASELINE_CPU_GIB = 0.5  # RSS of torch + transformers + peft + Trainer + deepspeed (measured 507 MB)
 ZERO3_MAX_LIVE_PARAMS = 1_000_000_000  # DeepSpeed stage3_max_live_parameters default (also HF's configs)
 ZERO12_ALLGATHER_BUCKET = 200_000_000  # allgather_bucket_size in the usual HF/DeepSpeed zero2 configs
@@ -396,13 +397,14 @@ class PlanInput:
     grad_checkpointing: bool = True
     flash_attention: bool = True  # FlashAttention / SDPA: no s x s score matrix is stored
     precision: str = "bf16"  # fp32 | bf16 | fp16
-    lora_dropout: float = 0.05  # > 0 stores a dropped-out copy of each LoRA layer's input
+    lora_dropout: float = 0.05  # > 0 adds a 1-byte dropout mask per LoRA input element (swift, MiniCPM-V default)
     zero_stage: int = 0
     offload_optimizer: bool = False
     offload_params: bool = False
     world_size: int = 1
     gpu_mem_gib: float = 24.0
     full_finetune: bool = False  # train every parameter (the DeepSpeed cross-check uses this)
+    adapter_fp32: bool | None = None  # None: fp32 without DeepSpeed (stage 0), compute dtype with it
     zero3_max_live_params: int = ZERO3_MAX_LIVE_PARAMS
     cuda_context_gib: float = CUDA_CONTEXT_GIB
     fragmentation_factor: float = FRAGMENTATION_FACTOR
@@ -432,6 +434,14 @@ class PlanInput:
     @property
     def image_tokens_per_sample(self) -> int:
         return self.shape.image_tokens.default_per_sample if self.image_tokens is None else self.image_tokens
+
+    @property
+    def fp32_adapters(self) -> bool:
+        """LoRA weights in fp32? PEFT keeps them fp32 on a 16-bit model (autocast_adapter_dtype);
+        DeepSpeed (modelled for ZeRO >= 1) casts the whole module to the 16-bit dtype."""
+        if self.precision == "fp32":
+            return True
+        return self.zero_stage == 0 if self.adapter_fp32 is None else self.adapter_fp32
 
     @property
     def lm_seq_len(self) -> int:
@@ -480,35 +490,66 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def lm_layer_activation_elements(t: Tower, seq: int, batch: int, flash: bool) -> int:
-    """Elements one decoder block (pre-norm, GQA attention, SwiGLU MLP) stores for backward.
-
-    Korthikanti et al. 2022 (34 sbh + 5 a s^2 b bytes, GPT block) adapted to Llama/Qwen2 blocks,
-    no dropout: attention: norm input, q/k/v input, Q, K, V, RoPE'd Q and K, attention output
-    = 5 sbh + 3 sb h_kv; MLP: norm input, gate/up input, gate, up, act(gate), product = 2 sbh + 4 sbI.
-    Without flash/SDPA the scores and softmax probabilities add 2 a s^2 b."""
-    linear = seq * batch * (7 * t.hidden + 3 * t.kv_dim + 4 * t.intermediate)
-    return linear + (0 if flash else 2 * t.heads * seq * seq * batch)
+LOGITS_BYTES_PER_ELEMENT = 12  # three fp32 (token x vocab) buffers at the start of backward (measured)
 
 
-def vit_layer_activation_elements(t: Tower, seq: int, batch: int, flash: bool) -> int:
-    """Elements one ViT block (pre-LayerNorm, MHA, GELU MLP) stores: attention: norm input, qkv
-    input, Q, K, V, attention output = 6 sbh; MLP: norm input, fc1 input, fc1 output, GELU output
-    = 2 sbh + 2 sbI. Without flash/SDPA: + 2 a s^2 b."""
-    linear = seq * batch * (8 * t.hidden + 2 * t.intermediate)
-    return linear + (0 if flash else 2 * t.heads * seq * seq * batch)
+def decoder_block_bytes_per_token(t: Tower, w: int, linear_input_bytes: int) -> int:
+    """Bytes one decoder block (Qwen2/Llama: RMSNorm, GQA attention, SwiGLU MLP) keeps for backward,
+    per token, with flash/SDPA attention. Korthikanti et al. 2022's per-layer count (34 sbh bytes for a
+    GPT block) redone for this block with frozen base weights:
+    - 2 RMSNorms upcast to fp32 and keep that fp32 input: 2 x 4h;
+    - SDPA keeps Q, K, V and its output: w (h + 2 h_kv + h) (GQA: K, V stay h_kv wide);
+    - SwiGLU keeps gate output (SiLU input), SiLU output and up output: w 3I;
+    - frozen linears keep nothing; inputs of LoRA'd (or trained) linears: `linear_input_bytes`."""
+    return 2 * 4 * t.hidden + w * (2 * t.hidden + 2 * t.kv_dim) + w * 3 * t.intermediate + linear_input_bytes
 
 
-def _tower_activation_bytes(t: Tower, layer_elements: int, seq: int, batch: int, act_bytes: int,
-                            lora_dropout_in_features: int, ckpt: bool) -> tuple[int, int, int]:
-    """-> (stored bytes with the chosen checkpointing, without checkpointing, with checkpointing).
+def vit_block_bytes_per_token(t: Tower, w: int, linear_input_bytes: int) -> int:
+    """Bytes one ViT block (LayerNorm, MHA, GELU MLP) keeps for backward, per patch, flash/SDPA:
+    - 2 LayerNorms keep their input: w 2h;
+    - SDPA keeps Q, K, V and its output: w 4h; with a fused qkv projection (Qwen2-VL) V is a view
+      of the whole 3h qkv output, which stays alive: + w 2h;
+    - the MLP keeps fc1's output and the GELU's intermediate (QuickGELU's sigmoid): w 2I;
+    - inputs of LoRA'd (or trained) linears: `linear_input_bytes`."""
+    fused_qkv = any(l.name.endswith("qkv") for l in t.block_linears)
+    attention = 4 * t.hidden + (2 * t.hidden if fused_qkv else 0)
+    return w * (2 * t.hidden + attention + 2 * t.intermediate) + linear_input_bytes
 
-    LoRA dropout stores its output (act_bytes) and its mask (1 byte) per LoRA input element.
-    Checkpointing keeps each block's input (s*b*h) and recomputes one block at a time in backward."""
-    full_layer = layer_elements * act_bytes + seq * batch * lora_dropout_in_features * (act_bytes + 1)
-    without = t.layers * full_layer
-    with_ckpt = t.layers * seq * batch * t.hidden * act_bytes + full_layer if t.layers else 0
-    return (with_ckpt if ckpt else without), without, with_ckpt
+
+def linear_input_bytes_per_token(t: Tower, mode: str, w: int, lora_input_bytes: int) -> int:
+    """What the block's linear layers keep of their inputs, per token.
+    mode 'full' (weights trained): each distinct input once in the compute dtype: the attention
+    input (shared by q/k/v), the attention output, the MLP input (shared by gate/up), the MLP
+    intermediate = 3h + I. mode 'lora': PEFT casts each LoRA layer's input to the adapter dtype
+    (and applies dropout) separately, so every LoRA'd linear keeps its own copy: lora_input_bytes
+    per input feature. mode 'frozen': a frozen linear keeps nothing (only its weight is needed)."""
+    if mode == "full":
+        return w * (3 * t.hidden + t.intermediate)
+    if mode == "lora":
+        return lora_input_bytes * sum(l.in_features for l in t.block_linears)
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _TowerActivations:
+    stored: int  # kept from the forward pass until backward reaches the block
+    recompute: int  # one block's full activations, alive only while checkpointing recomputes it
+
+
+def _tower_activations(t: Tower, per_token: int, seq: int, batch: int, w: int, flash: bool,
+                       ckpt: bool) -> _TowerActivations:
+    """Checkpointing keeps each block's input (w*s*b*h) and recomputes one block at a time.
+    Without flash/SDPA (eager), attention also keeps the fp32 softmax and its 16-bit copy,
+    (4 + w) a s^2 b, and K, V are repeated to all heads: + w 2 (h - h_kv) per token."""
+    if not t.layers or not seq:
+        return _TowerActivations(0, 0)
+    tokens = seq * batch
+    full_block = tokens * per_token
+    if not flash:
+        full_block += (4 + w) * t.heads * seq * seq * batch + tokens * w * 2 * (t.hidden - t.kv_dim)
+    if ckpt:
+        return _TowerActivations(stored=t.layers * tokens * t.hidden * w, recompute=full_block)
+    return _TowerActivations(stored=t.layers * full_block, recompute=0)
 
 
 def estimate(inputs: PlanInput) -> Plan:
@@ -533,24 +574,28 @@ def estimate(inputs: PlanInput) -> Plan:
     frozen = total - trained_base
     trainable = lora + trained_base
 
-    # --- model states, whole model (bytes) ------------------------------------------------------
+    # --- model states (bytes per parameter) -------------------------------------------------
     # DeepSpeed casts the whole module, LoRA included, to the 16-bit dtype and keeps an fp32 master
     # copy plus an fp32 gradient partition for the step (its own accounting: "18 = 2 grads16 +
-    # 4 grads32 + 4 params32 + 8 optimizer states"). In fp32 there is no second copy.
-    optimizer_bytes_per_param = 8 + (8 if mixed else 0)  # Adam m, v (+ fp32 master + fp32 grad)
+    # 4 grads32 + 4 params32 + 8 optimizer states"); in fp32 there is no second copy. Without
+    # DeepSpeed, PEFT keeps adapters in fp32 (autocast_adapter_dtype) and AdamW needs no master.
+    adam = 8  # m and v in fp32
+    optimizer_per_param = adam + (8 if mixed else 0)
+    lora_weight_b, lora_grad_b, lora_opt_b = (4, 4, adam) if p.fp32_adapters else (w, w, optimizer_per_param)
     param_div = n_gpus if p.zero_stage == 3 else 1
     grad_div = n_gpus if p.zero_stage >= 2 else 1
     opt_div = n_gpus if p.zero_stage >= 1 else 1
 
     params_on_gpu = not p.offload_params
+    optimizer_bytes = lora * lora_opt_b + trained_base * optimizer_per_param
+    gradient_bytes = lora * lora_grad_b + trained_base * w
     gpu = {
         "frozen_weights": _ceil_div(frozen * w, param_div) if params_on_gpu else 0,
-        "lora_weights": _ceil_div(lora * w, param_div) if params_on_gpu else 0,
+        "lora_weights": _ceil_div(lora * lora_weight_b, param_div) if params_on_gpu else 0,
         "trained_base_weights": _ceil_div(trained_base * w, param_div) if params_on_gpu else 0,
         # With offload_optimizer, gradients stream to the CPU optimizer through the reduce bucket.
-        "gradients": 0 if p.offload_optimizer else _ceil_div(trainable * w, grad_div),
-        "optimizer_states": 0 if p.offload_optimizer else
-        _ceil_div(trainable * optimizer_bytes_per_param, opt_div),
+        "gradients": 0 if p.offload_optimizer else _ceil_div(gradient_bytes, grad_div),
+        "optimizer_states": 0 if p.offload_optimizer else _ceil_div(optimizer_bytes, opt_div),
     }
 
     # --- ZeRO buffers ----------------------------------------------------------------------------
@@ -571,28 +616,39 @@ def estimate(inputs: PlanInput) -> Plan:
     # --- activations -----------------------------------------------------------------------------
     lm_t, vit_t = shape.language_model, shape.vision
     seq, batch = p.lm_seq_len, p.micro_batch_size
-    dropout = p.lora_dropout > 0 and not p.full_finetune
-    lm_dropout_in = sum(l.in_features for l in lm_t.block_linears) if dropout else 0
-    lm_act, lm_no_ckpt, lm_ckpt = _tower_activation_bytes(
-        lm_t, lm_layer_activation_elements(lm_t, seq, batch, p.flash_attention), seq, batch, w,
-        lm_dropout_in, p.grad_checkpointing)
-
-    # The ViT stores activations only if something in or before it needs gradients.
-    vision_trained = p.full_finetune or not p.freeze_vision or p.targets != "lm"
-    v_seq, groups = shape.image_tokens.vision_groups(p.image_tokens_per_sample)
-    v_batch = batch * groups
-    if vision_trained and v_seq:
-        v_dropout_in = (sum(l.in_features for l in vit_t.block_linears)
-                        if dropout and p.targets != "lm" else 0)
-        v_act, v_no_ckpt, v_ckpt = _tower_activation_bytes(
-            vit_t, vit_layer_activation_elements(vit_t, v_seq, v_batch, p.flash_attention), v_seq,
-            v_batch, w, v_dropout_in, p.grad_checkpointing)
+    # Per input feature of a LoRA'd linear: its cast copy in the adapter dtype (+ 1 B dropout mask).
+    lora_input_b = (4 if p.fp32_adapters else w) + (1 if p.lora_dropout > 0 else 0)
+    lm_mode = "full" if p.full_finetune else "lora"
+    lm_per_token = decoder_block_bytes_per_token(
+        lm_t, w, linear_input_bytes_per_token(lm_t, lm_mode, w, lora_input_b))
+    # The ViT keeps activations when it is trained (in full or by LoRA) and also when frozen under
+    # gradient checkpointing: transformers 5's gradient_checkpointing_enable() hooks the input
+    # embeddings of every sub-model, the ViT's patch embedding included, so the frozen ViT runs
+    # under autograd (measured: docs/plan.md).
+    if p.full_finetune or not p.freeze_vision:
+        vit_mode = "full"
+    elif p.targets != "lm":
+        vit_mode = "lora"
     else:
-        v_act = v_no_ckpt = v_ckpt = 0
-    gpu["activations"] = lm_act + v_act
-    # Logits: the model returns them in the compute dtype; the loss upcasts to fp32 and keeps the
-    # log-softmax (4 B) for backward, whose gradient (4 B) appears when backward starts.
-    gpu["logits"] = seq * batch * shape.vocab * (w + 4 + 4)
+        vit_mode = "frozen"
+    vit_keeps = vit_mode != "frozen" or p.grad_checkpointing
+    v_seq, groups = shape.image_tokens.vision_groups(p.image_tokens_per_sample)
+    v_per_token = vit_block_bytes_per_token(
+        vit_t, w, linear_input_bytes_per_token(vit_t, vit_mode, w, lora_input_b))
+    logits = seq * batch * shape.vocab * LOGITS_BYTES_PER_ELEMENT
+
+    def activations(ckpt: bool) -> tuple[int, int]:
+        """-> (stored activations, transient peak) for a checkpointing choice. The transient is the
+        larger of the loss buffers (alive at the start of backward) and one recomputed block (alive
+        later): they never coexist."""
+        lm_a = _tower_activations(lm_t, lm_per_token, seq, batch, w, p.flash_attention, ckpt)
+        vit_a = (_tower_activations(vit_t, v_per_token, v_seq, batch * groups, w, p.flash_attention, ckpt)
+                 if vit_keeps else _TowerActivations(0, 0))
+        return lm_a.stored + vit_a.stored, max(logits, lm_a.recompute, vit_a.recompute)
+
+    stored, transient = activations(p.grad_checkpointing)
+    gpu["activations"] = stored
+    gpu["transient"] = transient
 
     allocated = sum(gpu.values())
     gpu["fragmentation"] = int(allocated * (p.fragmentation_factor - 1.0))
@@ -601,23 +657,26 @@ def estimate(inputs: PlanInput) -> Plan:
 
     # --- CPU RAM, whole node ------------------------------------------------------------------
     cpu = {
-        "offloaded_optimizer": trainable * optimizer_bytes_per_param if p.offload_optimizer else 0,
+        "offloaded_optimizer": optimizer_bytes if p.offload_optimizer else 0,
         # In fp32 the offloaded gradients are a separate fp32 buffer; in 16-bit they are the fp32
         # gradient already counted in the optimizer states.
         "offloaded_gradients": trainable * 4 if p.offload_optimizer and not mixed else 0,
-        "offloaded_params": total * w if p.offload_params else 0,
+        "offloaded_params": (frozen * w + lora * lora_weight_b + trained_base * w) if p.offload_params else 0,
         "process_baseline": int(n_gpus * PROCESS_BASELINE_CPU_GIB * GIB),
     }
     cpu["total"] = sum(cpu.values())
 
     params = {"total": total, "frozen": frozen, "lora": lora, "trained_base": trained_base,
               "trainable": trainable, "largest_module": shape.largest_module_params}
+    no_ckpt, ckpt = activations(False), activations(True)
     details = {
         "lm_seq_len": seq, "image_tokens": p.image_tokens_per_sample,
         "vision_patches_per_group": v_seq, "vision_groups_per_sample": groups,
-        "vision_activations_stored": bool(vision_trained and v_seq),
-        "activations_no_ckpt_gib": round((lm_no_ckpt + v_no_ckpt) / GIB, 4),
-        "activations_ckpt_gib": round((lm_ckpt + v_ckpt) / GIB, 4),
+        "vision_activations_kept": bool(vit_keeps and v_seq),
+        "fp32_adapters": p.fp32_adapters,
+        "logits_gib": round(logits / GIB, 4),
+        "activations_no_ckpt_gib": round(sum(no_ckpt) / GIB, 4),
+        "activations_ckpt_gib": round(sum(ckpt) / GIB, 4),
         "model_states_gpu_gib": round((sum(gpu[k] for k in (
             "frozen_weights", "lora_weights", "trained_base_weights", "gradients",
             "optimizer_states", "zero_buffers"))) / GIB, 4),
@@ -636,13 +695,13 @@ def fits(plan: Plan, gpu_gib: float | None = None) -> bool:
 
 
 def verdict(plan: Plan, gpu_gib: float | None = None) -> str:
-    """'fits on 3 x 24 GiB (headroom 5.2 GiB)' or 'does not fit on 3 x 24 GiB (short by 1.3 GiB)'."""
+    """'fits on 3 x 24 GiB (headroom 5.21 GiB)' or 'does not fit on 3 x 24 GiB (short by 1.32 GiB)'."""
     gpu_gib = plan.inputs.gpu_mem_gib if gpu_gib is None else gpu_gib
     margin = gpu_gib - plan.gpu_total_gib
     where = f"{plan.inputs.world_size} x {gpu_gib:g} GiB"
     if fits(plan, gpu_gib):
-        return f"fits on {where} (headroom {margin:.1f} GiB)"
-    return f"does not fit on {where} (short by {-margin:.1f} GiB)"
+        return f"fits on {where} (headroom {margin:.2f} GiB)"
+    return f"does not fit on {where} (short by {-margin:.2f} GiB)"
 
 
 def search_fits(inputs: PlanInput, batches=DEFAULT_BATCH_GRID,

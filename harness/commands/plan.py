@@ -25,7 +25,7 @@ GPU_LABELS = {
     "optimizer_states": "optimizer states",
     "zero_buffers": "ZeRO buffers (gathered params, buckets)",
     "activations": "activations",
-    "logits": "logits + fp32 loss",
+    "transient": "logits + loss, or a recomputed block",
     "fragmentation": "allocator fragmentation",
     "cuda_context": "CUDA context",
     "total": "total",
@@ -141,7 +141,7 @@ def run(args) -> int:
     lines = _describe(inputs, plan) + [""]
     lines += _table("per GPU", GPU_LABELS, plan.gpu_gib)
     d = plan.details
-    lines.append(f"  (activations without checkpointing {d['activations_no_ckpt_gib']:.2f} GiB, "
+    lines.append(f"  (activations + transient without checkpointing {d['activations_no_ckpt_gib']:.2f} GiB, "
                  f"with {d['activations_ckpt_gib']:.2f} GiB)")
     lines += [""] + _table(f"CPU RAM (node, {inputs.world_size} process{'es' if inputs.world_size > 1 else ''})",
                            CPU_LABELS, plan.cpu_gib)

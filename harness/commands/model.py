@@ -1,0 +1,78 @@
+"""`lorabench model build|eval`: the embedded tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.errors import UserError
+
+
+def add_parser(parser) -> None:
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="build and pre-train the tiny model (cached; instant when built)")
+    b.add_argument("--preset", default="tiny", choices=["tiny"])
+    b.add_argument("--out", type=Path, help="output directory (default: the cache under .cache/models)")
+    b.add_argument("--force", action="store_true", help="rebuild even when a matching checkpoint exists")
+    b.add_argument("--minutes", type=float, help="pre-training wall-time budget (default: the recipe's)")
+    b.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("eval", help="score a checkpoint (optionally with a LoRA adapter) on a test split")
+    e.add_argument("model_dir", help="checkpoint directory, or 'tiny'")
+    e.add_argument("--task", choices=["transcribe", "extract"], default="transcribe")
+    e.add_argument("--adapter", type=Path, help="a PEFT-format adapter directory to apply")
+    e.add_argument("--dataset", default="synthdocs", help="card name/path or a directory of JSONL files")
+    e.add_argument("--split", default="test")
+    e.add_argument("--n", type=int, default=200, help="at most this many samples")
+    e.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    return _build(args) if args.model_command == "build" else _eval(args)
+
+
+def _build(args) -> int:
+    import time
+
+    from harness.models import BuildPlan, build
+
+    t = time.perf_counter()
+    plan = BuildPlan(preset=args.preset, seed=args.seed, minutes=args.minutes)
+    path, meta = build(plan, out_dir=args.out, force=args.force)
+    q = meta.get("base_quality", {})
+    print(f"model: {path}")
+    print(f"params: {meta['params']['total']:,} (vision {meta['params']['vision_tower']:,}, projector "
+          f"{meta['params']['projector']:,}, language model {meta['params']['language_model']:,})")
+    if q:
+        print(f"base test CER (transcribe): {q['transcribe']['cer']:.4f}   field F1 (extract): "
+              f"{q['extract'].get('field_f1', 0):.3f}")
+    print(f"{'built' if time.perf_counter() - t > 5 else 'cached'} in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
+def _eval(args) -> int:
+    from PIL import Image
+
+    from harness import metrics
+    from harness.data import load_samples
+    from harness.generation import generate, load_model
+    from harness.jobs import resolve_dataset_dir, resolve_model_dir, split_file
+
+    model_dir = resolve_model_dir(args.model_dir)
+    if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
+        raise UserError(f"{args.adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    samples = load_samples(split_file(resolve_dataset_dir(args.dataset), args.split, args.task), task=args.task)[: args.n]
+    model, processor = load_model(model_dir, args.adapter)
+    images = [Image.open(s.image).convert("RGB") for s in samples]
+    preds = generate(model, processor, images, [s.prompt for s in samples])
+    refs = [{"id": s.id, "text": s.target, **({"fields": s.fields} if args.task == "extract" and s.fields else {})}
+            for s in samples]
+    scores = metrics.score(refs, [{"id": s.id, "prediction": p} for s, p in zip(samples, preds)])
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print(f"{model_dir}{' + ' + str(args.adapter) if args.adapter else ''} on {args.split}/{args.task} (n={scores['n']})")
+        for k in ("cer", "wer", "exact_match", "field_precision", "field_recall", "field_f1", "json_valid_rate"):
+            if k in scores:
+                lo, hi = scores[f"{k}_ci"]
+                print(f"  {k:<16} {scores[k]:.4f}  [{lo:.4f}, {hi:.4f}]")
+    return 0

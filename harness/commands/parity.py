@@ -1,0 +1,98 @@
+"""`lorabench parity SPEC.yaml`: prove frameworks aligned (exit 0) or name why not (exit 1)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from harness.errors import UserError
+
+
+def add_parser(parser) -> None:
+    parser.add_argument("spec", help="a run spec YAML (e.g. harness/suites/parity.yaml)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per framework (default: the spec's)")
+    parser.add_argument("--frameworks", default="peft,swift,torch", help="comma-separated (default: peft,swift,torch)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |Δloss| per step (default 1e-4)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec key, e.g. --set lora.r=16 --set alignment=native")
+    parser.add_argument("--ablate", action="store_true", help="revert one factor at a time to native values")
+    parser.add_argument("--factors", help="comma-separated subset of ablation factors")
+    parser.add_argument("--out", type=Path, default=Path("results/runs/parity"), help="where runs and parity.json go")
+    parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+
+
+def run(args) -> int:
+    import adapters
+    from harness import parity as P
+    from harness.spec import load_yaml, make_spec, merge, parse_set
+
+    raw = merge(make_spec(load_yaml(args.spec), source=args.spec), parse_set(args.set), source="--set")
+    if args.steps:
+        raw["train"]["steps"] = args.steps
+    base = make_spec(raw, source=args.spec)
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    for fw in frameworks:
+        if fw not in adapters.REGISTRY:
+            raise UserError(f"unknown framework {fw!r} (valid: {', '.join(sorted(adapters.REGISTRY))})")
+    if len(frameworks) < 2 and not args.ablate:
+        raise UserError("parity needs at least two frameworks")
+    quiet = (lambda *_: None) if args.json else (lambda m: print(m, flush=True))
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.ablate:
+        factors = args.factors.split(",") if args.factors else None
+        rows = P.ablate(base, args.out / "ablation", args.tolerance, factors, progress=quiet)
+        doc = {"ablation": rows, "seconds": time.perf_counter() - t0, "spec": base}
+        _save(args.out / "ablation.json", doc)
+        print(json.dumps(doc, default=str) if args.json else format_ablation(rows))
+        return 0
+    verdict = P.parity(base, frameworks, args.out, args.tolerance, progress=quiet)
+    verdict["seconds"] = time.perf_counter() - t0
+    verdict["spec"] = base
+    _save(args.out / "parity.json", verdict)
+    print(json.dumps(verdict, default=str) if args.json else format_verdict(verdict))
+    return 0 if verdict["aligned"] else 1
+
+
+def _save(path: Path, doc: dict) -> None:
+    from harness.results import write_json_atomic
+
+    write_json_atomic(path, doc)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v) if not isinstance(v, (list, dict)) else json.dumps(v)
+
+
+def format_verdict(v: dict) -> str:
+    names = v["frameworks"]
+    out = ["Effective settings (read back from the live objects; * = differs)", ""]
+    width = max(len(s["setting"]) for s in v["settings_diff"]) + 2
+    out.append(" " * (width + 2) + "".join(f"{n:<22}" for n in names))
+    for s in v["settings_diff"]:
+        mark = "*" if s["differs"] else " "
+        out.append(f"{mark} {s['setting']:<{width}}" + "".join(f"{_fmt(s['values'][n])[:21]:<22}" for n in names))
+    a = v["initial_adapter"]
+    out += ["", f"Initial LoRA adapters: modules {'identical' if a['modules_equal'] else 'DIFFER'}; "
+                f"{len(a['per_tensor'])} tensor pairs, max |Δ| = {a['max_abs_diff']:.3g}"]
+    out += ["", "step  " + "".join(f"{n:>14}" for n in names) + "      max|Δloss|"]
+    for s in v["steps"]:
+        out.append(f"{s['step']:>4}  " + "".join(f"{s[n]:>14.7f}" for n in names) + f"   {s['max_abs_dloss']:.2e}")
+    out += ["", f"largest |Δloss| {v['max_abs_dloss']:.3g} (tolerance {v['tolerance']:g}); first divergent step: "
+                f"{v['first_divergent_step'] or 'none'}; {v['seconds']:.0f} s"]
+    out.append("ALIGNED" if v["aligned"] else f"NOT ALIGNED: {v['cause']}")
+    return "\n".join(out)
+
+
+def format_ablation(rows: list[dict]) -> str:
+    out = ["Ablation: aligned, with one factor at each framework's native value (largest gap first)", "",
+           f"{'factor':<20}{'max |Δloss|':>14}{'final gap':>12}  peft / swift value"]
+    for r in rows:
+        vals = " / ".join(json.dumps(r["values"].get(fw)) for fw in ("peft", "swift"))
+        out.append(f"{r['factor']:<20}{r['max_abs_dloss']:>14.3g}{r['final_loss_gap']:>12.3g}  {vals}")
+        if r["note"]:
+            out.append(f"{'':<20}  note: {r['note']}")
+    return "\n".join(out)

@@ -1,0 +1,174 @@
+"""Are the frameworks aligned? Run each for N steps and compare what they built and what they did.
+
+Three pieces of evidence, all read back from the live runs (adapters.common):
+1. the effective settings side by side (differences marked);
+2. the initial LoRA tensors: same module set, and max |difference| per tensor (aligned = bit-identical);
+3. the per-step loss: largest |Δloss| between any two frameworks, and the first step beyond tolerance.
+`ablate` starts from aligned and reverts one factor at a time to each framework's native value
+(peft gets PEFT's default, swift gets swift's), so a gap becomes a table of named causes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.jobs import prepare_job
+from harness.launch import run_worker
+from harness.spec import make_spec, merge
+
+# Settings that are framework-specific by nature: shown, never compared.
+NOT_COMPARED_PREFIXES = ("swift.",)
+# When several settings differ, the first in this order is named as the cause.
+CAUSE_ORDER = ("lora.n_targets", "lora.targets_sha", "lora.targets_vision", "lora.r", "lora.alpha", "lora.scaling",
+               "lora.dropout", "lora.init_sha", "optim.group0.lr", "optim.group0.betas", "optim.group0.eps",
+               "optim.group0.weight_decay", "lr_schedule", "warmup_steps", "lr_per_step_sha", "grad_accum",
+               "global_batch", "data_order_sha", "system_prompt", "label_mask", "grad_checkpointing", "precision",
+               "dtype")
+
+# Native values per factor, as spec overrides (measured defaults of ms-swift 4.6.0 / peft 0.20 /
+# transformers 5.19; shared/design.md lists them). swift's all-linear = language model only (freeze_vit).
+NATIVE_FACTORS: dict[str, dict[str, dict]] = {
+    "targets": {"peft": {"lora": {"targets": "all-linear"}}, "swift": {"lora": {"targets": "lm"}}},
+    "alpha": {"peft": {"lora": {"alpha": 8}}, "swift": {"lora": {"alpha": 32}}},
+    "dropout": {"peft": {"lora": {"dropout": 0.0}}, "swift": {"lora": {"dropout": 0.05}}},
+    "lr": {"peft": {"optim": {"lr": 5e-5}}, "swift": {"optim": {"lr": 1e-4}}},
+    "weight_decay": {"peft": {"optim": {"weight_decay": 0.0}}, "swift": {"optim": {"weight_decay": 0.1}}},
+    "beta2": {"peft": {"optim": {"betas": [0.9, 0.999]}}, "swift": {"optim": {"betas": [0.9, 0.95]}}},
+    "scheduler": {"peft": {"schedule": {"type": "linear", "warmup_steps": 0}},
+                  "swift": {"schedule": {"type": "cosine", "warmup_steps": 0}}},
+    "accumulation": {"peft": {}, "swift": {}},  # filled per spec by _native_accumulation
+    "loss_norm": {"peft": {"train": {"loss_norm": "tokens"}}, "swift": {"train": {"loss_norm": "mean_of_means"}}},
+    "data_order": {"peft": {"train": {"data_order": "sampler"}}, "swift": {"train": {"data_order": "swift_shuffle"}}},
+    "template": {"peft": {"train": {"label_mask": "all"}}, "swift": {"train": {"label_mask": "answer"}}},
+    "grad_checkpointing": {"peft": {"train": {"grad_checkpointing": False}},
+                           "swift": {"train": {"grad_checkpointing": True}}},
+    "precision": {"peft": {"train": {"precision": "fp32"}}, "swift": {"train": {"precision": "fp32"}}},
+}
+FACTOR_NOTES = {
+    "accumulation": "swift picks ceil(16 / batch) accumulation steps, the Trainer 1: a different global batch",
+    "loss_norm": "not a native difference today (swift and transformers >= 4.46 both normalise per token over the "
+                 "accumulated batch); the mean of micro-batch means of transformers < 4.46 is put on one side",
+    "precision": "swift switches fp16 on for fp32 models only on a GPU; on the CPU both stay fp32",
+    "template": "a PEFT user's cookbook collator puts labels on every non-pad, non-image token; swift on the answer only",
+}
+
+
+def _native_accumulation(spec: dict, framework: str) -> dict:
+    """Accumulation steps as each framework picks them: swift ceil(16 / batch), Trainer 1."""
+    bs = spec["train"]["batch_size"]
+    return {"train": {"grad_accum": max(1, math.ceil(16 / bs)) if framework == "swift" else 1}}
+
+
+def run_one(spec: dict, run_dir: Path, timeout_s: float = 900) -> dict:
+    """Train one framework in its own process; returns its train.rank0.json (or raises)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    job = prepare_job(spec, run_dir)
+    result = run_worker("train", run_dir / "job.json", run_dir / "worker.log", timeout_s,
+                        world_size=spec["distributed"]["world_size"], device=spec["device"])
+    if result.status != "ok":
+        raise UserError(f"{spec['framework']} run {result.status}: {(result.error_tail or '').strip().splitlines()[-1:]}"
+                        f" (log: {run_dir / 'worker.log'})")
+    out = json.loads((run_dir / "train.rank0.json").read_text())
+    out["job"] = job
+    return out
+
+
+def compare(runs: dict[str, dict], tolerance: float) -> dict:
+    """The parity verdict for runs {framework: train.rank0.json}."""
+    from safetensors.torch import load_file
+
+    names = list(runs)
+    keys = sorted(set().union(*(r["effective"] for r in runs.values())))
+    settings = []
+    for key in keys:
+        values = {n: runs[n]["effective"].get(key) for n in names}
+        compared = not key.startswith(NOT_COMPARED_PREFIXES)
+        distinct = {json.dumps(v, sort_keys=True) for v in values.values()}
+        settings.append({"setting": key, "values": values, "differs": compared and len(distinct) > 1})
+
+    tensors = {n: load_file(runs[n]["initial_adapter"]) for n in names}
+    ref = names[0]
+    adapters = {"modules_equal": True, "max_abs_diff": 0.0, "per_tensor": []}
+    for n in names[1:]:
+        a, b = tensors[ref], tensors[n]
+        if set(a) != set(b):
+            adapters["modules_equal"] = False
+            adapters["only_in"] = {ref: sorted(set(a) - set(b))[:5], n: sorted(set(b) - set(a))[:5]}
+        for k in sorted(set(a) & set(b)):
+            d = float((a[k] - b[k]).abs().max()) if a[k].shape == b[k].shape else math.inf
+            adapters["per_tensor"].append({"tensor": k, "pair": f"{ref}-{n}", "max_abs_diff": d})
+            adapters["max_abs_diff"] = max(adapters["max_abs_diff"], d)
+
+    losses = {n: [s["loss"] for s in runs[n]["steps"]] for n in names}
+    n_steps = min(len(v) for v in losses.values())
+    per_step, first_bad, max_d = [], None, 0.0
+    for i in range(n_steps):
+        vals = [losses[n][i] for n in names]
+        d = max(vals) - min(vals)
+        per_step.append({"step": i + 1, **{n: losses[n][i] for n in names}, "max_abs_dloss": d})
+        max_d = max(max_d, d)
+        if d > tolerance and first_bad is None:
+            first_bad = i + 1
+    diffs = [s["setting"] for s in settings if s["differs"]]
+    cause = None
+    if not adapters["modules_equal"]:
+        cause = "the LoRA target modules differ"
+    elif diffs:
+        ordered = sorted(diffs, key=lambda k: CAUSE_ORDER.index(k) if k in CAUSE_ORDER else len(CAUSE_ORDER))
+        cause = f"setting {ordered[0]!r} differs: " + ", ".join(
+            f"{n}={runs[n]['effective'].get(ordered[0])}" for n in names)
+    elif adapters["max_abs_diff"] > 0:
+        cause = f"initial LoRA tensors differ (max |Δ| {adapters['max_abs_diff']:.3g}): random state at init"
+    elif first_bad is not None:
+        cause = f"loss diverges at step {first_bad} with identical settings (numerics)"
+    aligned = (adapters["modules_equal"] and adapters["max_abs_diff"] == 0.0 and first_bad is None
+               and n_steps == max(len(v) for v in losses.values()))
+    return {"frameworks": names, "tolerance": tolerance, "aligned": aligned, "cause": cause,
+            "settings_diff": settings, "initial_adapter": adapters, "steps": per_step,
+            "max_abs_dloss": max_d, "first_divergent_step": first_bad,
+            "final_loss": {n: losses[n][-1] if losses[n] else None for n in names}}
+
+
+def parity(base: dict, frameworks: list[str], out_dir: Path, tolerance: float, progress=print) -> dict:
+    runs = {}
+    for fw in frameworks:
+        spec = make_spec(base, {"framework": fw})
+        progress(f"parity: training {fw} for {spec['train']['steps']} steps ...")
+        runs[fw] = run_one(spec, out_dir / fw, timeout_s=spec["timeout_s"])
+    return compare(runs, tolerance)
+
+
+def ablate(base: dict, out_dir: Path, tolerance: float, factors=None, progress=print) -> list[dict]:
+    """For each factor: peft and swift aligned except that factor at each one's native value."""
+    rows = []
+    for factor in factors or NATIVE_FACTORS:
+        if factor not in NATIVE_FACTORS:
+            raise UserError(f"unknown ablation factor {factor!r} (valid: {', '.join(NATIVE_FACTORS)})")
+        runs = {}
+        for fw in ("peft", "swift"):
+            override = copy.deepcopy(NATIVE_FACTORS[factor][fw])
+            if factor == "accumulation":
+                override = _native_accumulation(make_spec(base), fw)
+            spec = make_spec(merge(make_spec(base), override), {"framework": fw, "alignment": "aligned"})
+            progress(f"ablation {factor}: {fw} ...")
+            runs[fw] = run_one(spec, out_dir / factor / fw, timeout_s=spec["timeout_s"])
+        verdict = compare(runs, tolerance)
+        rows.append({"factor": factor, "max_abs_dloss": verdict["max_abs_dloss"],
+                     "final_loss_gap": abs(verdict["final_loss"]["peft"] - verdict["final_loss"]["swift"]),
+                     "first_divergent_step": verdict["first_divergent_step"],
+                     "values": {fw: runs[fw]["job"]["spec"] and _factor_value(factor, runs[fw]) for fw in runs},
+                     "note": FACTOR_NOTES.get(factor, "")})
+    return sorted(rows, key=lambda r: -r["max_abs_dloss"])
+
+
+def _factor_value(factor: str, run: dict):
+    """What the factor was set to in this run, for the table (from the spec the worker ran)."""
+    spec = run["job"]["spec"]
+    override = NATIVE_FACTORS[factor][spec["framework"]] or {"train": {"grad_accum": None}}
+    section, values = next(iter(override.items()))
+    return {k: spec[section][k] for k in values}

@@ -1,0 +1,204 @@
+"""Run a suite: one isolated worker per cell, a record per run, whatever happens to the worker.
+
+For each cell: prepare the job (data + model) -> train worker (own process, timeout) -> eval worker
+(fresh process, framework-neutral) -> one JSON record, written atomically. A crash, timeout, OOM or
+Ctrl-C becomes a record with its status and error tail; the suite goes on (Ctrl-C stops it after
+recording the interrupted run). Finished runs (an "ok" record for the same spec hash) are skipped,
+so a re-run after `kill -9` redoes only what was unfinished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from harness import results
+from harness.errors import UserError
+from harness.launch import run_worker
+from harness.suite import Cell
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Progress:
+    """One bar over the runs and one within the current run; plain lines when stdout is no TTY."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+        self.tty = sys.stdout.isatty()
+        self.current = ""
+
+    def start(self, cell: Cell, steps: int):
+        self.current = " ".join(f"{k}={v}" for k, v in cell.key.items()) or cell.run_id
+        self.steps = steps
+        if not self.tty:
+            print(f"[{self.done + 1}/{self.total}] {cell.run_id} {self.current}", flush=True)
+
+    def poll(self, progress_file: Path):
+        if not self.tty or not progress_file.exists():
+            return
+        try:
+            lines = progress_file.read_text().splitlines()
+        except OSError:
+            return
+        last = json.loads(lines[-1]) if lines else {}
+        outer = f"runs {self.done}/{self.total} [{'#' * int(20 * self.done / max(1, self.total)):<20}]"
+        if last.get("event") == "step":
+            sps = last["samples"] / last["seconds"] if last.get("seconds") else 0
+            inner = f"step {last['step']}/{self.steps} loss {last['loss']:.4f} {sps:.1f} samples/s"
+        elif last.get("event") == "eval":
+            inner = f"eval {last['done']}/{last['total']}"
+        else:
+            inner = "setting up"
+        print(f"\r{outer} {self.current}: {inner}\033[K", end="", flush=True)
+
+    def finish(self, record: dict):
+        self.done += 1
+        m = record.get("metrics") or {}
+        summary = (f"{record['status']}" + (f" cer={m['cer']:.4f}" if "cer" in m else "") +
+                   (f" field_f1={m['field_f1']:.3f}" if "field_f1" in m else "") +
+                   (f" peak={m['peak_rss_mib']:.0f}MiB" if m.get("peak_rss_mib") else "") + f" {record['wall_s']:.0f}s")
+        print(("\r" if self.tty else "") + f"[{self.done}/{self.total}] {self.current}: {summary}\033[K"
+              if self.tty else f"    -> {summary}", flush=True)
+
+
+def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, force: bool = False,
+              dry_run: bool = False) -> int:
+    """Run every unfinished cell; returns the number of runs that did not end ok."""
+    finished = set() if force else results.finished_hashes(results_dir)
+    todo = [c for c in cells if c.spec_hash not in finished]
+    if dry_run:
+        for c in cells:
+            state = "skip (finished)" if c.spec_hash in finished else "run"
+            print(f"{c.run_id}  {state:<16} {json.dumps(c.key)}")
+        print(f"{len(todo)} to run, {len(cells) - len(todo)} finished")
+        return 0
+    if not todo:
+        print(f"all {len(cells)} runs of suite {name!r} are finished ({results_dir})")
+        return 0
+    from harness.env import fingerprint
+    from harness.meters import matmul_peak_gflops
+
+    env = fingerprint(matmul_peak_gflops())
+    progress = Progress(len(todo))
+    bad = 0
+    for cell in todo:
+        progress.start(cell, cell.spec["train"]["steps"])
+        record = run_cell(name, cell, results_dir, env, command, progress)
+        results.write_record(results_dir, record)
+        progress.finish(record)
+        bad += record["status"] != "ok"
+        if record["status"] == "cancelled":
+            raise KeyboardInterrupt
+    return bad
+
+
+def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str, progress: Progress) -> dict:
+    from harness.env import dataset_fingerprint, model_fingerprint
+    from harness.jobs import prepare_job
+
+    spec = cell.spec
+    work = results_dir / "work" / cell.run_id
+    shutil.rmtree(work, ignore_errors=True)
+    started, t0 = _now(), time.perf_counter()
+    record = {
+        "schema_version": results.SCHEMA_VERSION, "run_id": cell.run_id, "suite": suite, "spec_hash": cell.spec_hash,
+        "spec": spec, "cell": {"framework": spec["framework"], "alignment": spec["alignment"],
+                               "seed": spec["train"]["seed"], **cell.key},
+        "status": "failed", "error": None, "started_at": started, "command": command, "env": dict(env),
+        "per_sample_file": None,
+    }
+
+    def done(status: str, error: str | None) -> dict:
+        record.update(status=status, error=error, finished_at=_now(), wall_s=time.perf_counter() - t0)
+        return record
+
+    try:
+        job = prepare_job(spec, work)
+    except UserError as exc:
+        return done("failed", f"lorabench: error: {exc}")
+    record["env"]["dataset"] = dataset_fingerprint(job["dataset_dir"], spec["dataset"])
+    record["env"]["model"] = model_fingerprint(job["model_dir"], spec["model"])
+    poll = lambda: progress.poll(work / "progress.jsonl")  # noqa: E731
+    world = spec["distributed"]["world_size"]
+    res = run_worker("train", work / "job.json", work / "worker.log", spec["timeout_s"], world_size=world,
+                     device=spec["device"], poll=poll)
+    if res.status != "ok":
+        return done(res.status, res.error_tail)
+    ranks = [json.loads(p.read_text()) for p in sorted(work.glob("train.rank*.json"))]
+    rank0 = next(r for r in ranks if r["rank"] == 0)
+    record["env"]["torch_threads"] = rank0["torch_threads"]
+    record["effective_settings"] = rank0["effective"]
+    record["train"] = {"steps": rank0["steps"], "warmup_steps_excluded": rank0["throughput"]["warmup_steps_excluded"],
+                       "setup_s": rank0["setup_s"], "train_s": rank0["train_s"]}
+    record["memory"] = memory_section(spec, ranks)
+    metrics = {**{k: v for k, v in rank0["throughput"].items() if k != "warmup_steps_excluded"},
+               "final_loss": rank0["steps"][-1]["loss"] if rank0["steps"] else None,
+               "peak_rss_mib": max(r["memory"]["peak_rss_mib"] for r in ranks),
+               "peak_rss_above_baseline_mib": max(r["memory"]["peak_rss_above_baseline_mib"] for r in ranks),
+               "gpu_max_allocated_mib": _gpu_max(ranks, "max_allocated_mib"),
+               "gpu_max_reserved_mib": _gpu_max(ranks, "max_reserved_mib"),
+               "meter_overhead_fraction": max(r["memory"]["meter_overhead_fraction"] for r in ranks)}
+    metrics["mfu"] = _mfu(metrics["train_tokens_per_s"], job, rank0, env.get("matmul_peak_gflops"))
+    if spec["eval"]["enabled"]:
+        res = run_worker("eval", work / "job.json", work / "worker.log", spec["timeout_s"], device=spec["device"],
+                         poll=poll)
+        if res.status != "ok":
+            record["metrics"] = metrics
+            return done(res.status, "evaluation: " + (res.error_tail or ""))
+        ev = json.loads((work / "eval.json").read_text())
+        record["eval"] = {k: ev[k] for k in ("task", "split", "n", "seconds")}
+        runs_dir = results_dir / "runs"
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for src, suffix in (("predictions.jsonl", "predictions.jsonl"), ("per_sample.jsonl", "per_sample.jsonl")):
+            shutil.copyfile(work / src, runs_dir / f"{cell.run_id}.{suffix}")
+        record["eval"]["predictions_file"] = f"{cell.run_id}.predictions.jsonl"
+        record["per_sample_file"] = f"{cell.run_id}.per_sample.jsonl"
+        metrics.update({k: v for k, v in ev["metrics"].items() if k != "n"})
+        metrics["eval_s"] = ev["seconds"]
+    else:
+        record["eval"] = {"task": spec["task"], "split": spec["eval"]["split"], "n": 0, "seconds": 0.0,
+                          "predictions_file": None}
+    metrics["wall_s"] = time.perf_counter() - t0
+    record["metrics"] = metrics
+    return done("ok", None)
+
+
+def memory_section(spec: dict, ranks: list[dict]) -> dict:
+    dist = spec["distributed"]
+    return {
+        "world_size": dist["world_size"], "zero_stage": dist["zero_stage"],
+        "offload_optimizer": dist["offload_optimizer"], "offload_params": dist["offload_params"],
+        "baseline_rss_mib": ranks[0]["memory"]["baseline_rss_mib"],
+        "per_rank": [{"rank": r["rank"], "peak_rss_mib": r["memory"]["peak_rss_mib"],
+                      "peak_rss_above_baseline_mib": r["memory"]["peak_rss_above_baseline_mib"],
+                      "ru_maxrss_mib": r["memory"]["ru_maxrss_mib"],
+                      "sampled_peak_rss_mib": r["memory"]["sampled_peak_rss_mib"],
+                      "baseline_rss_mib": r["memory"]["baseline_rss_mib"],
+                      "meter_overhead_fraction": r["memory"]["meter_overhead_fraction"],
+                      "gpu_max_allocated_mib": max((g["max_allocated_mib"] for g in r["memory"]["gpu"]), default=None),
+                      "gpu_max_reserved_mib": max((g["max_reserved_mib"] for g in r["memory"]["gpu"]), default=None)}
+                     for r in sorted(ranks, key=lambda r: r["rank"])],
+    }
+
+
+def _gpu_max(ranks, key):
+    values = [g[key] for r in ranks for g in r["memory"]["gpu"]]
+    return max(values) if values else None
+
+
+def _mfu(tokens_per_s, job, rank0, peak_gflops):
+    from harness.meters import mfu
+
+    total = rank0["effective"].get("total_params")
+    trainable = rank0["effective"].get("trainable_params")
+    if not total or trainable is None:
+        return None
+    return mfu(tokens_per_s, total, trainable, peak_gflops)

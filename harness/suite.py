@@ -1,0 +1,112 @@
+"""Suite files: defaults + a matrix of cells, each cell a run spec with a stable hash.
+
+    # lorabench run harness/suites/default.yaml
+    name: default
+    defaults: {task: extract, train: {steps: 60}}     # any spec keys (harness.spec.DEFAULTS)
+    matrix: {framework: [peft, swift], seed: [0, 1]}   # product of these; keys are dotted spec keys
+    include: [{framework: swift, alignment: native}]   # extra cells (merged over the matrix keys' first values)
+    exclude: [{framework: torch, alignment: native}]   # cells to drop (all given keys must match)
+    cells: {alignment=native: {train: {steps: 30}}}    # overrides for cells where KEY=VALUE holds
+
+`seed` is shorthand for train.seed (the data order follows it: train.data_seed = seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.spec import get, load_yaml, make_spec, merge, parse_set, spec_hash
+
+SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells")
+SHORTHANDS = {"seed": ("train.seed", "train.data_seed")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    key: dict  # the matrix values that name this cell, e.g. {"framework": "peft", "seed": 0}
+    spec: dict
+    spec_hash: str
+    run_id: str
+
+
+def _nested(dotted: str, value) -> dict:
+    out: dict = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def cell_override(cell: dict) -> dict:
+    override: dict = {}
+    for key, value in cell.items():
+        for dotted in SHORTHANDS.get(key, (key,)):
+            override = _deep_update(override, _nested(dotted, value))
+    return override
+
+
+def _deep_update(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_update(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _matches(cell: dict, condition: dict) -> bool:
+    return all(str(cell.get(k)) == str(v) for k, v in condition.items())
+
+
+def load_suite(path: str | Path, only: list[str] | None = None, overrides: list[str] | None = None):
+    """(name, [Cell]) for a suite file; `only` filters cells by KEY=VALUE on their matrix keys."""
+    path = Path(path)
+    doc = load_yaml(path)
+    for key in doc:
+        if key not in SUITE_KEYS:
+            raise UserError(f"{path}: unknown suite key {key!r} (valid: {', '.join(SUITE_KEYS)})")
+    name = doc.get("name") or path.stem
+    defaults = doc.get("defaults") or {}
+    extra = parse_set(overrides or [], source="--set")
+    base = make_spec(defaults, extra, source=str(path))
+    matrix = doc.get("matrix") or {}
+    if not isinstance(matrix, dict):
+        raise UserError(f"{path}: matrix must be a mapping of key -> list of values")
+    for key, values in matrix.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: matrix.{key} must be a non-empty list")
+    keys = list(matrix)
+    cells = [dict(zip(keys, combo)) for combo in itertools.product(*(matrix[k] for k in keys))] if keys else [{}]
+    for inc in doc.get("include") or []:
+        cells.append({**{k: matrix[k][0] for k in keys}, **inc})
+    cells = [c for c in cells if not any(_matches(c, ex) for ex in doc.get("exclude") or [])]
+    conditional = doc.get("cells") or {}
+    filters = [f.split("=", 1) for f in only or []]
+    for f in filters:
+        if len(f) != 2:
+            raise UserError(f"--only expects KEY=VALUE, got {'='.join(f)!r}")
+    out, seen = [], set()
+    for cell in cells:
+        if filters and not all(str(cell.get(k, _lookup(base, k))) == v for k, v in filters):
+            continue
+        specific = [ov for cond, ov in conditional.items() if _matches(cell, dict([cond.split("=", 1)]))]
+        spec = make_spec(base, *specific, cell_override(cell), source=f"{path} cell {cell}")
+        h = spec_hash(spec)
+        if h in seen:
+            continue
+        seen.add(h)
+        out.append(Cell(key=cell, spec=spec, spec_hash=h, run_id=f"{name}-{h[:10]}"))
+    return name, out
+
+
+def _lookup(spec: dict, dotted: str):
+    try:
+        return get(spec, SHORTHANDS.get(dotted, (dotted,))[0])
+    except (KeyError, TypeError):
+        return None
+
+
+__all__ = ["Cell", "load_suite", "merge"]
