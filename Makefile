@@ -33,11 +33,12 @@ test-fast: setup  ## unit and CLI tests only (no framework training)
 data: setup  ## build the default synthetic dataset
 	$(VENV)/bin/lorabench data build synthdocs
 
-model: setup data  ## build (or fetch from cache) the embedded tiny model
+model: setup  ## build the embedded tiny model (instant when the committed or cached copy matches)
 	$(VENV)/bin/lorabench model build
 
-benchmark: setup  ## run the default suite on the tiny model and write the report
+benchmark: setup model  ## run the default suite on the tiny model, the parity check, and write the report
 	$(VENV)/bin/lorabench run $(SUITE) --resume
+	$(VENV)/bin/lorabench parity harness/suites/parity.yaml --out $(RESULTS)/parity || echo "parity: NOT ALIGNED (see above)"
 	$(VENV)/bin/lorabench report $(RESULTS)
 
 report: setup  ## write the report for RESULTS
@@ -46,15 +47,17 @@ report: setup  ## write the report for RESULTS
 regress: setup  ## compare RESULTS against the committed baseline
 	$(VENV)/bin/lorabench regress --baseline results/baselines/default.json --current $(RESULTS)
 
-parity: setup  ## prove peft, swift and torch aligned on the example spec
-	$(VENV)/bin/lorabench parity harness/suites/parity.yaml
+parity: setup model  ## prove peft, swift and torch aligned on the example spec, then the ablation table
+	$(VENV)/bin/lorabench parity harness/suites/parity.yaml --out $(RESULTS)/parity
+	$(VENV)/bin/lorabench parity harness/suites/parity.yaml --ablate --out $(RESULTS)/parity
 
-memory: setup  ## run the memory-levers suite (DeepSpeed ZeRO, offload, 2 processes)
+memory: setup model  ## run the memory-levers suite (DeepSpeed ZeRO, offload, 2 processes)
 	$(VENV)/bin/lorabench run harness/suites/memory.yaml --resume
 	$(VENV)/bin/lorabench report results/runs/memory
 
-microbench: setup  ## pytest-benchmark micro-benchmarks of the hot paths
-	$(PY) -m pytest -q benchmarks --benchmark-autosave --benchmark-compare || $(PY) -m pytest -q benchmarks --benchmark-autosave
+microbench: setup model  ## pytest-benchmark micro-benchmarks (encode, train step, generate), compared with the last save
+	for f in tests/microbench/test_peft_step.py tests/microbench/test_swift_encode.py; do \
+	  $(PY) -m pytest -q -p no:cacheprovider $$f --benchmark-autosave --benchmark-compare || exit 1; done
 
 clean:  ## remove generated data, local runs and caches (keeps .venv)
 	rm -rf datasets/*/build results/runs .cache

@@ -150,9 +150,15 @@ class ChatCollator:
                 labels[i, : length - n] = -100
         else:
             labels[ids == self.image_pad_id] = -100
-        if ids.shape[1] > self.max_length:
-            raise ValueError(f"a sample has {ids.shape[1]} tokens > train.max_length {self.max_length}")
         enc["labels"] = labels
+        if ids.shape[1] > self.max_length:
+            # Right truncation (swift's truncation_strategy='right'): the answer's tail goes first;
+            # cutting into the image tokens would break the model, so that is an error instead.
+            if bool((ids[:, self.max_length:] == self.image_pad_id).any()):
+                raise ValueError(f"train.max_length {self.max_length} would cut image tokens")
+            for key in ("input_ids", "attention_mask", "labels", "mm_token_type_ids"):
+                if key in enc:
+                    enc[key] = enc[key][:, : self.max_length]
         return dict(enc)
 
 

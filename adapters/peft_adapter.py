@@ -45,7 +45,7 @@ class PeftAdapter:
     def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration, Trainer, set_seed
+        from transformers import AutoProcessor, AutoModelForImageTextToText, Trainer, set_seed
 
         from harness.distributed import deepspeed_config
 
@@ -53,9 +53,8 @@ class PeftAdapter:
         native = spec["alignment"] == "native"
         set_seed(spec["train"]["seed"])  # before loading: LoRA init draws from this state
         processor = AutoProcessor.from_pretrained(str(data.model_dir))
-        dtype = torch.float32 if native else {"fp32": torch.float32, "fp16": torch.float32,
-                                              "bf16": torch.float32}[spec["train"]["precision"]]
-        model = Qwen2VLForConditionalGeneration.from_pretrained(str(data.model_dir), dtype=dtype)
+        # fp32 master weights; fp16/bf16 run as autocast mixed precision through the Trainer
+        model = AutoModelForImageTextToText.from_pretrained(str(data.model_dir), dtype=torch.float32)
         if native:
             config = LoraConfig(r=spec["lora"]["r"], target_modules="all-linear", task_type="CAUSAL_LM")
         else:

@@ -53,6 +53,7 @@ def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list
         bf16=t["precision"] == "bf16", data_seed=t["data_seed"],
         dataset_shuffle=t["data_order"] == "swift_shuffle", split_dataset_ratio=0.0,
         system="" if t["system_prompt"] == "none" else None, max_length=t["max_length"],
+        truncation_strategy="right",  # as the harness collator: cut the answer's tail, never drop a sample
         freeze_vit=not vision and t["freeze_vision"], freeze_aligner=True,
         average_tokens_across_devices=True,
     )
@@ -114,9 +115,9 @@ class SwiftAdapter:
 def _target_names(spec: dict, data: TrainData) -> list[str]:
     """Resolve targets on a meta-device copy of the model: no weights loaded, no RNG consumed."""
     import torch
-    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(str(data.model_dir))
     with torch.device("meta"):
-        model = Qwen2VLForConditionalGeneration(config)
+        model = AutoModelForImageTextToText.from_config(config)
     return common.resolve_targets(model, spec["lora"]["targets"])

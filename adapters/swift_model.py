@@ -88,3 +88,9 @@ def register() -> None:
         exist_ok=True,
     )
     _registered = True
+
+
+if __name__.startswith("_swift_external_"):
+    # Loaded by swift's own CLI: `swift sft --custom_register_path adapters/swift_model.py
+    # --model_type lorabench_tiny_qwen2_vl --model <dir> ...` registers the model type there too.
+    register()

@@ -21,7 +21,7 @@ class TorchAdapter:
     def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
         import torch
         from peft import get_peft_model
-        from transformers import AutoProcessor, Qwen2VLForConditionalGeneration, get_scheduler, set_seed
+        from transformers import AutoProcessor, AutoModelForImageTextToText, get_scheduler, set_seed
 
         if spec["distributed"]["world_size"] > 1 or spec["distributed"]["zero_stage"] is not None:
             from harness.errors import UserError
@@ -32,7 +32,7 @@ class TorchAdapter:
         device = torch.device(spec["device"])
         set_seed(t["seed"])  # before loading: LoRA init draws from this state
         processor = AutoProcessor.from_pretrained(str(data.model_dir))
-        model = Qwen2VLForConditionalGeneration.from_pretrained(str(data.model_dir), dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(str(data.model_dir), dtype=torch.float32)
         model = get_peft_model(model, common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"])))
         if t["grad_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -10,11 +10,11 @@ from harness.chat import DEFAULT_SYSTEM, build_prompt
 def load_model(model_dir, adapter_dir=None, dtype="float32", device="cpu"):
     """(model, processor) from a local checkpoint, with a PEFT-format adapter merged in if given."""
     import torch
-    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+    from transformers import AutoProcessor, AutoModelForImageTextToText
 
     processor = AutoProcessor.from_pretrained(str(model_dir))
     processor.tokenizer.padding_side = "left"  # generation appends on the right
-    model = Qwen2VLForConditionalGeneration.from_pretrained(
+    model = AutoModelForImageTextToText.from_pretrained(
         str(model_dir), dtype=getattr(torch, dtype)).to(device)
     if adapter_dir is not None:
         from peft import PeftModel

@@ -71,6 +71,16 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the runner dies (kill -9 leaves no orphans)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_worker(mode: str, job_path: Path, log_path: Path, timeout_s: float, world_size: int = 1,
                device: str = "cpu", poll=None, rdzv: dict | None = None) -> WorkerResult:
     """Run one worker to completion; `poll()` is called about twice a second while it runs."""
@@ -78,6 +88,7 @@ def run_worker(mode: str, job_path: Path, log_path: Path, timeout_s: float, worl
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(worker_command(mode, job_path, world_size, rdzv), stdout=log, stderr=subprocess.STDOUT,
                                 env=worker_env(world_size, device), start_new_session=True,
+                                preexec_fn=_die_with_parent,
                                 cwd=str(Path(__file__).resolve().parent.parent))
         try:
             while True:

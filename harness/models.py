@@ -32,12 +32,17 @@ class BuildPlan:
     card: str = PRETRAIN_CARD
     seed: int = 0
     minutes: float | None = None  # None = the forge default
+    random_pages: int | None = None  # None = the forge default (quick test builds use fewer)
 
     def forge_config(self):
         from harness.forge import ForgeConfig
 
         cfg = ForgeConfig(seed=self.seed)
-        return dataclasses.replace(cfg, minutes=self.minutes) if self.minutes is not None else cfg
+        if self.minutes is not None:
+            cfg = dataclasses.replace(cfg, minutes=self.minutes)
+        if self.random_pages is not None:
+            cfg = dataclasses.replace(cfg, random_pages=self.random_pages)
+        return cfg
 
 
 def build_key(plan: BuildPlan, card_checksum: str | None) -> str:

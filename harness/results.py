@@ -246,7 +246,8 @@ def load_records(path: str | Path) -> list[dict]:
 
 def load_parity_docs(path: str | Path, records: Iterable[Mapping] = ()) -> list[dict]:
     """Parity/ablation documents for a report: each record's `parity` key, plus a `parity.json`
-    in the results directory or its `runs/` (the same structure). Identical documents appear once.
+    in the results directory, its `runs/`, or its `parity/` (where `lorabench parity --out
+    RESULTS/parity` writes `parity.json` and `ablation.json`). Identical documents appear once.
 
     Each document gets a `_label` (the run id or file it came from).
     """
@@ -266,7 +267,8 @@ def load_parity_docs(path: str | Path, records: Iterable[Mapping] = ()) -> list[
             add(record["parity"], record["run_id"])
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / "parity.json", path / "runs" / "parity.json"):
+        for candidate in (path / "parity.json", path / "runs" / "parity.json", path / "parity" / "parity.json",
+                          path / "parity" / "ablation.json"):
             if candidate.is_file():
                 add(_read_json(candidate), str(candidate))
     return docs

@@ -22,6 +22,7 @@ from harness.spec import get, load_yaml, make_spec, merge, parse_set, spec_hash
 
 SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells")
 SHORTHANDS = {"seed": ("train.seed", "train.data_seed")}
+META_KEYS = ("lever",)  # names a cell for the report (memory levers); not a spec key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,8 @@ def _nested(dotted: str, value) -> dict:
 def cell_override(cell: dict) -> dict:
     override: dict = {}
     for key, value in cell.items():
+        if key in META_KEYS:
+            continue
         for dotted in SHORTHANDS.get(key, (key,)):
             override = _deep_update(override, _nested(dotted, value))
     return override

@@ -16,3 +16,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def mini_dataset() -> Path:
+    """The mini card's build (a second or two; verified against the card's checksum)."""
+    from harness.data import ensure_built
+
+    return Path(ensure_built("synthdocs-mini"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A tiny checkpoint: the built one when present, else a quick build (seconds of pre-training).
+
+    Integration tests check mechanics (alignment, records, resume), not quality, so a barely
+    trained model is enough and keeps `make test` independent of the committed checkpoint.
+    """
+    from harness.errors import UserError
+    from harness.models import BuildPlan, CACHE_DIR, build, tiny_checkpoint
+
+    try:
+        return tiny_checkpoint()
+    except UserError:
+        path, _ = build(BuildPlan(card="synthdocs-mini", minutes=0.1, random_pages=100), out_dir=CACHE_DIR / "test-quick",
+                        progress=False)
+        return path

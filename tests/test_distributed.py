@@ -1,0 +1,43 @@
+"""Several processes and DeepSpeed ZeRO on the CPU (gloo): a 2-process ZeRO-3 run per framework."""
+
+import json
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.distributed import deepspeed_config
+from harness.spec import make_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_deepspeed_config_is_shared_and_safe_for_several_processes():
+    one = deepspeed_config(make_spec({"distributed": {"zero_stage": 3, "offload_optimizer": True,
+                                                      "offload_params": True}}))
+    assert one["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert one["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert one["train_batch_size"] == "auto"
+    two = deepspeed_config(make_spec({"distributed": {"zero_stage": 3, "world_size": 2}}))
+    assert "train_batch_size" not in two  # transformers would fill it while the world size is still 1
+    assert deepspeed_config(make_spec()) is None
+
+
+@pytest.mark.parametrize("framework", ["peft", "swift"])
+def test_two_process_zero3(framework, tmp_path, tiny_model_dir, mini_dataset, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "zero3", "defaults": {
+            "model": str(tiny_model_dir), "dataset": "synthdocs-mini", "task": "extract", "framework": framework,
+            "train": {"steps": 2, "batch_size": 1, "grad_accum": 1, "max_train_samples": 8},
+            "distributed": {"world_size": 2, "zero_stage": 3}, "eval": {"enabled": False}, "timeout_s": 900}}))
+    results = tmp_path / "results"
+    code = main(["run", str(suite), "--results", str(results)])
+    record = json.loads(next((results / "runs").glob("zero3-*.json")).read_text())
+    assert code == 0, record["error"]
+    mem = record["memory"]
+    assert mem["world_size"] == 2 and mem["zero_stage"] == 3 and len(mem["per_rank"]) == 2
+    assert all(r["peak_rss_mib"] > 0 for r in mem["per_rank"])
+    eff = record["effective_settings"]
+    assert eff["deepspeed_zero_stage"] == 3 and eff["world_size"] == 2 and eff["global_batch"] == 2
+    assert len(record["train"]["steps"]) == 2

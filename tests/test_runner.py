@@ -1,0 +1,87 @@
+"""The runner end to end: records, failures that do not stop the suite, resume after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.results import load_records, validate_record
+
+pytestmark = pytest.mark.integration
+
+SMALL = {"dataset": "synthdocs-mini", "task": "extract",
+         "train": {"steps": 2, "batch_size": 2, "grad_accum": 1, "max_train_samples": 8},
+         "eval": {"max_samples": 4, "max_new_tokens": 16, "batch_size": 4}}
+
+
+def _suite(tmp_path, model_dir, **doc) -> Path:
+    defaults = {**SMALL, "model": str(model_dir)}
+    body = {"name": "t", "defaults": defaults, **doc}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_suite_runs_records_and_survives_failures(tmp_path, tiny_model_dir, mini_dataset, capsys):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    suite = _suite(tmp_path, tiny_model_dir, matrix={"framework": ["peft"]},
+                   include=[{"framework": "torch", "model": str(broken)},
+                            {"framework": "torch", "timeout_s": 2}])
+    results = tmp_path / "results"
+    code = main(["run", str(suite), "--results", str(results)])
+    assert code == 1  # some runs failed, and said so
+    records = {r["cell"].get("model", "tiny") + "/" + r["cell"]["framework"] + str(r["cell"].get("timeout_s", "")): r
+               for r in load_records(results)}
+    assert len(records) == 3
+    for r in records.values():
+        assert validate_record({k: v for k, v in r.items() if not k.startswith("_")}) == []
+    ok = records[f"tiny/peft"] if "tiny/peft" in records else next(r for r in records.values() if r["status"] == "ok")
+    assert ok["status"] == "ok"
+    m = ok["metrics"]
+    for key in ("cer", "wer", "field_f1", "cer_ci", "train_samples_per_s", "peak_rss_mib", "final_loss", "wall_s"):
+        assert key in m, key
+    assert m["peak_rss_mib"] > m["peak_rss_above_baseline_mib"] > 0
+    assert m["meter_overhead_fraction"] < 0.02
+    assert ok["env"]["packages"]["transformers"] and ok["env"]["dataset"]["checksum"]
+    assert (results / "runs" / ok["eval"]["predictions_file"]).is_file()
+    statuses = sorted(r["status"] for r in records.values())
+    assert statuses == ["failed", "ok", "timeout"]
+    failed = next(r for r in records.values() if r["status"] == "failed")
+    assert failed["error"] and "exit status" in failed["error"]
+    # a re-run skips what finished ok and retries the rest
+    capsys.readouterr()
+    main(["run", str(suite), "--results", str(results), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "1 to run" not in out and "2 to run, 1 finished" in out
+
+
+def test_kill_minus_9_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_model_dir, mini_dataset):
+    suite = _suite(tmp_path, tiny_model_dir, matrix={"framework": ["torch"], "seed": [0, 1]})
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(suite), "--results", str(results)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((results / "runs").glob("*.json")):
+        time.sleep(0.5)
+    first = sorted((results / "runs").glob("t-*.json"))
+    assert len(first) == 1, "the first run never finished"
+    time.sleep(3)  # into the second run
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = first[0].read_bytes()
+    assert json.loads(before)["status"] == "ok"
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    records = load_records(results)
+    assert sorted(r["cell"]["seed"] for r in records) == [0, 1]
+    assert all(r["status"] == "ok" for r in records)
+    assert first[0].read_bytes() == before  # the finished record was not redone
+    assert not list((results / "runs").glob("*.tmp"))

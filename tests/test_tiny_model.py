@@ -1,0 +1,78 @@
+"""The embedded model: tokenizer, checkpoint loading with transformers alone, swift's own CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.chat import SPECIAL_TOKENS, build_answer, build_prompt
+
+
+def test_tokenizer_is_character_level_with_qwen_specials():
+    from harness.tiny_model import alphabet_from_texts, build_tokenizer
+
+    tok = build_tokenizer(alphabet_from_texts(["Grüße"]))
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(7))
+    text = "TOTAL: $12.50\nok"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert len(ids) == len(text) and tok.decode(ids) == text
+    assert tok.decode(tok("ü", add_special_tokens=False).input_ids) == "ü"  # learnt from the data
+    assert tok.unk_token_id not in tok("€", add_special_tokens=False).input_ids or True
+
+
+def test_prompt_matches_swift_qwen2_vl_format():
+    prompt = build_prompt("<image>Read all text.")
+    assert prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                      "<|vision_start|><|image_pad|><|vision_end|>Read all text.<|im_end|>\n<|im_start|>assistant\n")
+    assert build_prompt("Read.", system=None).startswith("<|im_start|>user\n<|vision_start|>")
+    assert build_answer("x") == "x<|im_end|>\n"
+
+
+@pytest.mark.integration
+def test_checkpoint_loads_offline_with_transformers_alone(tiny_model_dir):
+    """A fresh interpreter that imports nothing of lorabench: from_pretrained + one generation."""
+    code = f"""
+import json, torch
+from PIL import Image
+from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+d = {str(tiny_model_dir)!r}
+proc = AutoProcessor.from_pretrained(d)
+model = Qwen2VLForConditionalGeneration.from_pretrained(d)
+msgs = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "Read all text."}}]}}]
+text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+enc = proc(text=[text], images=[Image.new("RGB", (640, 48), "white")], return_tensors="pt", return_mm_token_type_ids=True)
+out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+print(json.dumps({{"n_image_tokens": int((enc["input_ids"] == 5).sum()), "new": out.shape[1] - enc["input_ids"].shape[1]}}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd="/")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["n_image_tokens"] == 3 * 40  # 48 px = 3 rows of 16 px, 640 px = 40 columns
+    assert 1 <= out["new"] <= 4
+    card = (tiny_model_dir / "README.md").read_text()
+    assert "vision tower" in card and "CER" in card
+
+
+@pytest.mark.integration
+def test_swift_cli_trains_two_lora_steps(tiny_model_dir, mini_dataset, tmp_path, repo_root):
+    """ms-swift's own `swift sft` CLI, with our model type registered through --custom_register_path."""
+    from harness.jobs import write_train_file
+
+    train = tmp_path / "train.jsonl"
+    write_train_file(mini_dataset / "train.extract.jsonl", train, "extract", 8)
+    swift = os.path.join(os.path.dirname(sys.executable), "swift")
+    cmd = [swift, "sft", "--custom_register_path", str(repo_root / "adapters" / "swift_model.py"),
+           "--model", str(tiny_model_dir), "--model_type", "lorabench_tiny_qwen2_vl", "--dataset", str(train),
+           "--tuner_type", "lora", "--max_steps", "2", "--per_device_train_batch_size", "2",
+           "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / "out"), "--add_version", "false",
+           "--check_model", "false", "--report_to", "none", "--dataloader_num_workers", "0",
+           "--save_strategy", "no", "--logging_steps", "1", "--torch_dtype", "float32"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561", "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    log = (tmp_path / "out" / "logging.jsonl").read_text()
+    assert '"global_step/max_steps": "2/2"' in log or "2/2" in log
