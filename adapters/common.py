@@ -239,6 +239,8 @@ class StepRecorder:
         self._loss = 0.0
         self._tokens = 0
         self._samples = 0
+        self._padded_max = 0  # largest padded sequence length of the step (drives peak memory)
+        self._image_tokens = 0
         self._t0 = None
         self.first_step_at = None
         self.hooks = hooks
@@ -252,6 +254,7 @@ class StepRecorder:
             recorder._loss += float(loss.detach().float())
             recorder._tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
             recorder._samples += int(inputs["labels"].shape[0])
+            recorder._note_shape(inputs)
             recorder.fingerprints.append(batch_fingerprint(inputs))
             return loss
 
@@ -276,13 +279,22 @@ class StepRecorder:
             def on_step_end(self, args, state, control, **kw):
                 rec = {"step": state.global_step, "loss": recorder._loss, "lr": recorder._lr, "grad_norm": None,
                        "tokens": recorder._tokens, "samples": recorder._samples,
+                       "max_seq_len": recorder._padded_max, "image_tokens": recorder._image_tokens,
                        "seconds": time.perf_counter() - recorder._t0}
                 recorder.steps.append(rec)
                 recorder._loss, recorder._tokens, recorder._samples = 0.0, 0, 0
+                recorder._padded_max, recorder._image_tokens = 0, 0
                 hooks.on_step(rec)
 
         self.callback = _Callback()
         trainer.add_callback(self.callback)
+
+    def _note_shape(self, inputs) -> None:
+        ids = inputs.get("input_ids")
+        if ids is not None:
+            self._padded_max = max(self._padded_max, int(ids.shape[-1]))
+            if "mm_token_type_ids" in inputs:
+                self._image_tokens += int((inputs["mm_token_type_ids"] == 1).sum())
 
     def data_order_sha(self) -> str:
         return hashlib.sha256(",".join(self.fingerprints).encode()).hexdigest()[:16]

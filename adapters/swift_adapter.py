@@ -13,7 +13,6 @@ as `swift sft` does.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -68,10 +67,6 @@ class SwiftAdapter:
         from harness.distributed import deepspeed_config
 
         t0 = time.perf_counter()
-        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-            # one process without a launcher: swift (via DeepSpeed) would look for mpi4py otherwise
-            os.environ.setdefault(key, {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}[key])
         register()
         from swift.pipelines import SwiftSft
 

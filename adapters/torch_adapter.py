@@ -66,6 +66,8 @@ class TorchAdapter:
             # per token over the accumulated batch: every micro-batch divides by the step's token count
             n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
             step_loss, tokens, samples = 0.0, 0, 0
+            max_seq_len = max(int(b["input_ids"].shape[1]) for b in batches)
+            image_tokens = sum(int((b["mm_token_type_ids"] == 1).sum()) for b in batches)
             for batch in batches:
                 fingerprints.append(common.batch_fingerprint(batch))
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -82,7 +84,8 @@ class TorchAdapter:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             record = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
-                      "samples": samples, "seconds": time.perf_counter() - t_step}
+                      "samples": samples, "max_seq_len": max_seq_len, "image_tokens": image_tokens,
+                      "seconds": time.perf_counter() - t_step}
             steps.append(record)
             hooks.on_step(record)
         t_end = time.perf_counter()

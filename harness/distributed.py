@@ -18,6 +18,10 @@ def deepspeed_config(spec: dict) -> dict | None:
     zero: dict = {"stage": dist["zero_stage"]}
     if dist["offload_optimizer"]:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        # ZeRO-Offload steps the optimizer on the CPU with DeepSpeedCPUAdam (compiled on first use);
+        # "auto" takes lr, betas, eps and weight decay from the spec through the Trainer arguments.
+        optimizer = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                 "weight_decay": "auto"}}
     if dist["offload_params"]:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
     if dist["zero_stage"] == 3:
@@ -33,6 +37,8 @@ def deepspeed_config(spec: dict) -> dict | None:
         "fp16": {"enabled": precision == "fp16"},
         "bf16": {"enabled": precision == "bf16"},
     }
+    if dist["offload_optimizer"]:
+        config["optimizer"] = optimizer
     if dist["world_size"] == 1:
         config["train_batch_size"] = "auto"
     return config

@@ -48,6 +48,13 @@ def train(job: dict) -> int:
     from harness.meters import MemoryMeter, throughput
 
     spec, run_dir = job["spec"], Path(job["run_dir"])
+    if "RANK" not in os.environ:
+        # One process without a launcher: DeepSpeed (and swift through it) would otherwise look
+        # for mpi4py to discover its rank (shared/facts.md).
+        from harness.launch import free_port
+
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
     rank = int(os.environ.get("RANK", "0"))
     torch.manual_seed(spec["train"]["seed"])
     adapter = adapters.get(spec["framework"])

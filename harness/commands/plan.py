@@ -40,7 +40,10 @@ CPU_LABELS = {
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--validate", metavar="RESULTS",
+                        help="compare estimates with the peak memory measured by the runs in RESULTS "
+                             "(e.g. results/runs/memory) instead of planning")
+    parser.add_argument("--model",
                         help=f"{' | '.join(planner.BUILTIN_SHAPES)} | path to a shape JSON | "
                              "path to a Hugging Face Qwen2-VL model directory (its config.json)")
     parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (world size)")
@@ -124,6 +127,14 @@ def _table(title: str, labels: dict, values_gib: dict) -> list[str]:
 
 
 def run(args) -> int:
+    if args.validate:
+        from harness.plan_validate import format_rows, validate
+
+        rows = validate(args.validate)
+        print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
+        return 0
+    if not args.model:
+        raise UserError("plan needs --model (or --validate RESULTS)")
     inputs = build_input(args)
     plan = planner.estimate(inputs)
     rows = planner.search_fits(inputs) if args.search else None

@@ -1,0 +1,75 @@
+"""Check the memory planner against measured runs: for each record of a results directory
+(the memory suite), rebuild the set-up as a PlanInput and compare the estimate with the peak
+memory the run measured.
+
+On the CPU there is one memory: what a GPU would hold plus what would be offloaded to the host
+all lives in the process's RSS. So the estimate compared is per process: GPU bytes + host bytes
+divided by the processes, without the CUDA context and fragmentation terms (no CUDA here), against
+the measured peak RSS above the post-import baseline (`peak_rss_above_baseline_mib`, largest rank).
+The sequence length is the longest padded batch the run saw (its steps' `max_seq_len`), the image
+tokens per sample the run's own average: the estimate is for the batch that set the peak.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import plan as P
+from harness.results import load_records
+
+MIB = 1024 * 1024
+
+
+def plan_input_for(record: dict, shape) -> P.PlanInput:
+    spec, steps = record["spec"], record["train"]["steps"]
+    dist, train = spec["distributed"], spec["train"]
+    seq = max(s.get("max_seq_len", 0) for s in steps)
+    samples = sum(s["samples"] for s in steps)
+    image_per_sample = round(sum(s.get("image_tokens", 0) for s in steps) / max(1, samples))
+    targets = {"lm": "lm", "lm+vision": "lm+vision", "all-linear": "all-linear"}.get(spec["lora"]["targets"], "lm")
+    return P.PlanInput(
+        shape=shape, lora_r=spec["lora"]["r"], targets=targets, freeze_vision=train["freeze_vision"],
+        micro_batch_size=train["batch_size"], max_length=max(1, seq - image_per_sample),
+        image_tokens=image_per_sample, grad_checkpointing=train["grad_checkpointing"], flash_attention=True,
+        precision=train["precision"], lora_dropout=spec["lora"]["dropout"], zero_stage=dist["zero_stage"] or 0,
+        offload_optimizer=dist["offload_optimizer"], offload_params=dist["offload_params"],
+        world_size=dist["world_size"], gpu_mem_gib=1e6, cuda_context_gib=0.0, fragmentation_factor=1.0,
+        adapter_fp32=True if train["precision"] == "fp32" else None,
+    )
+
+
+def validate(results: str | Path) -> list[dict]:
+    rows = []
+    for record in load_records(results):
+        if record["status"] != "ok" or not record.get("train", {}).get("steps"):
+            continue
+        model_dir = record["env"]["model"]["path"]
+        shape = P.shape_from_hf_config(model_dir)
+        try:
+            inputs = plan_input_for(record, shape)
+        except ValueError as exc:  # a set-up the planner does not model
+            rows.append({"run_id": record["run_id"], "lever": record["cell"].get("lever"), "error": str(exc)})
+            continue
+        plan = P.estimate(inputs)
+        per_process = (plan.gpu_bytes["total"] + plan.cpu_bytes.get("total", 0) / inputs.world_size) / MIB
+        measured = max(r["peak_rss_above_baseline_mib"] for r in record["memory"]["per_rank"])
+        rows.append({"run_id": record["run_id"], "lever": record["cell"].get("lever") or record["cell"].get("framework"),
+                     "framework": record["spec"]["framework"], "estimate_mib": per_process,
+                     "measured_mib": measured, "ratio": per_process / measured if measured else None,
+                     "gpu_breakdown_mib": {k: v / MIB for k, v in plan.gpu_bytes.items()}})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    out = [f"{'lever':<34}{'framework':<10}{'estimate MiB':>14}{'measured MiB':>14}{'est/meas':>10}"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"{str(r['lever']):<34}{'':<10}  not modelled: {r['error']}")
+            continue
+        out.append(f"{str(r['lever']):<34}{r['framework']:<10}{r['estimate_mib']:>14.1f}{r['measured_mib']:>14.1f}"
+                   f"{r['ratio']:>10.2f}")
+    ok = [r for r in rows if r.get("ratio")]
+    if ok:
+        within = sum(1 for r in ok if abs(r["ratio"] - 1) <= 0.15)
+        out.append(f"{within}/{len(ok)} runs within 15% of the measured peak")
+    return "\n".join(out)
