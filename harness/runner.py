@@ -110,8 +110,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     started, t0 = _now(), time.perf_counter()
     record = {
         "schema_version": results.SCHEMA_VERSION, "run_id": cell.run_id, "suite": suite, "spec_hash": cell.spec_hash,
-        "spec": spec, "cell": {"framework": spec["framework"], "alignment": spec["alignment"],
-                               "seed": spec["train"]["seed"], **cell.key},
+        "spec": spec, "cell": record_cell(cell),
         "status": "failed", "error": None, "started_at": started, "command": command, "env": dict(env),
         "per_sample_file": None,
     }
@@ -169,6 +168,19 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     metrics["wall_s"] = time.perf_counter() - t0
     record["metrics"] = metrics
     return done("ok", None)
+
+
+def record_cell(cell: Cell) -> dict:
+    """What names the run in reports: framework, alignment, seed, and the suite's matrix keys.
+
+    A cell named by a `lever` (memory suite) keeps just that name: its spec overrides (zero
+    stage, batch, ...) are what the lever is, and would otherwise split the report's groups.
+    """
+    spec = cell.spec
+    base = {"framework": spec["framework"], "alignment": spec["alignment"], "seed": spec["train"]["seed"]}
+    if "lever" in cell.key:
+        return {**base, "lever": cell.key["lever"]}
+    return {**base, **cell.key}
 
 
 def memory_section(spec: dict, ranks: list[dict]) -> dict:

@@ -361,3 +361,34 @@ def test_cli_unknown_model_exits_2(capsys):
 def test_cli_invalid_combination_exits_2(capsys):
     assert main(["plan", "--model", "qwen2-vl-2b", "--zero", "2", "--offload-params"]) == 2
     assert "offload_params needs ZeRO stage 3" in capsys.readouterr().err
+
+
+def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir):
+    """A memory-suite record -> the planner's per-process estimate next to the measured peak."""
+    import json as _json
+
+    from harness.plan_validate import format_rows, validate
+    from harness.spec import make_spec
+
+    spec = make_spec({"train": {"batch_size": 4}, "distributed": {"zero_stage": 2}})
+    record = {
+        "schema_version": 1, "run_id": "memory-abc", "suite": "memory", "spec_hash": "x" * 64, "spec": spec,
+        "cell": {"framework": "peft", "alignment": "aligned", "seed": 0, "lever": "zero2"}, "status": "ok",
+        "error": None, "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00",
+        "wall_s": 60.0, "command": "lorabench run", "per_sample_file": None,
+        "env": {"model": {"path": str(tiny_model_dir), "name": "tiny", "checksum": "c"}},
+        "train": {"steps": [{"step": 1, "loss": 1.0, "samples": 4, "tokens": 1800, "max_seq_len": 520,
+                             "image_tokens": 960, "seconds": 1.0}], "warmup_steps_excluded": 0,
+                  "setup_s": 1.0, "train_s": 1.0},
+        "eval": {"task": "extract", "split": "test", "n": 0, "seconds": 0.0, "predictions_file": None},
+        "metrics": {"wall_s": 60.0},
+        "memory": {"world_size": 1, "zero_stage": 2, "offload_optimizer": False, "offload_params": False,
+                   "baseline_rss_mib": 500.0, "per_rank": [{"rank": 0, "peak_rss_mib": 700.0,
+                                                             "peak_rss_above_baseline_mib": 200.0}]},
+    }
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "memory-abc.json").write_text(_json.dumps(record))
+    rows = validate(tmp_path)
+    assert len(rows) == 1 and rows[0]["lever"] == "zero2" and rows[0]["measured_mib"] == 200.0
+    assert rows[0]["estimate_mib"] > 0 and rows[0]["ratio"] == rows[0]["estimate_mib"] / 200.0
+    assert "est/meas" in format_rows(rows)
