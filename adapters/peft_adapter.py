@@ -24,7 +24,9 @@ def training_args(spec: dict, out_dir: Path, deepspeed_config: dict | None):
     common_args = dict(
         output_dir=str(out_dir / "trainer"), max_steps=t["steps"], per_device_train_batch_size=t["batch_size"],
         seed=t["seed"], logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=True, use_cpu=spec["device"] == "cpu",
+        remove_unused_columns=False, disable_tqdm=True,
+        # use_cpu would make accelerate skip DeepSpeed; on the CPU the worker hides CUDA instead
+        use_cpu=spec["device"] == "cpu" and deepspeed_config is None,
         deepspeed=deepspeed_config,
     )
     if spec["alignment"] == "native":

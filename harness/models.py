@@ -180,7 +180,12 @@ def write_model_card(path: Path, meta: dict) -> None:
             lines.append(f"| {task} | {s['n']} | {s['cer']:.4f} | {s['wer']:.4f} | {s['exact_match']:.3f} | "
                          f"{s.get('field_f1', float('nan')):.3f} |")
     lines += ["", f"Build time: {meta['build_s']:.0f} s. Key: `{meta['key'][:16]}`. "
-              f"Weights sha256: `{meta.get('checksum', '')[:16]}`.", ""]
+              f"Weights sha256: `{meta.get('checksum', '')[:16]}`.", "",
+              "## Limits", "",
+              "Reading is far from perfect: the errors are lost or repeated lines (the language model losing its "
+              "place between rows), rarely misread glyphs. The quality against pre-training time, and what was "
+              "tried, is in lorabench's docs/models.md. Reproduce the figures above with "
+              "`lorabench model eval <this directory> --task transcribe` (and `--task extract`).", ""]
     (path / "README.md").write_text("\n".join(lines))
 
 

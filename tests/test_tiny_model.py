@@ -76,3 +76,19 @@ def test_swift_cli_trains_two_lora_steps(tiny_model_dir, mini_dataset, tmp_path,
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     log = (tmp_path / "out" / "logging.jsonl").read_text()
     assert '"global_step/max_steps": "2/2"' in log or "2/2" in log
+
+
+@pytest.mark.integration
+def test_model_eval_reproduces_the_committed_card(capsys):
+    """`lorabench model eval` on the committed checkpoint gives the card's base CER."""
+    from harness.cli import main
+    from harness.models import ASSET_DIR
+
+    if not (ASSET_DIR / "lorabench.json").is_file():
+        pytest.skip("no committed checkpoint")
+    meta = json.loads((ASSET_DIR / "lorabench.json").read_text())
+    assert main(["model", "eval", str(ASSET_DIR), "--task", "transcribe", "--n", "200", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # greedy decoding on another CPU may flip a near-tie token; the card's figure must hold closely
+    assert got["cer"] == pytest.approx(meta["base_quality"]["transcribe"]["cer"], abs=0.02)
+    assert got["n"] == 200
