@@ -70,11 +70,23 @@ def lora_config(spec: dict, target_names: list[str]):
 
 
 def lora_state(model) -> dict:
-    """LoRA tensors keyed by module path, without framework-specific prefixes."""
+    """LoRA tensors keyed by module path, without framework-specific prefixes.
+
+    Under ZeRO-3 each rank holds a shard (an empty tensor here): gather them first.
+    """
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(model)
-    return {normalize_key(k): v.detach().clone().float().contiguous() for k, v in state.items()}
+    def snapshot():
+        state = get_peft_model_state_dict(model)
+        return {normalize_key(k): v.detach().clone().float().contiguous() for k, v in state.items()}
+
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return snapshot()
+    return snapshot()
 
 
 def normalize_key(key: str) -> str:

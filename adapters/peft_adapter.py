@@ -49,7 +49,7 @@ class PeftAdapter:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoProcessor, AutoModelForImageTextToText, Trainer, set_seed
 
-        from harness.distributed import deepspeed_config
+        from harness.distributed import deepspeed_config_file
 
         t0 = time.perf_counter()
         native = spec["alignment"] == "native"
@@ -72,7 +72,7 @@ class PeftAdapter:
         system = common.DEFAULT_SYSTEM if native else common.system_for(spec)
         label_mask = "all" if native else spec["train"]["label_mask"]
         collator = common.ChatCollator(processor, system, label_mask, spec["train"]["max_length"])
-        args = training_args(spec, out_dir, deepspeed_config(spec))
+        args = training_args(spec, out_dir, deepspeed_config_file(spec, out_dir))
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
         effective: dict = {}
         initial = out_dir / "initial_adapter.safetensors"

@@ -64,7 +64,7 @@ class SwiftAdapter:
     def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
         from adapters.swift_model import register
 
-        from harness.distributed import deepspeed_config
+        from harness.distributed import deepspeed_config_file
 
         t0 = time.perf_counter()
         register()
@@ -73,7 +73,7 @@ class SwiftAdapter:
         target_names = None
         if spec["alignment"] == "aligned":
             target_names = _target_names(spec, data)
-        args = sft_arguments(spec, data, out_dir, target_names, deepspeed_config(spec))
+        args = sft_arguments(spec, data, out_dir, target_names, deepspeed_config_file(spec, out_dir))
         native = spec["alignment"] == "native"
         result: dict = {}
         initial = out_dir / "initial_adapter.safetensors"

@@ -42,3 +42,49 @@ def deepspeed_config(spec: dict) -> dict | None:
     if dist["world_size"] == 1:
         config["train_batch_size"] = "auto"
     return config
+
+
+def deepspeed_config_file(spec: dict, out_dir) -> str | None:
+    """Write the config into the run directory and return its path (both frameworks take a path;
+    swift would try to parse a dict as a name or JSON string)."""
+    import json
+    from pathlib import Path
+
+    config = deepspeed_config(spec)
+    if config is None:
+        return None
+    path = Path(out_dir) / "deepspeed.json"
+    path.write_text(json.dumps(config, indent=1))
+    return str(path)
+
+
+def enable_cpu_deepspeed_data_parallel() -> None:
+    """Make accelerate treat a multi-process DeepSpeed run on the CPU as distributed.
+
+    Measured (accelerate 1.15, transformers 5.19): with DeepSpeed and no CUDA, accelerate's
+    `PartialState._prepare_backend` finds no backend and sets `num_processes = 1`, while DeepSpeed
+    itself joins the process group. Training then runs, ZeRO partitions and reduces across ranks, but
+    every rank reads the *same* batches (no distributed sampler): the global batch is not
+    batch x world_size. Giving accelerate gloo for that case restores data parallelism. It is a
+    no-op with CUDA, with one process, and with `use_cpu` (plain DDP on gloo already works).
+    """
+    import accelerate.state as state
+    from accelerate.utils import DistributedType
+
+    original = state.PartialState._prepare_backend
+    if getattr(original, "_lorabench", False):
+        return
+
+    def _prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+        import os
+
+        import torch
+
+        found, kind = original(self, cpu, sagemaker_dp, backend)
+        if (found is None and not cpu and not torch.cuda.is_available()
+                and int(os.environ.get("LOCAL_RANK", -1)) != -1 and int(os.environ.get("WORLD_SIZE", 1)) > 1):
+            return "gloo", DistributedType.MULTI_CPU
+        return found, kind
+
+    _prepare_backend._lorabench = True
+    state.PartialState._prepare_backend = _prepare_backend

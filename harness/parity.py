@@ -100,7 +100,8 @@ def compare(runs: dict[str, dict], tolerance: float) -> dict:
             adapters["modules_equal"] = False
             adapters["only_in"] = {ref: sorted(set(a) - set(b))[:5], n: sorted(set(b) - set(a))[:5]}
         for k in sorted(set(a) & set(b)):
-            d = float((a[k] - b[k]).abs().max()) if a[k].shape == b[k].shape else math.inf
+            same_shape = a[k].shape == b[k].shape and a[k].numel() > 0
+            d = float((a[k] - b[k]).abs().max()) if same_shape else math.inf
             adapters["per_tensor"].append({"tensor": k, "pair": f"{ref}-{n}", "max_abs_diff": d})
             adapters["max_abs_diff"] = max(adapters["max_abs_diff"], d)
 

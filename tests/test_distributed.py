@@ -41,3 +41,18 @@ def test_two_process_zero3(framework, tmp_path, tiny_model_dir, mini_dataset, ca
     eff = record["effective_settings"]
     assert eff["deepspeed_zero_stage"] == 3 and eff["world_size"] == 2 and eff["global_batch"] == 2
     assert len(record["train"]["steps"]) == 2
+
+
+def test_two_process_zero3_parity_peft_swift(tmp_path, tiny_model_dir, mini_dataset, capsys):
+    """Same global batch and per-token loss across ranks: peft and swift still agree step by step."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "model": str(tiny_model_dir), "dataset": "synthdocs-mini", "task": "extract",
+        "train": {"steps": 3, "batch_size": 1, "grad_accum": 2, "max_train_samples": 16},
+        "distributed": {"world_size": 2, "zero_stage": 3}, "eval": {"enabled": False}}))
+    code = main(["parity", str(spec), "--frameworks", "peft,swift", "--out", str(tmp_path / "p"), "--json"])
+    verdict = json.loads(capsys.readouterr().out)
+    assert code == 0, verdict["cause"]
+    assert verdict["initial_adapter"]["max_abs_diff"] == 0.0 and verdict["max_abs_dloss"] <= 1e-5
+    settings = {s["setting"]: s["values"] for s in verdict["settings_diff"]}
+    assert settings["global_batch"] == {"peft": 4, "swift": 4}  # 1 x 2 accumulation x 2 processes
