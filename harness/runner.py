@@ -138,7 +138,11 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     record["train"] = {"steps": rank0["steps"], "warmup_steps_excluded": rank0["throughput"]["warmup_steps_excluded"],
                        "setup_s": rank0["setup_s"], "train_s": rank0["train_s"]}
     record["memory"] = memory_section(spec, ranks)
-    metrics = {**{k: v for k, v in rank0["throughput"].items() if k != "warmup_steps_excluded"},
+    # rank 0 logs its own micro-batches; ranks read disjoint data, so the run's rate is world x rank 0's
+    world_scale = max(1, spec["distributed"]["world_size"])
+    rates = {k: v * world_scale if k in ("train_samples_per_s", "train_tokens_per_s") else v
+             for k, v in rank0["throughput"].items() if k != "warmup_steps_excluded"}
+    metrics = {**rates,
                "final_loss": rank0["steps"][-1]["loss"] if rank0["steps"] else None,
                "peak_rss_mib": max(r["memory"]["peak_rss_mib"] for r in ranks),
                "peak_rss_above_baseline_mib": max(r["memory"]["peak_rss_above_baseline_mib"] for r in ranks),
