@@ -126,7 +126,14 @@ def compare(runs: dict[str, dict], tolerance: float) -> dict:
     elif adapters["max_abs_diff"] > 0:
         cause = f"initial LoRA tensors differ (max |Δ| {adapters['max_abs_diff']:.3g}): random state at init"
     elif first_bad is not None:
-        cause = f"loss diverges at step {first_bad} with identical settings (numerics)"
+        dropout = runs[names[0]]["effective"].get("lora.dropout") or 0
+        if dropout:
+            # Dropout masks come from torch's global RNG; the Trainer's data loader draws from it
+            # too (iterator seeds) and the plain reference loop does not, so masks drift apart.
+            cause = (f"loss diverges at step {first_bad} with identical settings: lora.dropout {dropout} draws "
+                     "its masks from the global RNG, which the training loops consume differently")
+        else:
+            cause = f"loss diverges at step {first_bad} with identical settings (numerics)"
     aligned = (adapters["modules_equal"] and adapters["max_abs_diff"] == 0.0 and first_bad is None
                and n_steps == max(len(v) for v in losses.values()))
     return {"frameworks": names, "tolerance": tolerance, "aligned": aligned, "cause": cause,

@@ -92,8 +92,20 @@ def merge(base: dict, override: dict, where: str = "", source: str = "spec") -> 
                 raise UserError(f"{source}: {dotted!r} must be a mapping, got {type(value).__name__}")
             out[key] = merge(base[key], value, f"{dotted}.", source)
         else:
-            out[key] = value
+            out[key] = _number_if_numeric(base[key], value)
     return out
+
+
+def _number_if_numeric(default, value):
+    """YAML 1.1 reads `1e-3` (no dot) as a string: take it as the number the user meant."""
+    if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if isinstance(default, int) and number.is_integer() and "." not in value \
+            and "e" not in value.lower() else number
+    return value
 
 
 def _check_choice(value, choices, key, source):

@@ -92,3 +92,11 @@ def test_shipped_suites_load(repo_root):
         else:
             name, cells = load_suite(path)
             assert cells, path
+
+
+def test_exponent_without_dot_is_a_number():
+    """PyYAML reads `1e-3` as a string (YAML 1.1); users mean a number."""
+    assert make_spec(parse_set(["optim.lr=1e-3"]))["optim"]["lr"] == 1e-3
+    assert make_spec({"optim": {"lr": "2e-4"}, "train": {"steps": "7"}})["train"]["steps"] == 7
+    with pytest.raises(UserError, match="optim.lr must be a number"):
+        make_spec({"optim": {"lr": "fast"}})
