@@ -8,11 +8,12 @@ def template(model_dir):
     from adapters.swift_model import MODEL_TYPE, register
 
     register()
-    from swift.model import get_processor
+    from swift.model import get_model_processor
     from swift.template import get_template
 
-    processor = get_processor(str(model_dir), model_type=MODEL_TYPE, download_model=False)
+    model, processor = get_model_processor(str(model_dir), model_type=MODEL_TYPE, download_model=False)
     tpl = get_template(processor)
+    tpl.model = model  # the collator computes mrope positions with the model's get_rope_index
     tpl.set_mode("train")
     return tpl
 
