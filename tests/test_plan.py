@@ -392,3 +392,4 @@ def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir
     assert len(rows) == 1 and rows[0]["lever"] == "zero2" and rows[0]["measured_mib"] == 200.0
     assert rows[0]["estimate_mib"] > 0 and rows[0]["ratio"] == rows[0]["estimate_mib"] / 200.0
     assert "est/meas" in format_rows(rows)
+    assert "calibrated_ratio" not in rows[0]  # no baseline run to calibrate on
