@@ -58,14 +58,20 @@ def targets_regex(names: list[str]) -> str:
 PEFT_INIT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
-def lora_config(spec: dict, target_names: list[str]):
+def vision_modules_to_save(model) -> list[str]:
+    """The vision tower without its projector, as whole modules: trained in full when
+    `train.freeze_vision` is false (PEFT's and swift's `modules_to_save`, so both do the same)."""
+    return [n for n, _ in model.named_modules() if re.fullmatch(r"model\.visual\.(patch_embed|blocks\.\d+)", n)]
+
+
+def lora_config(spec: dict, target_names: list[str], modules_to_save: list[str] | None = None):
     from peft import LoraConfig
 
     lora = spec["lora"]
     return LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=targets_regex(target_names), init_lora_weights=PEFT_INIT[lora["init"]],
-        use_rslora=lora["rslora"], bias="none", task_type="CAUSAL_LM",
+        use_rslora=lora["rslora"], bias="none", task_type="CAUSAL_LM", modules_to_save=modules_to_save or None,
     )
 
 

@@ -60,12 +60,9 @@ class PeftAdapter:
         if native:
             config = LoraConfig(r=spec["lora"]["r"], target_modules="all-linear", task_type="CAUSAL_LM")
         else:
-            config = common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"]))
+            unfrozen = [] if spec["train"]["freeze_vision"] else common.vision_modules_to_save(model)
+            config = common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"]), unfrozen)
         model = get_peft_model(model, config)
-        if not spec["train"]["freeze_vision"]:
-            for name, p in model.named_parameters():
-                if ".visual." in name and ".merger." not in name and "lora_" not in name:
-                    p.requires_grad_(True)
         if spec["train"]["grad_checkpointing"] and not native:
             model.enable_input_require_grads()
         rows = common.read_jsonl(data.train_jsonl)

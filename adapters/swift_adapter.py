@@ -23,7 +23,8 @@ SWIFT_INIT = {"kaiming": "true", "gaussian": "gaussian", "pissa": "pissa", "olor
 DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config):
+def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config,
+                  modules_to_save: list[str] = ()):
     from swift.arguments import SftArguments
 
     from adapters.swift_model import MODEL_TYPE
@@ -53,7 +54,7 @@ def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list
         dataset_shuffle=t["data_order"] == "swift_shuffle", split_dataset_ratio=0.0,
         system="" if t["system_prompt"] == "none" else None, max_length=t["max_length"],
         truncation_strategy="right",  # as the harness collator: cut the answer's tail, never drop a sample
-        freeze_vit=not vision and t["freeze_vision"], freeze_aligner=True,
+        freeze_vit=not vision and t["freeze_vision"], freeze_aligner=True, modules_to_save=list(modules_to_save),
         average_tokens_across_devices=True,
     )
 
@@ -70,10 +71,10 @@ class SwiftAdapter:
         register()
         from swift.pipelines import SwiftSft
 
-        target_names = None
+        target_names, unfrozen = None, []
         if spec["alignment"] == "aligned":
-            target_names = _target_names(spec, data)
-        args = sft_arguments(spec, data, out_dir, target_names, deepspeed_config_file(spec, out_dir))
+            target_names, unfrozen = _target_names(spec, data)
+        args = sft_arguments(spec, data, out_dir, target_names, deepspeed_config_file(spec, out_dir), unfrozen)
         native = spec["alignment"] == "native"
         result: dict = {}
         initial = out_dir / "initial_adapter.safetensors"
@@ -107,12 +108,14 @@ class SwiftAdapter:
                             effective=result["effective"], setup_s=first - t0, train_s=result["end"] - first)
 
 
-def _target_names(spec: dict, data: TrainData) -> list[str]:
-    """Resolve targets on a meta-device copy of the model: no weights loaded, no RNG consumed."""
+def _target_names(spec: dict, data: TrainData) -> tuple[list[str], list[str]]:
+    """LoRA targets and fully trained modules, resolved on a meta-device copy of the model
+    (no weights loaded, no RNG consumed)."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(str(data.model_dir))
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
-    return common.resolve_targets(model, spec["lora"]["targets"])
+    unfrozen = [] if spec["train"]["freeze_vision"] else common.vision_modules_to_save(model)
+    return common.resolve_targets(model, spec["lora"]["targets"]), unfrozen

@@ -33,7 +33,9 @@ class TorchAdapter:
         set_seed(t["seed"])  # before loading: LoRA init draws from this state
         processor = AutoProcessor.from_pretrained(str(data.model_dir))
         model = AutoModelForImageTextToText.from_pretrained(str(data.model_dir), dtype=torch.float32)
-        model = get_peft_model(model, common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"])))
+        unfrozen = [] if t["freeze_vision"] else common.vision_modules_to_save(model)
+        model = get_peft_model(model, common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"]),
+                                                         unfrozen))
         if t["grad_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
