@@ -79,3 +79,18 @@ def test_effective_settings_come_from_live_objects(tmp_path, tiny_model_dir, min
     assert outcome.effective["lora.alpha"] == 3
     assert outcome.effective["lora.scaling"] == pytest.approx(3 / 8)
     assert outcome.effective["lora.r"] == 8 and outcome.effective["optim.group0.lr"] == spec["optim"]["lr"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["lora.targets=all-linear", "lora.r=4", "lora.alpha=8", "train.freeze_vision=false"],
+    ["lora.targets=lm+vision", "optim.lr=1e-3", "train.batch_size=1", "train.grad_accum=3",
+     "schedule.type=cosine", "schedule.warmup_steps=1", "lora.init=gaussian", "lora.rslora=true"],
+])
+def test_parity_holds_on_spec_variations(overrides, tmp_path, tiny_model_dir, mini_dataset, capsys):
+    args = ["parity", str(_spec(tmp_path, tiny_model_dir, train={"steps": 3})), "--out", str(tmp_path / "p"), "--json"]
+    for item in overrides:
+        args += ["--set", item]
+    code = main(args)
+    verdict = json.loads(capsys.readouterr().out)
+    assert code == 0, verdict["cause"]
+    assert verdict["initial_adapter"]["max_abs_diff"] == 0.0
