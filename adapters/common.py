@@ -145,7 +145,6 @@ class ChatCollator:
         self.image_pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
 
     def __call__(self, rows: list[dict]):
-        import torch
         from PIL import Image
 
         tok = self.processor.tokenizer

@@ -31,7 +31,6 @@ def generate(model, processor, images: Sequence, prompts: Sequence[str], *, syst
 
     tok = processor.tokenizer
     end_id = tok.convert_tokens_to_ids("<|im_end|>")
-    outputs: list[str] = []
     device = next(model.parameters()).device
     # Batches of similar prompt length waste less padding; restore the order afterwards.
     order = sorted(range(len(images)), key=lambda i: (images[i].size[1], len(prompts[i])))
@@ -51,5 +50,4 @@ def generate(model, processor, images: Sequence, prompts: Sequence[str], *, syst
             by_index[i] = tok.decode(row, skip_special_tokens=True)
         if progress:
             progress(len(idx))
-    outputs = [by_index[i] for i in range(len(images))]
-    return outputs
+    return [by_index[i] for i in range(len(images))]

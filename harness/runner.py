@@ -149,7 +149,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                "gpu_max_allocated_mib": _gpu_max(ranks, "max_allocated_mib"),
                "gpu_max_reserved_mib": _gpu_max(ranks, "max_reserved_mib"),
                "meter_overhead_fraction": max(r["memory"]["meter_overhead_fraction"] for r in ranks)}
-    metrics["mfu"] = _mfu(metrics["train_tokens_per_s"], job, rank0, env.get("matmul_peak_gflops"))
+    metrics["mfu"] = _mfu(metrics["train_tokens_per_s"], rank0, env.get("matmul_peak_gflops"))
     if spec["eval"]["enabled"]:
         res = run_worker("eval", work / "job.json", work / "worker.log", spec["timeout_s"], device=spec["device"],
                          poll=poll)
@@ -210,7 +210,7 @@ def _gpu_max(ranks, key):
     return max(values) if values else None
 
 
-def _mfu(tokens_per_s, job, rank0, peak_gflops):
+def _mfu(tokens_per_s, rank0, peak_gflops):
     from harness.meters import mfu
 
     total = rank0["effective"].get("total_params")

@@ -18,7 +18,7 @@ import itertools
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.spec import get, load_yaml, make_spec, merge, parse_set, spec_hash
+from harness.spec import get, load_yaml, make_spec, parse_set, spec_hash
 
 SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells")
 SHORTHANDS = {"seed": ("train.seed", "train.data_seed")}
@@ -111,5 +111,3 @@ def _lookup(spec: dict, dotted: str):
     except (KeyError, TypeError):
         return None
 
-
-__all__ = ["Cell", "load_suite", "merge"]

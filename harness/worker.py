@@ -91,6 +91,7 @@ def _import_framework(name: str) -> None:
 
 def evaluate(job: dict) -> int:
     from harness import metrics
+    from harness.chat import DEFAULT_SYSTEM
     from harness.data import load_samples
     from harness.generation import generate, load_model
 
@@ -103,8 +104,8 @@ def evaluate(job: dict) -> int:
     from PIL import Image
 
     images = [Image.open(s.image).convert("RGB") for s in samples]
-    system = None if spec["train"]["system_prompt"] == "none" and spec["alignment"] == "aligned" else \
-        "You are a helpful assistant."
+    # the system prompt the run trained with: the spec's when aligned, the template default when native
+    system = None if spec["train"]["system_prompt"] == "none" and spec["alignment"] == "aligned" else DEFAULT_SYSTEM
     done = [0]
 
     def progress(n):

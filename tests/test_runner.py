@@ -44,7 +44,7 @@ def test_suite_runs_records_and_survives_failures(tmp_path, tiny_model_dir, mini
     assert len(records) == 3
     for r in records.values():
         assert validate_record({k: v for k, v in r.items() if not k.startswith("_")}) == []
-    ok = records[f"tiny/peft"] if "tiny/peft" in records else next(r for r in records.values() if r["status"] == "ok")
+    ok = records["tiny/peft"] if "tiny/peft" in records else next(r for r in records.values() if r["status"] == "ok")
     assert ok["status"] == "ok"
     m = ok["metrics"]
     for key in ("cer", "wer", "field_f1", "cer_ci", "train_samples_per_s", "peak_rss_mib", "final_loss", "wall_s"):
