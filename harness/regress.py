@@ -35,6 +35,7 @@ DEFAULT_THRESHOLDS: dict[str, tuple[str, float]] = {
     "train_samples_per_s": ("rel", 0.15),
     "train_tokens_per_s": ("rel", 0.15),
     "peak_rss_mib": ("rel", 0.10),
+    "peak_rss_above_baseline_mib": ("rel", 0.10),
     "gpu_max_allocated_mib": ("rel", 0.10),
     "gpu_max_reserved_mib": ("rel", 0.10),
     "step_time_s_median": ("rel", 0.25),

@@ -64,7 +64,8 @@ class Progress:
         m = record.get("metrics") or {}
         summary = (f"{record['status']}" + (f" cer={m['cer']:.4f}" if "cer" in m else "") +
                    (f" field_f1={m['field_f1']:.3f}" if "field_f1" in m else "") +
-                   (f" peak={m['peak_rss_mib']:.0f}MiB" if m.get("peak_rss_mib") else "") + f" {record['wall_s']:.0f}s")
+                   (f" rss+{m['peak_rss_above_baseline_mib']:.0f}MiB" if m.get("peak_rss_above_baseline_mib") else "") +
+                   f" {record['wall_s']:.0f}s")
         print(("\r" if self.tty else "") + f"[{self.done}/{self.total}] {self.current}: {summary}\033[K"
               if self.tty else f"    -> {summary}", flush=True)
 
