@@ -313,8 +313,14 @@ class StepRecorder:
             if "mm_token_type_ids" in inputs:
                 self._image_tokens += int((inputs["mm_token_type_ids"] == 1).sum())
 
-    def data_order_sha(self) -> str:
-        return hashlib.sha256(",".join(self.fingerprints).encode()).hexdigest()[:16]
+
+
+def step_fingerprints(steps: list[dict], batch_fingerprints: list[str]) -> dict:
+    """Short hashes of the LR each step used and of the supervised tokens, micro-batch by micro-batch."""
+    return {
+        "lr_per_step_sha": hashlib.sha256(json.dumps([round(s["lr"], 12) for s in steps]).encode()).hexdigest()[:16],
+        "data_order_sha": hashlib.sha256(",".join(batch_fingerprints).encode()).hexdigest()[:16],
+    }
 
 
 def run_settings(args, recorder: StepRecorder, system, label_mask) -> dict:
@@ -331,8 +337,7 @@ def run_settings(args, recorder: StepRecorder, system, label_mask) -> dict:
         "data_seed": args.data_seed,
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "average_tokens_across_devices": args.average_tokens_across_devices,
-        "lr_per_step_sha": hashlib.sha256(json.dumps([round(s["lr"], 12) for s in recorder.steps]).encode()).hexdigest()[:16],
-        "data_order_sha": recorder.data_order_sha(),
+        **step_fingerprints(recorder.steps, recorder.fingerprints),
         "system_prompt": "default" if system else "none",
         "label_mask": label_mask,
         "deepspeed_zero_stage": (args.hf_deepspeed_config.config.get("zero_optimization", {}).get("stage")

@@ -115,9 +115,6 @@ def sampler_batches(n: int, batch_size: int, data_seed: int):
 
 
 def reference_settings(spec: dict, steps: list[dict], fingerprints: list[str]) -> dict:
-    import hashlib
-    import json
-
     t = spec["train"]
     return {
         "grad_accum": t["grad_accum"], "batch_size": t["batch_size"], "world_size": 1,
@@ -125,8 +122,7 @@ def reference_settings(spec: dict, steps: list[dict], fingerprints: list[str]) -
         "lr_schedule": spec["schedule"]["type"], "warmup_steps": spec["schedule"]["warmup_steps"],
         "seed": t["seed"], "data_seed": t["data_seed"], "precision": "fp32",
         "average_tokens_across_devices": True,
-        "lr_per_step_sha": hashlib.sha256(json.dumps([round(s["lr"], 12) for s in steps]).encode()).hexdigest()[:16],
-        "data_order_sha": hashlib.sha256(",".join(fingerprints).encode()).hexdigest()[:16],
+        **common.step_fingerprints(steps, fingerprints),
         "system_prompt": t["system_prompt"], "label_mask": t["label_mask"], "deepspeed_zero_stage": None,
     }
 

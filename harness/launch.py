@@ -109,11 +109,9 @@ def run_worker(mode: str, job_path: Path, log_path: Path, timeout_s: float, worl
     if rc == 0:
         return WorkerResult("ok", 0, None, seconds)
     text = tail(log_path, 60)
-    if rc in (-signal.SIGKILL, 137) or any(m in text for m in OOM_MARKERS):
-        status = "oom" if any(m in text for m in OOM_MARKERS) or rc in (-signal.SIGKILL, 137) else "failed"
-    else:
-        status = "failed"
-    return WorkerResult(status, rc, f"exit status {rc}\n{text}", seconds)
+    # SIGKILL with no message is what the kernel's OOM killer leaves (or a manual kill -9)
+    oom = rc in (-signal.SIGKILL, 137) or any(m in text for m in OOM_MARKERS)
+    return WorkerResult("oom" if oom else "failed", rc, f"exit status {rc}\n{text}", seconds)
 
 
 def _kill(proc: subprocess.Popen) -> None:

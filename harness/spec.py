@@ -203,11 +203,22 @@ def parse_set(assignments: list[str], source: str = "--set") -> dict:
         if "=" not in item:
             raise UserError(f"{source}: expected KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        out = deep_update(out, nested(key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def nested(dotted: str, value) -> dict:
+    """'train.steps', 5 -> {'train': {'steps': 5}}"""
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def deep_update(a: dict, b: dict) -> dict:
+    """A copy of `a` with `b` merged in, section by section (no validation: see `merge`)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

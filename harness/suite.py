@@ -18,7 +18,7 @@ import itertools
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.spec import get, load_yaml, make_spec, parse_set, spec_hash
+from harness.spec import deep_update, get, load_yaml, make_spec, nested, parse_set, spec_hash
 
 SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells")
 SHORTHANDS = {"seed": ("train.seed", "train.data_seed")}
@@ -33,31 +33,14 @@ class Cell:
     run_id: str
 
 
-def _nested(dotted: str, value) -> dict:
-    out: dict = {}
-    node = out
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
-
-
 def cell_override(cell: dict) -> dict:
     override: dict = {}
     for key, value in cell.items():
         if key in META_KEYS:
             continue
         for dotted in SHORTHANDS.get(key, (key,)):
-            override = _deep_update(override, _nested(dotted, value))
+            override = deep_update(override, nested(dotted, value))
     return override
-
-
-def _deep_update(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_update(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _matches(cell: dict, condition: dict) -> bool:
