@@ -1,25 +1,46 @@
-"""Pre-train the embedded tiny model to read ("the forge"), full fine-tuning of all weights.
+"""Pre-train the embedded tiny model to read and to follow instructions ("the forge").
 
-The recipe is the one measured in shared/facts.md, extended from single lines to documents:
+Full training of all weights, from random initialisation, so that LoRA fine-tuning later starts
+from a model that behaves like a small real VLM: it reads a page and it writes structured answers
+to instructions it has seen in many variants.
+
+Reading (what makes a 2 M-parameter model read at all):
 - pages are drawn on the token grid (one text line per 16 px token row, see harness.render);
-- an auxiliary CTC head reads each token row of the vision merger's output, from step 0. It gives
-  the vision tower a direct, per-row reading signal; without it the LM learns the text statistics
-  and ignores the image (facts: CER 0.96 after 5 min without CTC, 0.20 with it). The head is
-  dropped at export, so the checkpoint is a plain Qwen2VLForConditionalGeneration;
-- targets mix the dataset's pre-training split (documents) with pages of random characters (no
-  language prior to shortcut);
-- AdamW fp32, constant LR after warm-up, linear decay over the last 30% of the time budget.
-Training is bounded by wall time (the budget is the product's promise), not by steps.
+- an auxiliary CTC head reads each token row of the vision merger's output, on every step. It gives
+  the vision tower a direct, per-row reading signal; without it the language model learns the
+  text statistics and ignores the image (measured: CER 0.96 after 5 min without CTC, 0.20 with
+  it, single lines). The head is dropped at export: the checkpoint is a plain
+  Qwen2VLForConditionalGeneration;
+- pages of random characters join the documents (no language prior to shortcut);
+- curriculum: pages of one or two rows only for the first steps (the offset between an answer
+  character and its image token is then nearly constant), full pages afterwards.
+
+Instruction following (what makes LoRA on a new extraction schema learnable in minutes; measured:
+a reader that never wrote JSON scored field F1 0.000 after 150 LoRA steps on `extract`, one that
+had also learnt to write JSON scored 0.234). After the curriculum each page gets one of these tasks:
+- `read`       "Read all text."                      -> the lines, joined by newlines;
+- `read_json`  "Read all lines as JSON."             -> {"l1":"<line 1>","l2":"<line 2>",...};
+- `fill_json`  'Fill JSON {"qa":"Born","zt":"line 2"}' -> {"qa":"<value after 'Born:'>","zt":"<line 2>"}
+               keys are random words, each pointing at a printed label or at a line number;
+- `ask`        'What is "Born"?' / 'What is line 2?'   -> the value / the line.
+Labels come from the page itself ("Label: value" lines of the documents, and pages of random
+labels), so nothing here names a field of the `extract` task: its key set, its prompt and its
+label-to-key mapping stay unseen, and are what LoRA has to learn.
+
+Training is bounded by steps (deterministic whatever else runs on the machine), checkpoints its
+whole state every few minutes and resumes from it bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import string
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -27,53 +48,173 @@ from harness.chat import DEFAULT_SYSTEM, build_answer, build_prompt
 from harness.render import MAX_LINE_CHARS, PRESETS as RENDER_PRESETS, render_page
 
 RANDOM_CHARS = string.ascii_letters + string.digits + string.punctuation + "     "
+TASKS = ("read", "read_json", "fill_json", "ask")
+READ_PROMPT = "Read all text."
+READ_JSON_PROMPT = "Read all lines as JSON."
+MAX_LABEL_CHARS = 14  # "Given names" is the longest printed label of the documents
 
 
 @dataclasses.dataclass(frozen=True)
 class ForgeConfig:
-    minutes: float = 14.0  # wall-time budget of the training loop (the issue allows 15 for pre-training)
-    batch_lines: int = 36  # text lines per step (pages are batched by row count)
+    steps: int = 7000  # ~0.6 s a step on 2 CPU cores: ~75 min
+    batch_lines: int = 36  # text lines per step (pages are batched by row count: no image padding)
     lr: float = 1e-3
     warmup_steps: int = 100
-    decay_fraction: float = 0.3  # linear decay to 10% over the last 30% of the budget
+    decay_fraction: float = 0.3  # linear decay to 10% over the last 30% of the steps
     ctc_weight: float = 1.0
     random_pages: int = 6000  # pages of random characters added to the pool
+    label_pages: int = 4000  # pages of random "Label: value" lines (for fill_json / ask)
     no_system_fraction: float = 0.2  # some prompts without a system turn: robust to swift's --system ''
-    prompt: str = "Read all text."
     seed: int = 0
     clip: float = 1.0
-    curriculum_fraction: float = 0.25  # first 25% of the time: pages of 1-2 rows only
+    curriculum_fraction: float = 0.2  # first 20% of the steps: pages of 1-2 rows, `read` only
     curriculum_max_rows: int = 2
+    # share of each task after the curriculum; reading stays the largest part
+    task_weights: tuple = (("read", 0.45), ("read_json", 0.2), ("fill_json", 0.25), ("ask", 0.1))
+
+
+# ---- the pool of pages ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Page:
+    image: object  # PIL image
+    lines: tuple[str, ...]
+    labelled: tuple[tuple[str, str], ...]  # (label, value) of "Label: value" lines, first of each label
+
+
+def labelled_pairs(lines) -> tuple[tuple[str, str], ...]:
+    """("Born", "12.03.72") for a line "Born: 12.03.72"; the first line of each label only."""
+    pairs, seen = [], set()
+    for line in lines:
+        label, sep, value = line.partition(": ")
+        if sep and label.strip() == label and 0 < len(label) <= MAX_LABEL_CHARS and value.strip() \
+                and '"' not in label and label not in seen:
+            seen.add(label)
+            pairs.append((label, value))
+    return tuple(pairs)
+
+
+def _clean(chars) -> str:
+    return " ".join("".join(chars).split())  # no leading/trailing/double spaces: invisible
 
 
 def random_page_lines(rng: np.random.Generator) -> list[str]:
     rows = int(rng.integers(1, 9))
-    lines = []
+    return [_clean(rng.choice(list(RANDOM_CHARS), size=int(rng.integers(4, MAX_LINE_CHARS + 1)))) or "x"
+            for _ in range(rows)]
+
+
+def random_label(rng: np.random.Generator) -> str:
+    words = [string.ascii_lowercase[i] for i in rng.integers(0, 26, size=int(rng.integers(2, 9)))]
+    label = "".join(words)
+    label = label.capitalize() if rng.random() < 0.6 else (label.upper() if rng.random() < 0.5 else label)
+    if rng.random() < 0.2:
+        label += " " + "".join(string.ascii_lowercase[i] for i in rng.integers(0, 26, size=int(rng.integers(2, 5))))
+    return label[:MAX_LABEL_CHARS]
+
+
+def label_page_lines(rng: np.random.Generator) -> list[str]:
+    """A page of mostly "Label: value" lines with random labels and values (and a few plain lines)."""
+    rows = int(rng.integers(2, 9))
+    lines, used = [], set()
     for _ in range(rows):
-        n = int(rng.integers(4, MAX_LINE_CHARS + 1))
-        chars = rng.choice(list(RANDOM_CHARS), size=n)
-        line = " ".join("".join(chars).split())  # no leading/trailing/double spaces: invisible
-        lines.append(line or "x")
+        label = random_label(rng)
+        if label in used or rng.random() < 0.2:
+            lines.append(_clean(rng.choice(list(RANDOM_CHARS), size=int(rng.integers(4, MAX_LINE_CHARS + 1)))) or "x")
+            continue
+        used.add(label)
+        room = MAX_LINE_CHARS - len(label) - 2
+        value = _clean(rng.choice(list(RANDOM_CHARS), size=int(rng.integers(min(3, room), room + 1))))
+        lines.append(f"{label}: {value or 'x'}")
     return lines
 
 
-def build_pool(doc_samples, cfg: ForgeConfig):
-    """(image, lines) pairs bucketed by row count: a batch has one row count, so no padding of images."""
-    rng = np.random.default_rng(cfg.seed)
-    buckets: dict[int, list] = defaultdict(list)
-    for s in doc_samples:
-        from PIL import Image
+def build_pool(doc_samples, cfg: ForgeConfig) -> dict[int, list[Page]]:
+    """Pages bucketed by row count: a batch has one row count, so no padding of images."""
+    from PIL import Image
 
-        img = Image.open(s.image).convert("RGB")
-        lines = s.text.split("\n")
-        buckets[len(lines)].append((img, lines))
+    rng = np.random.default_rng(cfg.seed)
+    buckets: dict[int, list[Page]] = defaultdict(list)
+
+    def add(image, lines):
+        buckets[len(lines)].append(Page(image, tuple(lines), labelled_pairs(lines)))
+
+    for s in doc_samples:
+        add(Image.open(s.image).convert("RGB"), s.text.split("\n"))
     style = RENDER_PRESETS["easy"]
-    for _ in range(cfg.random_pages):
-        lines = random_page_lines(rng)
-        buckets[len(lines)].append((render_page(lines, style, rng), lines))
+    for make, count in ((random_page_lines, cfg.random_pages), (label_page_lines, cfg.label_pages)):
+        for _ in range(count):
+            lines = make(rng)
+            add(render_page(lines, style, rng), lines)
     return dict(buckets)
 
 
+# ---- tasks: (prompt, answer) for a page ------------------------------------------------------
+_RESERVED_KEYS: set[str] | None = None
+
+
+def reserved_keys() -> set[str]:
+    """The `extract` task's field names: pre-training never uses them as keys."""
+    global _RESERVED_KEYS
+    if _RESERVED_KEYS is None:
+        from harness import docgen
+
+        rng = np.random.default_rng(0)
+        _RESERVED_KEYS = {k for kind in docgen.KINDS for _ in range(200) for k in docgen.generate(kind, rng).fields}
+    return _RESERVED_KEYS
+
+
+def random_key(rnd: random.Random) -> str:
+    while True:
+        key = "".join(rnd.choices(string.ascii_lowercase, k=rnd.randint(2, 7)))
+        if rnd.random() < 0.3:
+            key += "_" + "".join(rnd.choices(string.ascii_lowercase, k=rnd.randint(2, 5)))
+        if key not in reserved_keys():
+            return key
+
+
+def _targets(page: Page, rnd: random.Random, k: int) -> list[tuple[str, str]]:
+    """k (reference, value) pairs: a printed label ("Born") or a line number ("line 2")."""
+    refs = [(label, value) for label, value in page.labelled]
+    refs += [(f"line {i + 1}", line) for i, line in enumerate(page.lines)]
+    labelled = [r for r in refs if not r[0].startswith("line ")]
+    chosen = []
+    for _ in range(min(k, len(refs))):
+        pool = labelled if labelled and rnd.random() < 0.7 else refs
+        pick = rnd.choice(pool)
+        if pick not in chosen:
+            chosen.append(pick)
+    return chosen or [rnd.choice(refs)]
+
+
+def make_task(task: str, page: Page, rnd: random.Random) -> tuple[str, str]:
+    if task == "read":
+        return READ_PROMPT, "\n".join(page.lines)
+    if task == "read_json":
+        return READ_JSON_PROMPT, json.dumps({f"l{i + 1}": line for i, line in enumerate(page.lines)},
+                                            separators=(",", ":"))
+    if task == "fill_json":
+        targets = _targets(page, rnd, rnd.randint(1, 4))
+        keys = []
+        while len(keys) < len(targets):
+            key = random_key(rnd)
+            if key not in keys:
+                keys.append(key)
+        schema = json.dumps({k: ref for k, (ref, _) in zip(keys, targets)}, separators=(",", ":"))
+        answer = json.dumps({k: value for k, (_, value) in zip(keys, targets)}, separators=(",", ":"))
+        return f"Fill JSON {schema}", answer
+    if task == "ask":
+        ref, value = _targets(page, rnd, 1)[0]
+        return (f"What is {ref}?" if ref.startswith("line ") else f'What is "{ref}"?'), value
+    raise ValueError(f"unknown forge task {task!r}")
+
+
+def structured_items(pages: list[Page], seed: int = 0) -> list[tuple[str, str]]:
+    """One fixed `fill_json` item per page: the held-out measure of instruction following."""
+    rnd = random.Random(seed)
+    return [make_task("fill_json", p, rnd) for p in pages]
+
+
+# ---- the CTC reading head ---------------------------------------------------------------------
 class CtcHead:
     """Linear(hidden -> vocab) on the vision merger's output, read row by row with CTC (blank = 0)."""
 
@@ -95,21 +236,21 @@ class CtcHead:
 
         feats = self.captured.reshape(len(row_targets), self.tokens_per_row, -1)
         log_probs = F.log_softmax(self.linear(feats), dim=-1).transpose(0, 1)  # (T, N, C)
-        targets = torch.tensor([t for row in row_targets for t in row], dtype=torch.long)
-        target_lengths = torch.tensor([len(row) for row in row_targets], dtype=torch.long)
-        input_lengths = torch.full((len(row_targets),), self.tokens_per_row, dtype=torch.long)
+        device = log_probs.device
+        targets = torch.tensor([t for row in row_targets for t in row], dtype=torch.long, device=device)
+        target_lengths = torch.tensor([len(row) for row in row_targets], dtype=torch.long, device=device)
+        input_lengths = torch.full((len(row_targets),), self.tokens_per_row, dtype=torch.long, device=device)
         return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, zero_infinity=True)
 
 
-def encode_batch(processor, pages, prompt: str, systems: list[str | None]):
-    """Tokenise a batch for training: labels only on the answer (text + <|im_end|> + newline)."""
+def encode_batch(processor, items):
+    """Tokenise (image, prompt, answer, system) items: labels only on the answer (+ <|im_end|> + newline)."""
     tok = processor.tokenizer
     texts, answers = [], []
-    for (img, lines), system in zip(pages, systems):
-        answer = build_answer("\n".join(lines))
-        answers.append(answer)
-        texts.append(build_prompt(prompt, system=system) + answer)
-    enc = processor(text=texts, images=[img for img, _ in pages], padding=True, return_tensors="pt",
+    for _, prompt, answer, system in items:
+        answers.append(build_answer(answer))
+        texts.append(build_prompt(prompt, system=system) + answers[-1])
+    enc = processor(text=texts, images=[img for img, *_ in items], padding=True, return_tensors="pt",
                     return_mm_token_type_ids=True)
     labels = enc["input_ids"].clone()
     labels[enc["attention_mask"] == 0] = -100
@@ -120,61 +261,117 @@ def encode_batch(processor, pages, prompt: str, systems: list[str | None]):
     return enc
 
 
-def pretrain(model, processor, pool, cfg: ForgeConfig, on_step=None) -> dict:
-    """Train until the time budget is spent; returns a small log summary."""
+# ---- the loop ---------------------------------------------------------------------------------
+def lr_at(step: int, cfg: ForgeConfig) -> float:
+    lr = cfg.lr * min(1.0, step / cfg.warmup_steps)
+    frac = step / cfg.steps
+    if frac > 1.0 - cfg.decay_fraction:
+        lr *= 1.0 - 0.9 * (frac - (1.0 - cfg.decay_fraction)) / cfg.decay_fraction
+    return lr
+
+
+def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", on_step=None,
+             on_eval=None, eval_every: int = 0, state_path: Path | None = None, resume: bool = False,
+             checkpoint_every_s: float = 300.0, stop_after_s: float | None = None,
+             state_extra: dict | None = None) -> dict:
+    """Train to `cfg.steps`; returns a summary with `"finished": False` when stopped early.
+
+    `state_path`: where the whole training state (weights, CTC head, optimizer, RNGs, step, log) is
+    saved every `checkpoint_every_s` seconds and when stopping early; `resume=True` continues from it.
+    `on_eval(model, step)` runs every `eval_every` steps and at the end; its dicts form the curve.
+    """
     import torch
 
     torch.manual_seed(cfg.seed)
     rnd = random.Random(cfg.seed)
     tok = processor.tokenizer
-    processor.tokenizer.padding_side = "left"
-    width_tokens = pool[next(iter(pool))][0][0].size[0] // 16
+    tok.padding_side = "left"
+    width_tokens = pool[next(iter(pool))][0].image.size[0] // 16
     ctc = CtcHead(model, len(tok), width_tokens)
-
+    model.to(device)
+    ctc.linear.to(device)
     params = list(model.parameters()) + list(ctc.linear.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     rows_choices = sorted(pool)
     weights = [len(pool[r]) * r for r in rows_choices]  # sample lines uniformly, not pages
-    budget_s = cfg.minutes * 60.0
+    task_names = [t for t, _ in cfg.task_weights]
+    task_p = [w for _, w in cfg.task_weights]
+    step, history, curve, seconds_before = 0, [], [], 0.0
+    if resume and state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ctc.linear.load_state_dict(state["ctc"])
+        opt.load_state_dict(state["optimizer"])
+        rnd.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history, curve, seconds_before = state["step"], state["history"], state["curve"], state["seconds"]
+
     start = time.perf_counter()
-    history = []
-    step = 0
+    last_save = start
+
+    def save_state():
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "ctc": ctc.linear.state_dict(), "optimizer": opt.state_dict(),
+                    "python_rng": rnd.getstate(), "torch_rng": torch.get_rng_state(), "step": step,
+                    "history": history, "curve": curve,
+                    "seconds": seconds_before + time.perf_counter() - start, **(state_extra or {})}, tmp)
+        tmp.replace(state_path)
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            point = on_eval(model, step)
+        model.train()
+        point.update(step=step, minutes=(seconds_before + time.perf_counter() - start) / 60)
+        curve.append(point)
+
     model.train()
-    while True:
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget_s:
-            break
+    while step < cfg.steps:
+        if stop_after_s is not None and time.perf_counter() - start >= stop_after_s:
+            if state_path is not None:
+                save_state()
+            model.eval()
+            return {"finished": False, "steps": step, "seconds": seconds_before + time.perf_counter() - start}
         step += 1
-        frac = elapsed / budget_s
-        lr = cfg.lr * min(1.0, step / cfg.warmup_steps)
-        if frac > 1.0 - cfg.decay_fraction:
-            lr *= 1.0 - 0.9 * (frac - (1.0 - cfg.decay_fraction)) / cfg.decay_fraction
         for g in opt.param_groups:
-            g["lr"] = lr
-        # Curriculum: copying from one or two rows is learnt first (the offset between an answer
-        # character and its image token is then nearly constant); full pages follow.
-        if frac < cfg.curriculum_fraction:
+            g["lr"] = lr_at(step, cfg)
+        in_curriculum = step <= cfg.curriculum_fraction * cfg.steps
+        if in_curriculum:
             allowed = [r for r in rows_choices if r <= cfg.curriculum_max_rows] or rows_choices
             rows = rnd.choices(allowed, weights=[weights[rows_choices.index(r)] for r in allowed])[0]
         else:
             rows = rnd.choices(rows_choices, weights=weights)[0]
         pages = rnd.sample(pool[rows], k=min(len(pool[rows]), max(1, cfg.batch_lines // rows)))
-        systems = [None if rnd.random() < cfg.no_system_fraction else DEFAULT_SYSTEM for _ in pages]
-        enc = encode_batch(processor, pages, cfg.prompt, systems)
+        items = []
+        for page in pages:
+            task = "read" if in_curriculum else rnd.choices(task_names, weights=task_p)[0]
+            prompt, answer = make_task(task, page, rnd)
+            system = None if rnd.random() < cfg.no_system_fraction else DEFAULT_SYSTEM
+            items.append((page.image, prompt, answer, system))
+        enc = encode_batch(processor, items).to(device)
         out = model(**enc)
-        row_targets = [tok(line, add_special_tokens=False).input_ids for _, lines in pages for line in lines]
+        row_targets = [tok(line, add_special_tokens=False).input_ids for p in pages for line in p.lines]
         ctc_loss = ctc.loss(row_targets)
         loss = out.loss + cfg.ctc_weight * ctc_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         opt.step()
-        rec = {"step": step, "lm_loss": out.loss.item(), "ctc_loss": ctc_loss.item(), "lr": lr,
-               "elapsed_s": time.perf_counter() - start}
-        history.append(rec)
+        rec = {"step": step, "lm_loss": out.loss.item(), "ctc_loss": ctc_loss.item(), "lr": lr_at(step, cfg),
+               "elapsed_s": seconds_before + time.perf_counter() - start}
+        if step % 50 == 0 or step == cfg.steps:
+            history.append(rec)
         if on_step:
-            on_step(rec, budget_s)
+            on_step(rec, cfg.steps)
+        if on_eval and eval_every and step % eval_every == 0 and step < cfg.steps:
+            evaluate()
+        if state_path is not None and time.perf_counter() - last_save >= checkpoint_every_s:
+            save_state()
+            last_save = time.perf_counter()
+    if on_eval:
+        evaluate()
     model.eval()
     last = history[-1] if history else {"lm_loss": math.nan, "ctc_loss": math.nan}
-    return {"steps": step, "seconds": time.perf_counter() - start, "final_lm_loss": last["lm_loss"],
-            "final_ctc_loss": last["ctc_loss"], "log_every_100": history[::100]}
+    return {"finished": True, "steps": step, "seconds": seconds_before + time.perf_counter() - start,
+            "final_lm_loss": last["lm_loss"], "final_ctc_loss": last["ctc_loss"], "curve": curve,
+            "loss_every_50_steps": history}

@@ -39,6 +39,6 @@ def tiny_model_dir() -> Path:
     try:
         return tiny_checkpoint()
     except UserError:
-        path, _ = build(BuildPlan(card="synthdocs-mini", minutes=0.1, random_pages=100), out_dir=CACHE_DIR / "test-quick",
+        path, _ = build(BuildPlan(card="synthdocs-mini", steps=30, random_pages=100, label_pages=100), out_dir=CACHE_DIR / "test-quick",
                         progress=False)
         return path

@@ -14,7 +14,11 @@ def add_parser(parser) -> None:
     b.add_argument("--preset", default="tiny", choices=["tiny"])
     b.add_argument("--out", type=Path, help="output directory (default: the cache under .cache/models)")
     b.add_argument("--force", action="store_true", help="rebuild even when a matching checkpoint exists")
-    b.add_argument("--minutes", type=float, help="pre-training wall-time budget (default: the recipe's)")
+    b.add_argument("--steps", type=int, help="pre-training steps (default: the recipe's)")
+    b.add_argument("--resume", action="store_true", help="continue an interrupted or paused build from its saved state")
+    b.add_argument("--stop-after", type=float, metavar="MINUTES",
+                   help="pause after this many minutes (state saved; continue with --resume): build in parts")
+    b.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     b.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("eval", help="score a checkpoint (optionally with a LoRA adapter) on a test split")
     e.add_argument("model_dir", help="checkpoint directory, or 'tiny'")
@@ -33,11 +37,16 @@ def run(args) -> int:
 def _build(args) -> int:
     import time
 
-    from harness.models import BuildPlan, build
+    from harness.models import BuildPlan, ForgePaused, build
 
     t = time.perf_counter()
-    plan = BuildPlan(preset=args.preset, seed=args.seed, minutes=args.minutes)
-    path, meta = build(plan, out_dir=args.out, force=args.force)
+    plan = BuildPlan(preset=args.preset, seed=args.seed, steps=args.steps)
+    try:
+        path, meta = build(plan, out_dir=args.out, force=args.force, resume=args.resume,
+                           stop_after_minutes=args.stop_after, device=args.device)
+    except ForgePaused as paused:
+        print(paused)
+        return 0
     q = meta.get("base_quality", {})
     print(f"model: {path}")
     print(f"params: {meta['params']['total']:,} (vision {meta['params']['vision_tower']:,}, projector "
