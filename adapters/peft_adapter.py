@@ -49,7 +49,7 @@ class PeftAdapter:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoProcessor, AutoModelForImageTextToText, Trainer, set_seed
 
-        from harness.distributed import deepspeed_config_file
+        from harness.run.distributed import deepspeed_config_file
 
         t0 = time.perf_counter()
         native = spec["alignment"] == "native"

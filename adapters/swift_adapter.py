@@ -65,7 +65,7 @@ class SwiftAdapter:
     def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
         from adapters.swift_model import register
 
-        from harness.distributed import deepspeed_config_file
+        from harness.run.distributed import deepspeed_config_file
 
         t0 = time.perf_counter()
         register()

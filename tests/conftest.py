@@ -21,7 +21,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def mini_dataset() -> Path:
     """The mini card's build (a second or two; verified against the card's checksum)."""
-    from harness.data import ensure_built
+    from harness.data.cards import ensure_built
 
     return Path(ensure_built("synthdocs-mini"))
 
@@ -34,7 +34,7 @@ def tiny_model_dir() -> Path:
     trained model is enough and keeps `make test` independent of the committed checkpoint.
     """
     from harness.errors import UserError
-    from harness.models import BuildPlan, CACHE_DIR, build, tiny_checkpoint
+    from harness.tinymodel.build import BuildPlan, CACHE_DIR, build, tiny_checkpoint
 
     try:
         return tiny_checkpoint()

@@ -2,7 +2,7 @@
 
 Nothing here trains anything: each record is built from a deterministic RNG seeded by its cell, with
 per-sample rows in harness.metrics' format (so the record's `metrics` and `_ci` are exactly what
-`harness.metrics.summarize` computes from its per-sample file), a step log, an environment and a
+`harness.eval.metrics.summarize` computes from its per-sample file), a step log, an environment and a
 memory section. `write_suite` lays out a results directory as the runner does.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import metrics as quality
-from harness.results import SCHEMA_VERSION, write_record
+from harness.eval import metrics as quality
+from harness.results.store import SCHEMA_VERSION, write_record
 
 FRAMEWORKS = ("peft", "swift", "torch")
 ALIGNMENTS = ("aligned", "native")

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from harness import data
+from harness.data import cards as data
 from harness.cli import main
 
 

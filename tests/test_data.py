@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import data, docgen
+from harness.data import cards as data, docgen
+from harness.data.samples import PROMPTS, load_samples, split_file
 from harness.errors import UserError
-from harness.render import MAX_LINE_CHARS
+from harness.data.pages import MAX_LINE_CHARS
 
 MINI = "synthdocs-mini"
 
@@ -218,7 +219,7 @@ def test_documents_do_not_depend_on_split_sizes(tmp_path):
 
 def test_rows_use_the_common_format(mini_build):
     rows = [json.loads(line) for line in
-            data.split_path(mini_build.path, "train", "extract").read_text().splitlines()]
+            split_file(mini_build.path, "train", "extract").read_text().splitlines()]
     row = rows[5]
     assert row["id"] == "train-000005" and row["task"] == "extract"
     assert row["images"] == ["images/train/train-000005.png"]
@@ -230,19 +231,19 @@ def test_rows_use_the_common_format(mini_build):
 
 # ---- loader --------------------------------------------------------------------------------------
 def test_load_samples_of_a_build(mini_build):
-    samples = data.load_samples(data.split_path(mini_build.path, "test", "transcribe"))
+    samples = load_samples(split_file(mini_build.path, "test", "transcribe"))
     assert len(samples) == 16
     s = samples[0]
     assert s.id == "test-000000" and s.task == "transcribe"
-    assert s.prompt == data.PROMPTS["transcribe"]
+    assert s.prompt == PROMPTS["transcribe"]
     assert s.image.is_absolute() and s.image.is_file()
     assert s.target == s.text and s.kind in docgen.KINDS
     assert Image.open(s.image).height == 16 * len(s.text.splitlines())
 
 
-def test_split_path_rejects_pretrain_extract(tmp_path):
+def test_split_file_rejects_pretrain_extract(tmp_path):
     with pytest.raises(UserError, match="only has task"):
-        data.split_path(tmp_path, "pretrain", "extract")
+        split_file(tmp_path, "pretrain", "extract")
 
 
 @pytest.fixture
@@ -262,14 +263,14 @@ def _row(doc_id="r1", prompt="<image>Read all text.", target="hello", images=("a
 def test_user_rows_without_text_or_fields_get_defaults(user_dir):
     path = user_dir / "mine.jsonl"
     path.write_text("\n".join([_row("a"), _row("b", "<image>Fields?", '{"total":"9.50"}'), ""]))
-    transcribe, extract = data.load_samples(path)
+    transcribe, extract = load_samples(path)
     assert (transcribe.task, transcribe.text, transcribe.fields) == ("transcribe", "hello", None)
     assert (extract.task, extract.fields, extract.text) == ("extract", {"total": "9.50"}, None)
     assert extract.prompt == "Fields?" and extract.image == (user_dir / "a.png").resolve()
     # `task` is the task of rows that do not say; rows that do say are filtered by it
-    assert [s.task for s in data.load_samples(path, task="extract")] == ["extract", "extract"]
+    assert [s.task for s in load_samples(path, task="extract")] == ["extract", "extract"]
     path.write_text("\n".join([_row("a", task="transcribe"), _row("b", task="extract")]))
-    assert [s.id for s in data.load_samples(path, task="extract")] == ["b"]
+    assert [s.id for s in load_samples(path, task="extract")] == ["b"]
 
 
 @pytest.mark.parametrize("bad_line, message", [
@@ -288,16 +289,16 @@ def test_loader_errors_name_file_and_line(user_dir, bad_line, message):
     path = user_dir / "mine.jsonl"
     path.write_text(_row(doc_id="r0") + "\n" + bad_line + "\n")
     if message is None:
-        assert len(data.load_samples(path)) == 2
+        assert len(load_samples(path)) == 2
         return
     with pytest.raises(UserError, match=re.escape(message)) as err:
-        data.load_samples(path)
+        load_samples(path)
     assert str(err.value).startswith(f"{path}:2: ")
 
 
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        data.load_samples(tmp_path / "nope.jsonl")
+        load_samples(tmp_path / "nope.jsonl")
 
 
 def test_ensure_built_uses_the_card_dir(tmp_path):

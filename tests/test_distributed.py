@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.distributed import deepspeed_config
-from harness.spec import make_spec
+from harness.run.distributed import deepspeed_config
+from harness.config.spec import make_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -62,8 +62,8 @@ def test_effective_settings_come_from_live_objects(tmp_path, tiny_model_dir, min
 
     from adapters.base import Hooks, TrainData
     from adapters.peft_adapter import PeftAdapter
-    from harness.jobs import prepare_job
-    from harness.spec import load_spec_file
+    from harness.run.job import prepare_job
+    from harness.config.spec import load_spec_file
 
     original = peft.get_peft_model
 

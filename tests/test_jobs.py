@@ -5,8 +5,9 @@ import json
 import pytest
 
 from harness.errors import UserError
-from harness.jobs import prepare_job, resolve_model_dir, split_file, write_train_file
-from harness.spec import make_spec
+from harness.data.samples import split_file
+from harness.run.job import prepare_job, resolve_model_dir, write_train_file
+from harness.config.spec import make_spec
 
 
 def test_train_file_has_absolute_images_and_the_prompt(mini_dataset, tmp_path):

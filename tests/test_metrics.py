@@ -1,4 +1,4 @@
-"""harness.metrics: every scoring rule with hand-computed values, bootstrap and paired p-value."""
+"""harness.eval.metrics: every scoring rule with hand-computed values, bootstrap and paired p-value."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import jiwer
 import numpy as np
 import pytest
 
-from harness import metrics
+from harness.eval import metrics as metrics
 from harness.errors import UserError
-from harness.metrics import (
+from harness.eval.metrics import (
     HIGHER_IS_BETTER,
     STATISTICS,
     bootstrap_ci,

@@ -1,4 +1,4 @@
-"""`harness.plan` / `lorabench plan`: hand-computed numbers on a made-up 2-layer shape, the shipped
+"""`harness.planner.estimate` / `lorabench plan`: hand-computed numbers on a made-up 2-layer shape, the shipped
 shapes against well-known parameter totals, and the CLI."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from harness import plan as P
+from harness.planner import estimate as P
 from harness.cli import main
 from harness.errors import UserError
 
@@ -367,8 +367,8 @@ def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir
     """A memory-suite record -> the planner's per-process estimate next to the measured peak."""
     import json as _json
 
-    from harness.plan_validate import format_rows, validate
-    from harness.spec import make_spec
+    from harness.planner.validate import format_rows, validate
+    from harness.config.spec import make_spec
 
     spec = make_spec({"train": {"batch_size": 4}, "distributed": {"zero_stage": 2}})
     record = {

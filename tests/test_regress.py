@@ -13,9 +13,9 @@ sys.path.insert(0, os.path.dirname(__file__))  # fixtures_records, with or witho
 
 import fixtures_records as fx  # noqa: E402
 
-from harness import regress  # noqa: E402
+from harness.analysis import regress as regress  # noqa: E402
 from harness.cli import main  # noqa: E402
-from harness.results import load_records, write_record  # noqa: E402
+from harness.results.store import load_records, write_record  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ sys.path.insert(0, os.path.dirname(__file__))  # fixtures_records, with or witho
 
 import fixtures_records as fx  # noqa: E402
 
-from harness import report as rep  # noqa: E402
+from harness.analysis import report as rep  # noqa: E402
 from harness.cli import main  # noqa: E402
-from harness.figures import pareto_frontier  # noqa: E402
-from harness.results import load_records  # noqa: E402
+from harness.analysis.figures import pareto_frontier  # noqa: E402
+from harness.results.store import load_records  # noqa: E402
 
 INJECTED = "RuntimeError: CUDA out of memory <script>alert('x')</script>"
 PARITY = {
@@ -234,7 +234,7 @@ def test_parity_from_a_record_key(tmp_path):
     record, per_sample = fx.make_record()
     record["parity"] = PARITY
     fx.write_run(tmp_path, record, per_sample)
-    from harness.results import load_parity_docs
+    from harness.results.store import load_parity_docs
     docs = load_parity_docs(tmp_path, load_records(tmp_path))
     assert len(docs) == 1 and docs[0]["_label"] == record["run_id"]
     report = rep.build_report(load_records(tmp_path), docs)

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # fixtures_records, with or witho
 
 import fixtures_records as fx  # noqa: E402
 
-from harness import results  # noqa: E402
+from harness.results import store as results  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 
 

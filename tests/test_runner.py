@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.results import load_records, validate_record
+from harness.results.store import load_records, validate_record
 
 pytestmark = pytest.mark.integration
 

@@ -3,8 +3,8 @@
 import pytest
 
 from harness.errors import UserError
-from harness.spec import DEFAULTS, make_spec, parse_set, spec_hash
-from harness.suite import load_suite
+from harness.config.spec import DEFAULTS, make_spec, parse_set, spec_hash
+from harness.config.suite import load_suite
 
 
 def test_defaults_validate_and_hash_is_stable():

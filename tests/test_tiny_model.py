@@ -11,7 +11,7 @@ from harness.chat import SPECIAL_TOKENS, build_answer, build_prompt
 
 
 def test_tokenizer_is_character_level_with_qwen_specials():
-    from harness.tiny_model import alphabet_from_texts, build_tokenizer
+    from harness.tinymodel.architecture import alphabet_from_texts, build_tokenizer
 
     tok = build_tokenizer(alphabet_from_texts(["Grüße"]))
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(7))
@@ -59,7 +59,7 @@ print(json.dumps({{"n_image_tokens": int((enc["input_ids"] == 5).sum()), "new": 
 @pytest.mark.integration
 def test_swift_cli_trains_two_lora_steps(tiny_model_dir, mini_dataset, tmp_path, repo_root):
     """ms-swift's own `swift sft` CLI, with our model type registered through --custom_register_path."""
-    from harness.jobs import write_train_file
+    from harness.run.job import write_train_file
 
     train = tmp_path / "train.jsonl"
     write_train_file(mini_dataset / "train.extract.jsonl", train, "extract", 8)
@@ -82,7 +82,7 @@ def test_swift_cli_trains_two_lora_steps(tiny_model_dir, mini_dataset, tmp_path,
 def test_model_eval_reproduces_the_committed_card(capsys):
     """`lorabench model eval` on the committed checkpoint gives the card's base CER."""
     from harness.cli import main
-    from harness.models import ASSET_DIR
+    from harness.tinymodel.build import ASSET_DIR
 
     if not (ASSET_DIR / "lorabench.json").is_file():
         pytest.skip("no committed checkpoint")

@@ -24,7 +24,7 @@ def add_parser(parser) -> None:
 
 
 def run(args) -> int:
-    from harness.results import load_records, make_bundle, write_json_atomic
+    from harness.results.store import load_records, make_bundle, write_json_atomic
 
     records = load_records(args.source)
     of_suite = [r for r in records if r["suite"] == args.suite]

@@ -11,7 +11,8 @@ import json
 import re
 from pathlib import Path
 
-from harness import data
+from harness.data import cards as data
+from harness.data.samples import SPLITS, Sample, TASKS, load_samples, split_file
 from harness.errors import UserError
 
 
@@ -28,15 +29,15 @@ def add_parser(parser) -> None:
     p = sub.add_parser("show", help="print counts and write a contact sheet of samples")
     p.add_argument("dataset", metavar="NAME|DIR",
                    help="card name or path (built if needed), or a build directory")
-    p.add_argument("--split", default="test", choices=data.SPLITS)
-    p.add_argument("--task", default="extract", choices=data.TASKS)
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--task", default="extract", choices=TASKS)
     p.add_argument("--n", type=int, default=8, help="samples on the sheet (default 8)")
     p.add_argument("--out", metavar="FILE.png", help="default: <build dir>/contact_sheet.png")
     p.set_defaults(_data_run=_show)
 
     p = sub.add_parser("validate", help="check a JSONL file in the common multimodal format")
     p.add_argument("jsonl", metavar="JSONL")
-    p.add_argument("--task", choices=data.TASKS,
+    p.add_argument("--task", choices=TASKS,
                    help="task of rows without a 'task' key (default: guessed from the target)")
     p.set_defaults(_data_run=_validate)
 
@@ -82,10 +83,10 @@ def _show(args) -> int:
     print(f"{build_dir}")
     for file in files:
         print(f"  {file.name:<28} {_count_rows(file):>6} rows")
-    jsonl = data.split_path(build_dir, args.split, args.task)
+    jsonl = split_file(build_dir, args.split, args.task)
     if not jsonl.is_file():
         raise UserError(f"{jsonl} does not exist; the files are listed above")
-    samples = data.load_samples(jsonl, task=args.task)[: args.n]
+    samples = load_samples(jsonl, task=args.task)[: args.n]
     out = Path(args.out) if args.out else build_dir / "contact_sheet.png"
     try:
         name = json.loads((build_dir / data.BUILD_FILE).read_text())["card_name"]
@@ -96,7 +97,7 @@ def _show(args) -> int:
     return 0
 
 
-def write_contact_sheet(samples: list[data.Sample], out_png: Path, title: str = "",
+def write_contact_sheet(samples: list[Sample], out_png: Path, title: str = "",
                         wrap_chars: int = 80) -> None:
     """One image per row at its native pixel size, with its id, kind and target printed under it."""
     import matplotlib
@@ -162,7 +163,7 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _validate(args) -> int:
-    samples = data.load_samples(args.jsonl, task=args.task)
+    samples = load_samples(args.jsonl, task=args.task)
     by_task = {}
     for s in samples:
         by_task[s.task] = by_task.get(s.task, 0) + 1

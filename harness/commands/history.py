@@ -25,9 +25,9 @@ def add_parser(parser) -> None:
 
 
 def run(args) -> int:
-    from harness.figures import metric_over_commits
-    from harness.regress import format_history, history_table
-    from harness.results import METRIC_DIRECTION, load_records, metric_values
+    from harness.analysis.figures import metric_over_commits
+    from harness.analysis.regress import format_history, history_table
+    from harness.results.store import METRIC_DIRECTION, load_records, metric_values
 
     records, seen = [], set()
     for source in args.results:

@@ -37,7 +37,7 @@ def run(args) -> int:
 def _build(args) -> int:
     import time
 
-    from harness.models import BuildPlan, ForgePaused, build
+    from harness.tinymodel.build import BuildPlan, ForgePaused, build
 
     t = time.perf_counter()
     plan = BuildPlan(preset=args.preset, seed=args.seed, steps=args.steps)
@@ -61,10 +61,11 @@ def _build(args) -> int:
 def _eval(args) -> int:
     from PIL import Image
 
-    from harness import metrics
-    from harness.data import load_samples
-    from harness.generation import generate, load_model
-    from harness.jobs import resolve_dataset_dir, resolve_model_dir, split_file
+    from harness.eval import metrics as metrics
+    from harness.data.samples import load_samples
+    from harness.eval.generation import generate, load_model
+    from harness.data.samples import resolve_dataset_dir, split_file
+    from harness.run.job import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model_dir)
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():

@@ -24,8 +24,8 @@ def add_parser(parser) -> None:
 
 def run(args) -> int:
     import adapters
-    from harness import parity as P
-    from harness.spec import load_yaml, make_spec, merge, parse_set
+    from harness.analysis import parity as P
+    from harness.config.spec import load_yaml, make_spec, merge, parse_set
 
     raw = merge(make_spec(load_yaml(args.spec), source=args.spec), parse_set(args.set), source="--set")
     if args.steps:
@@ -56,7 +56,7 @@ def run(args) -> int:
 
 
 def _save(path: Path, doc: dict) -> None:
-    from harness.results import write_json_atomic
+    from harness.results.store import write_json_atomic
 
     write_json_atomic(path, doc)
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness import plan as planner
+from harness.planner import estimate as planner
 from harness.errors import UserError
 
 GPU_LABELS = {
@@ -128,7 +128,7 @@ def _table(title: str, labels: dict, values_gib: dict) -> list[str]:
 
 def run(args) -> int:
     if args.validate:
-        from harness.plan_validate import format_rows, validate
+        from harness.planner.validate import format_rows, validate
 
         rows = validate(args.validate)
         print(json.dumps(rows, indent=1) if args.json else format_rows(rows))

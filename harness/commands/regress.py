@@ -25,8 +25,8 @@ def add_parser(parser) -> None:
 
 
 def run(args) -> int:
-    from harness.regress import compare, format_table, parse_thresholds
-    from harness.results import load_records
+    from harness.analysis.regress import compare, format_table, parse_thresholds
+    from harness.results.store import load_records
 
     thresholds = parse_thresholds(args.threshold)
     baseline = load_records(args.baseline)

@@ -15,8 +15,8 @@ def add_parser(parser) -> None:
 
 
 def run(args) -> int:
-    from harness.report import write_report
-    from harness.results import load_parity_docs, load_records
+    from harness.analysis.report import write_report
+    from harness.results.store import load_parity_docs, load_records
 
     records, parity_docs, seen = [], [], set()
     for source in args.results:

@@ -21,8 +21,8 @@ def add_parser(parser) -> None:
 
 
 def run(args) -> int:
-    from harness.runner import run_suite
-    from harness.suite import load_suite
+    from harness.run.runner import run_suite
+    from harness.config.suite import load_suite
 
     name, cells = load_suite(args.suite, only=args.only, overrides=args.set)
     if not cells:

@@ -1,6 +1,6 @@
 """`lorabench score REFS.jsonl PREDS.jsonl [--json] [--per-sample FILE]`.
 
-Scores predictions against references with `harness.metrics` (CER, WER, exact match, and field
+Scores predictions against references with `harness.eval.metrics` (CER, WER, exact match, and field
 precision/recall/F1 + JSON validity when the references carry `fields`), with 95% bootstrap
 confidence intervals. Plain output is an aligned table; `--json` prints the `metrics.score` object.
 """
@@ -38,7 +38,7 @@ def format_table(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from harness.errors import UserError
-    from harness.metrics import score_files
+    from harness.eval.metrics import score_files
 
     if args.n_boot < 1:
         raise UserError(f"--n-boot must be >= 1, got {args.n_boot}")

@@ -15,15 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 @pytest.fixture(scope="session")
 def model_dir():
-    from harness.jobs import resolve_model_dir
+    from harness.run.job import resolve_model_dir
 
     return resolve_model_dir("tiny")
 
 
 @pytest.fixture(scope="session")
 def rows(tmp_path_factory):
-    from harness.data import ensure_built
-    from harness.jobs import write_train_file
+    from harness.data.cards import ensure_built
+    from harness.run.job import write_train_file
 
     data = Path(ensure_built("synthdocs-mini"))
     out = tmp_path_factory.mktemp("mb") / "train.jsonl"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adapters.common import ChatCollator, lora_config, resolve_targets
-from harness.spec import make_spec
+from harness.config.spec import make_spec
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_train_step_peft_batch8(benchmark, setup, rows):
 def test_generate_batch8(benchmark, setup, rows):
     from PIL import Image
 
-    from harness.generation import generate
+    from harness.eval.generation import generate
 
     model, processor = setup
     images = [Image.open(r["images"][0]).convert("RGB") for r in rows[:8]]

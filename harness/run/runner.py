@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness import results
+from harness.results import store as results
 from harness.errors import UserError
-from harness.launch import run_worker
-from harness.suite import Cell
+from harness.run.launch import run_worker
+from harness.config.suite import Cell
 
 
 def _now() -> str:
@@ -84,8 +84,8 @@ def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, for
     if not todo:
         print(f"all {len(cells)} runs of suite {name!r} are finished ({results_dir})")
         return 0
-    from harness.env import fingerprint
-    from harness.meters import matmul_peak_gflops
+    from harness.run.env import fingerprint
+    from harness.run.meters import matmul_peak_gflops
 
     env = fingerprint(matmul_peak_gflops())
     progress = Progress(len(todo))
@@ -102,8 +102,8 @@ def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, for
 
 
 def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str, progress: Progress) -> dict:
-    from harness.env import dataset_fingerprint, model_fingerprint
-    from harness.jobs import prepare_job
+    from harness.run.env import dataset_fingerprint, model_fingerprint
+    from harness.run.job import prepare_job
 
     spec = cell.spec
     work = results_dir / "work" / cell.run_id
@@ -212,7 +212,7 @@ def _gpu_max(ranks, key):
 
 
 def _mfu(tokens_per_s, rank0, peak_gflops):
-    from harness.meters import mfu
+    from harness.run.meters import mfu
 
     total = rank0["effective"].get("total_params")
     trainable = rank0["effective"].get("trainable_params")

@@ -18,7 +18,7 @@ import itertools
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.spec import deep_update, get, load_yaml, make_spec, nested, parse_set, spec_hash
+from harness.config.spec import deep_update, get, load_yaml, make_spec, nested, parse_set, spec_hash
 
 SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells")
 SHORTHANDS = {"seed": ("train.seed", "train.data_seed")}

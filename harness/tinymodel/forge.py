@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.chat import DEFAULT_SYSTEM, build_answer, build_prompt
-from harness.render import MAX_LINE_CHARS, PRESETS as RENDER_PRESETS, render_page
+from harness.data.pages import MAX_LINE_CHARS, PRESETS as RENDER_PRESETS, render_page
 
 RANDOM_CHARS = string.ascii_letters + string.digits + string.punctuation + "     "
 TASKS = ("read", "read_json", "fill_json", "ask")
@@ -156,7 +156,7 @@ def reserved_keys() -> set[str]:
     """The `extract` task's field names: pre-training never uses them as keys."""
     global _RESERVED_KEYS
     if _RESERVED_KEYS is None:
-        from harness import docgen
+        from harness.data import docgen as docgen
 
         rng = np.random.default_rng(0)
         _RESERVED_KEYS = {k for kind in docgen.KINDS for _ in range(200) for k in docgen.generate(kind, rng).fields}

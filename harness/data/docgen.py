@@ -21,7 +21,7 @@ import string
 
 import numpy as np
 
-from harness.render import MAX_LINE_CHARS, PRESETS, TOKEN_PX
+from harness.data.pages import MAX_LINE_CHARS, PRESETS, TOKEN_PX
 
 KINDS = ("receipt", "invoice", "id_card", "shipping_label", "form")
 # Characters a line may hold: the model's vocabulary is printable ASCII without the odd whitespace.

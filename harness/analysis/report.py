@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from harness import figures
-from harness import metrics as quality
-from harness.results import (METRIC_DIRECTION, cell_keys, group_cells, metric_values,
+from harness.analysis import figures as figures
+from harness.eval import metrics as quality
+from harness.results.store import (METRIC_DIRECTION, cell_keys, group_cells, metric_values,
                              resolve_sidecar)
 
 SIGNIFICANCE_P = 0.05

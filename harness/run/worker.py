@@ -1,4 +1,4 @@
-"""One run, in its own process: `python -m harness.worker train|eval JOB.json`.
+"""One run, in its own process: `python -m harness.run.worker train|eval JOB.json`.
 
 Reads top to bottom. `train` imports exactly one framework (ms-swift patches transformers when
 imported, so frameworks never share a process), measures the post-import memory baseline, trains
@@ -45,20 +45,20 @@ def train(job: dict) -> int:
 
     import adapters
     from adapters.base import TrainData
-    from harness.meters import MemoryMeter, throughput
+    from harness.run.meters import MemoryMeter, throughput
 
     spec, run_dir = job["spec"], Path(job["run_dir"])
     if "RANK" not in os.environ:
         # One process without a launcher: DeepSpeed (and swift through it) would otherwise look
         # for mpi4py to discover its rank (shared/facts.md).
-        from harness.launch import free_port
+        from harness.run.launch import free_port
 
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
     rank = int(os.environ.get("RANK", "0"))
     dist = spec["distributed"]
     if spec["device"] == "cpu" and dist["zero_stage"] is not None and dist["world_size"] > 1:
-        from harness.distributed import enable_cpu_deepspeed_data_parallel
+        from harness.run.distributed import enable_cpu_deepspeed_data_parallel
 
         enable_cpu_deepspeed_data_parallel()
     torch.manual_seed(spec["train"]["seed"])
@@ -90,10 +90,10 @@ def _import_framework(name: str) -> None:
 
 
 def evaluate(job: dict) -> int:
-    from harness import metrics
+    from harness.eval import metrics as metrics
     from harness.chat import DEFAULT_SYSTEM
-    from harness.data import load_samples
-    from harness.generation import generate, load_model
+    from harness.data.samples import load_samples
+    from harness.eval.generation import generate, load_model
 
     spec, run_dir = job["spec"], Path(job["run_dir"])
     ev = spec["eval"]
@@ -133,7 +133,7 @@ def evaluate(job: dict) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in ("train", "eval"):
-        print("usage: python -m harness.worker train|eval JOB.json", file=sys.stderr)
+        print("usage: python -m harness.run.worker train|eval JOB.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[1]).read_text())
     from harness.errors import UserError

@@ -17,9 +17,9 @@ import shutil
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.jobs import prepare_job
-from harness.launch import run_worker
-from harness.spec import make_spec, merge
+from harness.run.job import prepare_job
+from harness.run.launch import run_worker
+from harness.config.spec import make_spec, merge
 
 # Settings that are framework-specific by nature: shown, never compared.
 NOT_COMPARED_PREFIXES = ("swift.",)

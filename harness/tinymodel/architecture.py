@@ -3,10 +3,10 @@
 `build_untrained(dir, alphabet, preset)` writes a normal Hugging Face checkpoint directory (config,
 safetensors, a character-level tokenizer, an image processor with small pixel limits, and the chat
 template) that `Qwen2VLForConditionalGeneration.from_pretrained` and `AutoProcessor` load offline.
-Pre-training lives in `harness.forge`.
+Pre-training lives in `harness.tinymodel.forge`.
 
 Why character level: the vision grid puts about one character under each merged token (see
-`harness.render`), and a character vocabulary of ~110 keeps the output layer tiny. The alphabet is
+`harness.data.pages`), and a character vocabulary of ~110 keeps the output layer tiny. The alphabet is
 learned from the dataset's text (plus printable ASCII so users' text never falls on <unk>).
 """
 
@@ -18,7 +18,7 @@ import string
 from pathlib import Path
 
 from harness.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
-from harness.render import ROW_PX, TOKEN_PX
+from harness.data.pages import ROW_PX, TOKEN_PX
 
 UNK = "<|unk|>"
 

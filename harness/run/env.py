@@ -10,9 +10,10 @@ import socket
 import subprocess
 from pathlib import Path
 
+from harness.paths import REPO_ROOT
+
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "ms-swift", "trl", "deepspeed", "accelerate",
             "jiwer", "numpy", "pillow", "tokenizers", "lorabench")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_state() -> tuple[str | None, bool]:
@@ -69,7 +70,7 @@ def model_fingerprint(model_dir: str | Path, name: str) -> dict:
     if meta.is_file():
         checksum = json.loads(meta.read_text()).get("checksum")
     if checksum is None:
-        from harness.models import checkpoint_checksum
+        from harness.tinymodel.build import checkpoint_checksum
 
         checksum = checkpoint_checksum(Path(model_dir))
     return {"name": name, "checksum": checksum, "path": str(model_dir)}

@@ -1,4 +1,4 @@
-"""Datasets: cards, deterministic builds, checksums, and a JSONL loader that validates users' data.
+"""Dataset cards and their deterministic builds (rendered pages + JSONL), verified by checksum.
 
 A *card* (`datasets/<name>/card.yaml`) is data: generator, seed, render style, document kinds, split
 sizes and the sha256 of the expected build. `build(card)` renders it into a directory:
@@ -12,10 +12,7 @@ Each row is the common multimodal JSONL format (what ms-swift and most VLM train
      "messages": [{"role": "user", "content": "<image>Extract fields as JSON."},
                   {"role": "assistant", "content": "{\"invoice_no\":\"INV-0348268\",...}"}],
      "images": ["images/train/train-000123.png"], "text": "...", "fields": {...}}
-Image paths are relative to the JSONL file's directory.
-
-`load_samples(path)` reads any such file (ours or a user's) into `Sample`s and rejects bad rows with
-a `UserError` naming file and line.
+Image paths are relative to the JSONL file's directory; harness.data.samples loads them.
 """
 
 from __future__ import annotations
@@ -32,29 +29,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from harness import docgen, render
+from harness.data import docgen, pages as render
 from harness.errors import UserError
+from harness.data.samples import IMAGE_PLACEHOLDER, PROMPTS, SPLITS, split_file_name, tasks_for_split
+from harness.paths import DATASETS_DIR
 
 GENERATOR = "synthdocs"
 GENERATOR_VERSION = 1  # bump when docgen or the build layout changes what bytes come out
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATASETS_DIR = REPO_ROOT / "datasets"
-SPLITS = ("pretrain", "train", "validation", "test")
-TASKS = ("transcribe", "extract")
-SPLIT_TASKS = {"pretrain": ("transcribe",)}  # default: every task
-# Short on purpose: the tiny model's tokenizer is character-level, every character is a token.
-PROMPTS = {"transcribe": "Read all text.", "extract": "Extract fields as JSON."}
-IMAGE_PLACEHOLDER = "<image>"
 BUILD_FILE = "BUILD.json"
 
 _CARD_KEYS = ("name", "description", "generator", "generator_version", "seed", "style", "kinds",
               "splits", "checksum")
 _REQUIRED_CARD_KEYS = ("name", "generator", "generator_version", "seed", "splits")
-
-
-def tasks_for_split(split: str) -> tuple[str, ...]:
-    """The tasks that get a JSONL file for `split`."""
-    return SPLIT_TASKS.get(split, TASKS)
 
 
 # ---- cards ---------------------------------------------------------------------------------------
@@ -268,7 +254,7 @@ def _write_build(card: Card, root: Path) -> dict[str, int]:
             for task in rows:
                 rows[task].append(json.dumps(_row(doc_id, split, task, doc), sort_keys=True))
         for task, lines in rows.items():
-            (root / f"{split}.{task}.jsonl").write_text("\n".join(lines) + "\n")
+            (root / split_file_name(split, task)).write_text("\n".join(lines) + "\n")
         counts[split] = count
     return counts
 
@@ -352,141 +338,3 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 def ensure_built(name_or_card_path: str | os.PathLike) -> Path:
     """The build directory of a card (name or path), built and verified if needed."""
     return build(load_card(name_or_card_path)).path
-
-
-def split_path(dataset_dir: str | os.PathLike, split: str, task: str) -> Path:
-    """`<dataset_dir>/<split>.<task>.jsonl`; UserError for an unknown task or pretrain extract."""
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    if split in SPLIT_TASKS and task not in SPLIT_TASKS[split]:
-        raise UserError(f"split {split!r} only has task(s) {', '.join(SPLIT_TASKS[split])}")
-    return Path(dataset_dir) / f"{split}.{task}.jsonl"
-
-
-# ---- loading and validating JSONL ----------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """One image-text example, whatever file it came from."""
-
-    id: str
-    task: str  # "transcribe" | "extract"
-    image: Path  # absolute
-    prompt: str  # the user turn without the <image> placeholder
-    target: str  # the assistant turn
-    text: str | None  # full transcription when known
-    fields: dict | None  # name -> value when known
-    kind: str | None  # document kind when known
-
-
-def _parse_row(row, where: str, base: Path, task_arg: str | None) -> Sample:
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise UserError(f"{where}: missing 'messages' (a list of {{role, content}} turns)")
-    user_turns, assistant_turns = [], []
-    for turn in messages:
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
-            raise UserError(f"{where}: each message needs a 'role' and a string 'content' "
-                            f"(got {turn!r:.80})")
-        if turn.get("role") == "user":
-            user_turns.append(turn["content"])
-        elif turn.get("role") == "assistant":
-            assistant_turns.append(turn["content"])
-    if not user_turns:
-        raise UserError(f"{where}: no user turn")
-    if not assistant_turns or not assistant_turns[-1].strip():
-        raise UserError(f"{where}: missing target: no assistant turn or an empty one")
-    images = row.get("images")
-    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
-        raise UserError(f"{where}: 'images' must be a list of image paths")
-    n_placeholders = sum(turn.count(IMAGE_PLACEHOLDER) for turn in user_turns)
-    if n_placeholders == 0:
-        raise UserError(f"{where}: the user turn has no {IMAGE_PLACEHOLDER} placeholder")
-    if n_placeholders != len(images):
-        raise UserError(f"{where}: {n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but "
-                        f"{len(images)} image(s)")
-    if len(images) != 1:
-        raise UserError(f"{where}: {len(images)} images; only one image per sample is supported")
-    image = (base / images[0]).resolve()
-    if not image.is_file():
-        raise UserError(f"{where}: image {images[0]} not found (looked for {image})")
-    try:
-        from PIL import Image
-
-        with Image.open(image) as im:
-            im.verify()
-    except Exception as exc:  # PIL raises many types for a corrupt file
-        raise UserError(f"{where}: unreadable image {images[0]}: {exc}") from None
-
-    target = assistant_turns[-1]
-    task = row.get("task") or task_arg or _guess_task(target)
-    if task not in TASKS:
-        raise UserError(f"{where}: unknown task {task!r}; known: {', '.join(TASKS)}")
-    fields = row.get("fields")
-    if fields is not None and not isinstance(fields, dict):
-        raise UserError(f"{where}: 'fields' must be an object of name -> value")
-    if fields is None and task == "extract":
-        fields = _json_object(target)
-    text = row.get("text")
-    if text is None and task == "transcribe":
-        text = target
-    if text is not None and not isinstance(text, str):
-        raise UserError(f"{where}: 'text' must be a string")
-    doc_id = row.get("id")
-    if doc_id is None:
-        doc_id = "line-" + where.rsplit(":", 1)[-1]  # unique within the file
-    prompt = "\n".join(user_turns).replace(IMAGE_PLACEHOLDER, "").strip()
-    return Sample(id=str(doc_id), task=task, image=image, prompt=prompt, target=target,
-                  text=text, fields=fields, kind=row.get("kind"))
-
-
-def _json_object(text: str) -> dict | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _guess_task(target: str) -> str:
-    return "extract" if _json_object(target) is not None else "transcribe"
-
-
-def load_samples(jsonl_path: str | os.PathLike, task: str | None = None) -> list[Sample]:
-    """Read and validate a JSONL file in the common multimodal format; keep rows of `task` if given.
-
-    A row's task is its "task" key, else `task`, else "extract" when the target is a JSON object and
-    "transcribe" otherwise. Every row is validated, including those filtered out. Raises UserError
-    naming `<file>:<line>` for malformed JSON, a missing/corrupt image, a missing target, a missing
-    <image> placeholder, a placeholder/image count mismatch, more than one image, or a duplicate id.
-    """
-    path = Path(jsonl_path)
-    if task is not None and task not in TASKS:
-        raise UserError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    base = path.resolve().parent
-    samples, first_line_of = [], {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise UserError(f"{where}: malformed JSON: {exc}") from None
-        sample = _parse_row(row, where, base, task)
-        if sample.id in first_line_of:
-            raise UserError(f"{where}: duplicate id {sample.id!r} (first on line "
-                            f"{first_line_of[sample.id]})")
-        first_line_of[sample.id] = lineno
-        if task is None or sample.task == task:
-            samples.append(sample)
-    if not samples:
-        raise UserError(f"{path}: no samples" + (f" with task {task!r}" if task else ""))
-    return samples

@@ -25,7 +25,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from harness.errors import UserError
-from harness.results import (METRIC_DIRECTION, QUALITY_METRICS, cell_keys, ci_half_widths,
+from harness.results.store import (METRIC_DIRECTION, QUALITY_METRICS, cell_keys, ci_half_widths,
                              env_fingerprint_diff, metric_values)
 
 # metric -> (kind, amount). Quality: absolute (0.02 = 2 points of F1 or CER); the rest relative.

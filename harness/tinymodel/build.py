@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.paths import ASSETS_DIR, CACHE_DIR as CACHE_ROOT
 
 FORGE_VERSION = 2  # bump when harness.forge / harness.tiny_model change what a build produces
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny-qwen2vl"
-CACHE_DIR = REPO_ROOT / ".cache" / "models"
+ASSET_DIR = ASSETS_DIR / "tiny-qwen2vl"
+CACHE_DIR = CACHE_ROOT / "models"
 PRETRAIN_CARD = "synthdocs"
 
 
@@ -36,7 +36,7 @@ class BuildPlan:
     label_pages: int | None = None
 
     def forge_config(self):
-        from harness.forge import ForgeConfig
+        from harness.tinymodel.forge import ForgeConfig
 
         overrides = {k: v for k, v in (("steps", self.steps), ("random_pages", self.random_pages),
                                        ("label_pages", self.label_pages)) if v is not None}
@@ -44,7 +44,7 @@ class BuildPlan:
 
 
 def build_key(plan: BuildPlan, card_checksum: str | None) -> str:
-    from harness.tiny_model import PRESETS
+    from harness.tinymodel.architecture import PRESETS
 
     payload = {
         "forge_version": FORGE_VERSION, "preset": dataclasses.asdict(PRESETS[plan.preset]),
@@ -69,7 +69,7 @@ def checkpoint_checksum(path: Path) -> str:
 
 def tiny_checkpoint(plan: BuildPlan = BuildPlan()) -> Path:
     """The built tiny model for `plan`: the committed copy when its key matches, else the cache."""
-    from harness.data import load_card
+    from harness.data.cards import load_card
 
     key = build_key(plan, load_card(plan.card).checksum)
     for candidate in (ASSET_DIR, CACHE_DIR / f"{plan.preset}-{key[:12]}"):
@@ -101,7 +101,8 @@ def build(plan: BuildPlan, out_dir: Path | None = None, force: bool = False, pro
     `resume=True` continues from it, `stop_after_minutes` stops early on purpose (ForgePaused), so a
     long build can run in parts or survive an interruption.
     """
-    from harness.data import ensure_built, load_card, load_samples, split_path
+    from harness.data.cards import ensure_built, load_card
+    from harness.data.samples import load_samples, split_file
 
     card = load_card(plan.card)
     key = build_key(plan, card.checksum)
@@ -117,11 +118,11 @@ def build(plan: BuildPlan, out_dir: Path | None = None, force: bool = False, pro
 
     import torch
 
-    from harness import forge, tiny_model
+    from harness.tinymodel import architecture as tiny_model, forge
 
     t0 = time.perf_counter()
     data_dir = ensure_built(plan.card)
-    pretrain = load_samples(split_path(data_dir, "pretrain", "transcribe"))
+    pretrain = load_samples(split_file(data_dir, "pretrain", "transcribe"))
     alphabet = tiny_model.alphabet_from_texts(s.text for s in pretrain)
     model, processor = tiny_model.build_untrained(alphabet, tiny_model.PRESETS[plan.preset], plan.seed)
     cfg = plan.forge_config()
@@ -170,19 +171,19 @@ def _test_pages(data_dir: Path, n: int):
     """The first n test documents as forge pages (image + lines), for reading and structure checks."""
     from PIL import Image
 
-    from harness.data import load_samples, split_path
-    from harness.forge import Page, labelled_pairs
+    from harness.data.samples import load_samples, split_file
+    from harness.tinymodel.forge import Page, labelled_pairs
 
-    samples = load_samples(split_path(data_dir, "test", "transcribe"))[:n]
+    samples = load_samples(split_file(data_dir, "test", "transcribe"))[:n]
     return [Page(Image.open(s.image).convert("RGB"), tuple(s.text.split("\n")), labelled_pairs(s.text.split("\n")))
             for s in samples]
 
 
 def reading_and_structure(model, processor, pages) -> dict:
     """CER of `read` and the `fill_json` scores on held-out pages: the two skills the forge teaches."""
-    from harness import metrics
-    from harness.forge import READ_PROMPT, structured_items
-    from harness.generation import generate
+    from harness.eval import metrics as metrics
+    from harness.tinymodel.forge import READ_PROMPT, structured_items
+    from harness.eval.generation import generate
 
     images = [p.image for p in pages]
     reads = generate(model, processor, images, [READ_PROMPT] * len(pages))
@@ -217,14 +218,14 @@ def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> 
     """Greedy CER/WER on test/transcribe, field F1 on test/extract (no adapter), fill_json scores."""
     from PIL import Image
 
-    from harness import metrics
-    from harness.data import load_samples, split_path
-    from harness.generation import generate, load_model
+    from harness.eval import metrics as metrics
+    from harness.data.samples import load_samples, split_file
+    from harness.eval.generation import generate, load_model
 
     model, processor = load_model(model_dir)
     out = {}
     for task in ("transcribe", "extract"):
-        samples = load_samples(split_path(data_dir, "test", task))[:max_samples]
+        samples = load_samples(split_file(data_dir, "test", task))[:max_samples]
         images = [Image.open(s.image).convert("RGB") for s in samples]
         t = time.perf_counter()
         preds = generate(model, processor, images, [s.prompt for s in samples])
@@ -234,7 +235,7 @@ def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> 
         out[task] = {k: v for k, v in scores.items()}
     t = time.perf_counter()
     pages = _test_pages(data_dir, max_samples)
-    from harness.forge import structured_items
+    from harness.tinymodel.forge import structured_items
 
     items = structured_items(pages)
     fills = generate(model, processor, [p.image for p in pages], [prompt for prompt, _ in items], max_new_tokens=160)

@@ -10,29 +10,13 @@ import json
 import os
 from pathlib import Path
 
+from harness.data.samples import PROMPTS, load_samples, resolve_dataset_dir, split_file
 from harness.errors import UserError
-
-
-def resolve_dataset_dir(name: str) -> Path:
-    """A card name or path -> its (verified) build; a directory of JSONL files -> itself."""
-    path = Path(name)
-    if path.is_dir() and not (path / "card.yaml").exists():
-        return path
-    from harness.data import ensure_built
-
-    return Path(ensure_built(name))
-
-
-def split_file(dataset_dir: Path, split: str, task: str) -> Path:
-    for candidate in (dataset_dir / f"{split}.{task}.jsonl", dataset_dir / f"{split}.jsonl"):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"dataset {dataset_dir} has no {split}.{task}.jsonl (nor {split}.jsonl)")
 
 
 def resolve_model_dir(name: str) -> Path:
     if name == "tiny":
-        from harness.models import tiny_checkpoint
+        from harness.tinymodel.build import tiny_checkpoint
 
         return tiny_checkpoint()
     path = Path(name)
@@ -43,7 +27,6 @@ def resolve_model_dir(name: str) -> Path:
 
 def write_train_file(source: Path, dest: Path, task: str, max_samples: int | None) -> int:
     """Validate the split with the shared loader, then write rows with absolute image paths."""
-    from harness.data import PROMPTS, load_samples
 
     samples = load_samples(source, task=task)
     if max_samples:

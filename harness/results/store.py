@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.metrics import HIGHER_IS_BETTER
+from harness.eval.metrics import HIGHER_IS_BETTER
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "timeout", "oom", "cancelled")

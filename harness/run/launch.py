@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness.paths import REPO_ROOT
+
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "MemoryError", "Cannot allocate memory")
 
 
@@ -35,7 +37,7 @@ def free_port() -> int:
 
 def worker_command(mode: str, job_path: Path, world_size: int, rdzv: dict | None = None) -> list[str]:
     if world_size <= 1:
-        return [sys.executable, "-m", "harness.worker", mode, str(job_path)]
+        return [sys.executable, "-m", "harness.run.worker", mode, str(job_path)]
     rdzv = rdzv or {}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world_size}"]
     if rdzv.get("nnodes", 1) > 1:  # multi-node: torchrun's rendezvous options, passed through
@@ -43,7 +45,7 @@ def worker_command(mode: str, job_path: Path, world_size: int, rdzv: dict | None
                 f"--rdzv-endpoint={rdzv['endpoint']}", "--rdzv-backend=c10d", f"--rdzv-id={rdzv.get('id', 'lorabench')}"]
     else:
         cmd += [f"--master-port={free_port()}", "--master-addr=127.0.0.1"]
-    return cmd + ["-m", "harness.worker", mode, str(job_path)]
+    return cmd + ["-m", "harness.run.worker", mode, str(job_path)]
 
 
 def worker_env(world_size: int, device: str) -> dict:
@@ -52,7 +54,7 @@ def worker_env(world_size: int, device: str) -> dict:
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores // max(1, world_size))))
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1")
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(REPO_ROOT)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if device == "cpu":
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -89,7 +91,7 @@ def run_worker(mode: str, job_path: Path, log_path: Path, timeout_s: float, worl
         proc = subprocess.Popen(worker_command(mode, job_path, world_size, rdzv), stdout=log, stderr=subprocess.STDOUT,
                                 env=worker_env(world_size, device), start_new_session=True,
                                 preexec_fn=_die_with_parent,
-                                cwd=str(Path(__file__).resolve().parent.parent))
+                                cwd=str(REPO_ROOT))
         try:
             while True:
                 try:

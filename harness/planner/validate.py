@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import plan as P
-from harness.results import load_records
+from harness.planner import estimate as P
+from harness.results.store import load_records
 
 MIB = 1024 * 1024
 

@@ -1,0 +1,1 @@
+"""What records are turned into: reports, figures, regression verdicts, parity and ablations."""

@@ -1,0 +1,1 @@
+"""Run specs and suites: YAML in, validated frozen specs out."""

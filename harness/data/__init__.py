@@ -1,0 +1,1 @@
+"""Datasets: cards, generated documents, page rendering, and loading samples from JSONL."""

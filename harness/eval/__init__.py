@@ -1,0 +1,1 @@
+"""The one framework-neutral evaluation: greedy generation on the base model + saved adapter, and metrics."""

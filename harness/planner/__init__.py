@@ -1,0 +1,1 @@
+"""The memory planner: model shapes, the estimate, and its validation against measured runs."""

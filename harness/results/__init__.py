@@ -1,0 +1,1 @@
+"""Run records: their schema, the store (atomic writes, loading) and statistics."""

@@ -1,0 +1,1 @@
+"""Running specs: the suite runner, one job directory per run, worker processes, launch, meters, environment."""
