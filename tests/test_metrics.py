@@ -11,15 +11,14 @@ import pytest
 
 from harness.eval import metrics as metrics
 from harness.errors import UserError
+from harness.results.stats import bootstrap_ci, bootstrap_distribution, paired_bootstrap_pvalue
 from harness.eval.metrics import (
     HIGHER_IS_BETTER,
     STATISTICS,
-    bootstrap_ci,
     columns,
     field_pairs,
     load_refs,
     normalize,
-    paired_bootstrap_pvalue,
     parse_json_object,
     per_sample,
     score,
@@ -317,7 +316,7 @@ def test_bootstrap_ci_is_deterministic_and_degenerate_for_constant_data():
 def test_bootstrap_ci_recomputes_corpus_ratio_not_mean_of_ratios():
     # two samples: 0/1 and 10/10 edits/chars. Corpus CER of {a, b} is 10/11, mean of ratios 0.5.
     cols = {"char_edits": np.array([0.0, 10.0]), "ref_chars": np.array([1.0, 10.0])}
-    dist = metrics.bootstrap_distribution(cols, STATISTICS["cer"], n_boot=500, seed=0)
+    dist = bootstrap_distribution(cols, STATISTICS["cer"], n_boot=500, seed=0)
     assert set(np.round(dist, 6)) <= {0.0, 1.0, round(10 / 11, 6)}
     assert round(10 / 11, 6) in set(np.round(dist, 6))
 
@@ -372,5 +371,65 @@ def test_paired_pvalue_needs_same_samples():
 def test_higher_is_better_table():
     assert HIGHER_IS_BETTER == {
         "cer": False, "wer": False, "exact_match": True, "field_precision": True,
-        "field_recall": True, "field_f1": True, "json_valid_rate": True}
+        "field_recall": True, "field_f1": True, "json_valid_rate": True, "field_anls": True}
     assert set(STATISTICS) == set(HIGHER_IS_BETTER)
+
+
+# ---------------------------------------------------------------------------------------------
+# ANLS, per-field and per-kind scores (hand-computed)
+
+
+@pytest.mark.parametrize("pred, ref, expected", [
+    ("Acme", "Acme", 1.0),
+    ("ACME  ltd ", "acme ltd", 1.0),  # DocVQA normalisation: case-folded, whitespace collapsed
+    ("abce", "abcd", 0.75),  # 1 edit / 4 chars
+    ("abc", "abcd", 0.75),  # 1 deletion / longer length 4
+    ("ab", "abcd", 0.0),  # NL = 2/4 = 0.5: at the threshold scores 0
+    ("wxyz", "abcd", 0.0),
+    (None, "abcd", 0.0),  # missing field
+    ("", "", 1.0),
+])
+def test_anls_follows_the_docvqa_rule(pred, ref, expected):
+    assert metrics.anls(pred, ref) == pytest.approx(expected)
+
+
+def test_per_field_counts_mark_missing_and_extra_keys():
+    counts = metrics.per_field_counts({"a": "abce", "z": "1"}, {"a": "abcd", "b": "xy"})
+    assert counts == {"a": {"tp": 0, "pred": 1, "ref": 1, "anls": 0.75},
+                      "b": {"tp": 0, "pred": 0, "ref": 1, "anls": 0.0},
+                      "z": {"tp": 0, "pred": 1, "ref": 0, "anls": 0.0}}
+
+
+def test_field_anls_is_the_mean_over_reference_fields():
+    refs = [{"id": "1", "text": "x", "fields": {"a": "abcd", "b": "xy"}, "kind": "form"},
+            {"id": "2", "text": "y", "fields": {"a": "q"}, "kind": "receipt"}]
+    preds = {"1": '{"a": "abce"}', "2": "not json at all"}
+    rows = per_sample(refs, preds)
+    assert rows[0]["field_anls_sum"] == pytest.approx(0.75) and rows[1]["field_anls_sum"] == 0.0
+    assert rows[1]["json_valid"] is False and rows[1]["field_scores"] == {"a": {"tp": 0, "pred": 0, "ref": 1, "anls": 0.0}}
+    out = score(refs, preds, n_boot=50)
+    assert out["field_anls"] == pytest.approx(0.75 / 3)
+    by_field = metrics.per_field_scores(rows)
+    assert by_field["a"] == {"n": 2, "precision": 0.0, "recall": 0.0, "f1": 0.0, "anls": pytest.approx(0.375)}
+    assert by_field["b"]["n"] == 1 and by_field["b"]["anls"] == 0.0
+    by_kind = metrics.per_kind_scores(rows)
+    assert set(by_kind) == {"form", "receipt"} and by_kind["form"]["n"] == 1
+    assert by_kind["form"]["field_anls"] == pytest.approx(0.375) and by_kind["receipt"]["json_valid_rate"] == 0.0
+
+
+def test_per_field_scores_of_a_perfect_prediction():
+    refs = [{"id": "1", "text": "t", "fields": {"total": "12.50", "date": "2020-01-02"}}]
+    rows = per_sample(refs, {"1": '{"total":"12.50","date":"2020-01-02"}'})
+    assert metrics.per_field_scores(rows) == {
+        "date": {"n": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0, "anls": 1.0},
+        "total": {"n": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0, "anls": 1.0}}
+    assert metrics.per_kind_scores(rows) == {}  # no kinds given
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    from harness.results.stats import holm_adjust
+
+    # sorted: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04); monotone; None passes through
+    assert holm_adjust([0.04, None, 0.01, 0.02]) == [pytest.approx(0.04), None, pytest.approx(0.03), pytest.approx(0.04)]
+    assert holm_adjust([0.5, 0.6]) == [1.0, 1.0]
+    assert holm_adjust([]) == []

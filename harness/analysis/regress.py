@@ -25,23 +25,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from harness.errors import UserError
-from harness.results.store import (METRIC_DIRECTION, QUALITY_METRICS, cell_keys, ci_half_widths,
-                             env_fingerprint_diff, metric_values)
+from harness.results.metric_table import DEFAULT_THRESHOLDS, METRIC_DIRECTION, QUALITY_METRICS
+from harness.results.store import cell_keys, ci_half_widths, env_fingerprint_diff, metric_values
 
-# metric -> (kind, amount). Quality: absolute (0.02 = 2 points of F1 or CER); the rest relative.
-DEFAULT_THRESHOLDS: dict[str, tuple[str, float]] = {
-    **{m: ("abs", 0.02) for m in QUALITY_METRICS},
-    "final_loss": ("rel", 0.05),
-    "train_samples_per_s": ("rel", 0.15),
-    "train_tokens_per_s": ("rel", 0.15),
-    "peak_rss_mib": ("rel", 0.10),
-    "peak_rss_above_baseline_mib": ("rel", 0.10),
-    "gpu_max_allocated_mib": ("rel", 0.10),
-    "gpu_max_reserved_mib": ("rel", 0.10),
-    "step_time_s_median": ("rel", 0.25),
-    "eval_s": ("rel", 0.25),
-    "wall_s": ("rel", 0.25),
-}
 NOISE_STD_FACTOR = 2.0
 VERDICTS = ("better", "same", "worse", "missing", "new")
 REGRESSION_VERDICTS = ("worse", "missing")

@@ -34,26 +34,14 @@ import yaml
 
 from harness.analysis import figures as figures
 from harness.eval import metrics as quality
-from harness.results.store import (METRIC_DIRECTION, cell_keys, group_cells, metric_values,
-                             resolve_sidecar)
+from harness.results import stats
+from harness.results.stats import mean_t_interval
+from harness.results.metric_table import COST_COLUMNS, METRIC_DIRECTION, QUALITY_COLUMNS
+from harness.results.store import cell_keys, group_cells, metric_values, resolve_sidecar
 
 SIGNIFICANCE_P = 0.05
 N_BOOT = 1000
 BOOT_SEED = 0
-QUALITY_COLUMNS = (("cer", "CER"), ("wer", "WER"), ("field_f1", "field F1"),
-                   ("exact_match", "exact match"))
-# CPU memory headline: RSS above the post-import baseline (the import baseline itself moves with the
-# environment: 765 vs 1002 MiB for the same run in two checkouts here); the absolute peak is shown too.
-COST_COLUMNS = (("peak_rss_above_baseline_mib", "peak RSS above imports (MiB)"), ("peak_rss_mib", "peak RSS (MiB)"),
-                ("gpu_max_allocated_mib", "GPU max alloc (MiB)"),
-                ("train_samples_per_s", "samples/s"), ("train_tokens_per_s", "tokens/s"),
-                ("mfu", "MFU"), ("wall_s", "wall (s)"))
-# t_{0.975, df} for df = 1..30; beyond, 1.96 + 2.5/df is within 0.002 of the exact value.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042)
-
-
 # ---------------------------------------------------------------------------------------------
 # Data model: what every renderer draws from
 
@@ -86,22 +74,6 @@ class Report:
     status_counts: dict[str, int]
     figure_inputs: dict  # name -> kwargs for harness.figures
     figures: list[dict] = dataclasses.field(default_factory=list)  # {"name","title","png","pdf"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Small statistics
-
-
-def t_quantile_975(df: int) -> float:
-    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.5 / df
-
-
-def mean_t_interval(values: Sequence[float]) -> tuple[float, float | None]:
-    """(mean, 95 % t-interval half-width); the half-width is None with fewer than 2 values."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def _fmt_quality(x: float) -> str:
@@ -181,7 +153,7 @@ def paired_pvalue(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[
     a_cols = {n: np.array([a[i][n] for i in ids]) for n in names}
     b_cols = {n: np.array([b[i][n] for i in ids]) for n in names}
     try:
-        return quality.paired_bootstrap_pvalue(a_cols, b_cols, quality.STATISTICS[metric],
+        return stats.paired_bootstrap_pvalue(a_cols, b_cols, quality.STATISTICS[metric],
                                                n_boot=N_BOOT, seed=BOOT_SEED)
     except KeyError:  # a column this metric needs is missing (e.g. no fields in this task)
         return None

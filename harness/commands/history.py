@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.errors import UserError
-
-DEFAULT_METRICS = ("field_f1", "cer", "final_loss", "train_samples_per_s", "peak_rss_mib")
+from harness.results.metric_table import HISTORY_DEFAULT as DEFAULT_METRICS
 
 
 def add_parser(parser) -> None:
@@ -27,7 +26,8 @@ def add_parser(parser) -> None:
 def run(args) -> int:
     from harness.analysis.figures import metric_over_commits
     from harness.analysis.regress import format_history, history_table
-    from harness.results.store import METRIC_DIRECTION, load_records, metric_values
+    from harness.results.metric_table import METRIC_DIRECTION
+    from harness.results.store import load_records, metric_values
 
     records, seen = [], set()
     for source in args.results:

@@ -43,24 +43,17 @@ from typing import Any
 import numpy as np
 
 from harness.errors import UserError
+from harness.results.metric_table import HIGHER_IS_BETTER  # noqa: F401 (part of this module's API)
+from harness.results.stats import CI_LEVEL, as_sample_arrays, resample_indices, take_samples
 
-# Direction of every metric this module reports; shared with report / regress.
-HIGHER_IS_BETTER = {
-    "cer": False,
-    "wer": False,
-    "exact_match": True,
-    "field_precision": True,
-    "field_recall": True,
-    "field_f1": True,
-    "json_valid_rate": True,
-}
+# Direction of every metric this module reports: the metric table's quality rows.
 TEXT_METRICS = ("cer", "wer", "exact_match")
-FIELD_METRICS = ("field_precision", "field_recall", "field_f1", "json_valid_rate")
-CI_LEVEL = 0.95
+FIELD_METRICS = ("field_precision", "field_recall", "field_f1", "json_valid_rate", "field_anls")
+ANLS_THRESHOLD = 0.5  # DocVQA: a value whose normalised edit distance is >= 0.5 scores 0
 
 # Per-sample count columns (the keys of a `per_sample` row that the statistics read).
 TEXT_COLUMNS = ("char_edits", "ref_chars", "word_edits", "ref_words", "exact_match")
-FIELD_COLUMNS = ("field_tp", "field_pred", "field_ref", "json_valid")
+FIELD_COLUMNS = ("field_tp", "field_pred", "field_ref", "json_valid", "field_anls_sum")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +131,79 @@ def field_pairs(obj: Mapping[str, Any] | None) -> set[tuple[str, str]]:
     for key, value in obj.items():  # later keys overwrite earlier ones: the last one wins
         by_key[normalize(str(key))] = _value_text(value)
     return set(by_key.items())
+
+
+def anls_normalize(s: str) -> str:
+    """The DocVQA ANLS normalisation on top of `normalize`: case-folded (NFKC, stripped, one space)."""
+    return normalize(s).lower()
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Character edit distance (insertions, deletions, substitutions all cost 1)."""
+    from rapidfuzz.distance import Levenshtein
+
+    return Levenshtein.distance(a, b)
+
+
+def anls(prediction: str | None, reference: str) -> float:
+    """Field-level ANLS (DocVQA): 1 - NL when NL < 0.5, else 0, with NL = edit distance / longer length.
+
+    Both sides go through `anls_normalize`. A missing prediction (None) scores 0; two empty strings 1.
+    """
+    if prediction is None:
+        return 0.0
+    a, b = anls_normalize(prediction), anls_normalize(reference)
+    longest = max(len(a), len(b))
+    if longest == 0:
+        return 1.0
+    nl = levenshtein(a, b) / longest
+    return 1.0 - nl if nl < ANLS_THRESHOLD else 0.0
+
+
+def per_field_counts(predicted: Mapping[str, str], expected: Mapping[str, str]) -> dict[str, dict]:
+    """For each key on either side: tp, pred, ref (0/1 each) and the ANLS of the predicted value.
+
+    Inputs are normalised key -> value maps (`dict(field_pairs(obj))`). A predicted key the
+    reference lacks is a false positive of that key (pred 1, ref 0, anls 0).
+    """
+    out = {}
+    for key in sorted(set(predicted) | set(expected)):
+        has_pred, has_ref = key in predicted, key in expected
+        out[key] = {"tp": int(has_pred and has_ref and predicted[key] == expected[key]),
+                    "pred": int(has_pred), "ref": int(has_ref),
+                    "anls": anls(predicted.get(key), expected[key]) if has_ref else 0.0}
+    return out
+
+
+def per_field_scores(rows: Iterable[Mapping]) -> dict[str, dict]:
+    """Per field name over `per_sample` rows: n (reference count), precision, recall, F1, ANLS."""
+    totals: dict[str, dict[str, float]] = {}
+    for row in rows:
+        for key, c in (row.get("field_scores") or {}).items():
+            t = totals.setdefault(key, {"tp": 0, "pred": 0, "ref": 0, "anls": 0.0})
+            for name in t:
+                t[name] += c[name]
+    out = {}
+    for key, t in sorted(totals.items()):
+        p = t["tp"] / t["pred"] if t["pred"] else 0.0
+        r = t["tp"] / t["ref"] if t["ref"] else 0.0
+        out[key] = {"n": int(t["ref"]), "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+                    "anls": t["anls"] / t["ref"] if t["ref"] else 0.0}
+    return out
+
+
+def per_kind_scores(rows: list[Mapping]) -> dict[str, dict]:
+    """Corpus metrics (no intervals) per document kind, for rows that carry a `kind`."""
+    by_kind: dict[str, list] = {}
+    for row in rows:
+        if row.get("kind") is not None:
+            by_kind.setdefault(str(row["kind"]), []).append(row)
+    out = {}
+    for kind, kind_rows in sorted(by_kind.items()):
+        cols = columns(kind_rows)
+        names = metric_names(cols)
+        out[kind] = {"n": len(kind_rows), **{name: float(STATISTICS[name](cols)) for name in names}}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,12 +367,17 @@ def per_sample(refs: list[dict], preds: Mapping[str, str] | list[dict]) -> list[
             parsed = parse_json_object(pred_by_id.get(ref["id"], ""))
             predicted = field_pairs(parsed)
             expected = field_pairs(ref.get("fields", {}))
+            by_field = per_field_counts(dict(predicted), dict(expected))
             row.update(
                 field_tp=len(predicted & expected),
                 field_pred=len(predicted),
                 field_ref=len(expected),
                 json_valid=parsed is not None,
+                field_anls_sum=sum(c["anls"] for c in by_field.values()),
+                field_scores=by_field,
             )
+        if ref.get("kind") is not None:
+            row["kind"] = ref["kind"]
         rows.append(row)
     return rows
 
@@ -318,8 +389,14 @@ def per_sample(refs: list[dict], preds: Mapping[str, str] | list[dict]) -> list[
 
 def columns(rows: list[dict]) -> dict[str, np.ndarray]:
     """Per-sample count columns (float arrays of length n) from `per_sample` rows."""
-    names = TEXT_COLUMNS + (FIELD_COLUMNS if rows and "field_tp" in rows[0] else ())
+    names = TEXT_COLUMNS + tuple(c for c in FIELD_COLUMNS if rows and c in rows[0])
     return {name: np.array([float(row[name]) for row in rows]) for name in names}
+
+
+def metric_names(cols: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+    """The metrics these columns can give (records written before ANLS existed lack its column)."""
+    names = TEXT_METRICS + (FIELD_METRICS if "field_tp" in cols else ())
+    return tuple(n for n in names if n != "field_anls" or "field_anls_sum" in cols)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -349,90 +426,8 @@ STATISTICS: dict[str, Callable[[Mapping[str, np.ndarray]], np.ndarray]] = {
     "field_recall": _recall,
     "field_f1": _f1,
     "json_valid_rate": lambda c: c["json_valid"].mean(-1),
+    "field_anls": lambda c: _ratio(c["field_anls_sum"].sum(-1), c["field_ref"].sum(-1)),
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Bootstrap
-
-_BOOT_CELLS_PER_BATCH = 4_000_000  # resample indices held at once: bounds memory for large n
-
-
-def _resample_batches(n: int, n_boot: int, seed: int) -> Iterable[np.ndarray]:
-    """Index arrays of shape (b, n), b summing to n_boot, drawn from one seeded Generator."""
-    if n < 1:
-        raise ValueError("bootstrap needs at least one sample")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    per_batch = max(1, _BOOT_CELLS_PER_BATCH // n)
-    for start in range(0, n_boot, per_batch):
-        yield rng.integers(0, n, size=(min(per_batch, n_boot - start), n))
-
-
-def _take(stats, idx):
-    if isinstance(stats, Mapping):
-        return {name: col[idx] for name, col in stats.items()}
-    return stats[idx]
-
-
-def _as_arrays(stats):
-    if isinstance(stats, Mapping):
-        arrays = {name: np.asarray(col, dtype=float) for name, col in stats.items()}
-        lengths = {len(a) for a in arrays.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"per-sample columns differ in length: {sorted(lengths)}")
-        return arrays, lengths.pop()
-    array = np.asarray(stats, dtype=float)
-    return array, len(array)
-
-
-def bootstrap_distribution(per_sample_stats, statistic_fn, n_boot: int = 1000,
-                           seed: int = 0) -> np.ndarray:
-    """statistic_fn on each of `n_boot` resamples (with replacement) of the samples; shape (n_boot,).
-
-    per_sample_stats: a mapping of equal-length per-sample columns (e.g. `columns(rows)`), or one
-    1-D array. statistic_fn receives the same kind, each column shaped (B, n), and must reduce the
-    last axis to shape (B,) (e.g. `c["x"].sum(-1) / c["y"].sum(-1)`).
-    """
-    stats, n = _as_arrays(per_sample_stats)
-    return np.concatenate([np.asarray(statistic_fn(_take(stats, idx)), dtype=float)
-                           for idx in _resample_batches(n, n_boot, seed)])
-
-
-def bootstrap_ci(per_sample_stats, statistic_fn, n_boot: int = 1000, seed: int = 0,
-                 level: float = CI_LEVEL) -> tuple[float, float]:
-    """Percentile bootstrap interval (2.5th, 97.5th percentiles at level 0.95) of a corpus statistic.
-
-    Inputs as `bootstrap_distribution`. Deterministic for a given (n, n_boot, seed).
-    """
-    dist = bootstrap_distribution(per_sample_stats, statistic_fn, n_boot, seed)
-    tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.percentile(dist, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
-def paired_bootstrap_pvalue(a_stats, b_stats, statistic_fn, n_boot: int = 1000,
-                            seed: int = 0) -> float:
-    """Two-sided paired bootstrap p-value for "systems A and B score the same on these samples".
-
-    Method: both systems are resampled with the *same* indices (the samples are paired: same ids, same
-    order). d = stat(A) - stat(B) on the full set, d_b on each resample. Centring d_b on d gives the
-    null distribution (Efron & Tibshirani 1993, sec. 16.4; Berg-Kirkpatrick et al. 2012), so
-    p = (1 + #{b : |d_b - d| >= |d|}) / (1 + n_boot). The +1 keeps p > 0 with finite resamples;
-    p = 1.0 when d = 0. Inputs as `bootstrap_distribution`; A and B must have the same n.
-    """
-    a, n_a = _as_arrays(a_stats)
-    b, n_b = _as_arrays(b_stats)
-    if n_a != n_b:
-        raise ValueError(f"paired comparison needs the same samples: {n_a} vs {n_b}")
-    observed = float(statistic_fn(a)) - float(statistic_fn(b))
-    extreme = 0
-    for idx in _resample_batches(n_a, n_boot, seed):
-        deltas = np.asarray(statistic_fn(_take(a, idx))) - np.asarray(statistic_fn(_take(b, idx)))
-        # tiny tolerance: a resample equal to the observed gap up to rounding counts as extreme
-        extreme += int(np.sum(np.abs(deltas - observed) >= abs(observed) - 1e-12))
-    return (1 + extreme) / (1 + n_boot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,15 +437,15 @@ def paired_bootstrap_pvalue(a_stats, b_stats, statistic_fn, n_boot: int = 1000,
 def summarize(rows: list[dict], *, n_boot: int = 1000, seed: int = 0) -> dict:
     """The `--json` object from `per_sample` rows: n, each metric, and `<metric>_ci: [low, high]`."""
     cols = columns(rows)
-    names = TEXT_METRICS + (FIELD_METRICS if "field_tp" in cols else ())
+    names = metric_names(cols)
     result: dict[str, Any] = {"n": len(rows)}
     for name in names:
         result[name] = float(STATISTICS[name](cols))
     # One index matrix per batch serves every metric, so all intervals use the same resamples.
     dists: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    stats, n = _as_arrays(cols)
-    for idx in _resample_batches(n, n_boot, seed):
-        resampled = _take(stats, idx)
+    stats, n = as_sample_arrays(cols)
+    for idx in resample_indices(n, n_boot, seed):
+        resampled = take_samples(stats, idx)
         for name in names:
             dists[name].append(np.asarray(STATISTICS[name](resampled), dtype=float))
     tail = 100.0 * (1.0 - CI_LEVEL) / 2.0

@@ -27,32 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.eval.metrics import HIGHER_IS_BETTER
+from harness.results.metric_table import METRIC_DIRECTION, QUALITY_METRICS  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "timeout", "oom", "cancelled")
-
-# Metric name -> "higher" | "lower" (which way is better). Quality comes from harness.metrics, so the
-# scorer and the report can never disagree about the direction of CER.
-QUALITY_METRICS = tuple(HIGHER_IS_BETTER)
-METRIC_DIRECTION: dict[str, str] = {
-    **{name: ("higher" if up else "lower") for name, up in HIGHER_IS_BETTER.items()},
-    "final_loss": "lower",
-    # throughput and utilisation
-    "train_samples_per_s": "higher",
-    "train_tokens_per_s": "higher",
-    "mfu": "higher",
-    # memory
-    "peak_rss_mib": "lower",
-    "peak_rss_above_baseline_mib": "lower",
-    "gpu_max_allocated_mib": "lower",
-    "gpu_max_reserved_mib": "lower",
-    # times (the IQR of step time is jitter: less is better too)
-    "step_time_s_median": "lower",
-    "step_time_s_iqr": "lower",
-    "eval_s": "lower",
-    "wall_s": "lower",
-}
 
 # Top-level keys every record has, whatever its status; an ok record has these too.
 REQUIRED_KEYS = ("schema_version", "run_id", "suite", "spec_hash", "spec", "cell", "status",
