@@ -36,8 +36,9 @@ def files(tmp_path):
 #   fields: s1 pred {total 12.50, n 3} vs ref {total 12.50, n 2}: TP 1, pred 2, ref 2;
 #           s2 no prediction: 0, 0, 1; s3 no fields: pred "same text" unparsable: 0, 0, 0
 #           P = 1/2, R = 1/3, F1 = 2/5; JSON valid 1/3
+#   ANLS over the 3 reference fields: total 1, n ("3" vs "2": distance 1/1) 0, name (missing) 0 -> 1/3
 EXPECTED = {"cer": 39 / 24, "wer": 7 / 5, "exact_match": 1 / 3, "field_precision": 0.5,
-            "field_recall": 1 / 3, "field_f1": 0.4, "json_valid_rate": 1 / 3}
+            "field_recall": 1 / 3, "field_f1": 0.4, "json_valid_rate": 1 / 3, "field_anls": 1 / 3}
 
 
 def test_json_output_has_metrics_n_and_intervals(files, capsys):

@@ -59,29 +59,21 @@ def _build(args) -> int:
 
 
 def _eval(args) -> int:
-    from PIL import Image
-
-    from harness.eval import metrics as metrics
-    from harness.data.samples import load_samples
-    from harness.eval.generation import generate, load_model
-    from harness.data.samples import resolve_dataset_dir, split_file
+    from harness.data.samples import load_samples, resolve_dataset_dir, split_file
+    from harness.eval.evaluate import evaluate
     from harness.run.job import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model_dir)
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         raise UserError(f"{args.adapter}: not a PEFT adapter directory (no adapter_config.json)")
     samples = load_samples(split_file(resolve_dataset_dir(args.dataset), args.split, args.task), task=args.task)[: args.n]
-    model, processor = load_model(model_dir, args.adapter)
-    images = [Image.open(s.image).convert("RGB") for s in samples]
-    preds = generate(model, processor, images, [s.prompt for s in samples])
-    refs = [{"id": s.id, "text": s.target, **({"fields": s.fields} if args.task == "extract" and s.fields else {})}
-            for s in samples]
-    scores = metrics.score(refs, [{"id": s.id, "prediction": p} for s, p in zip(samples, preds)])
+    scores = evaluate(model_dir, samples, adapter_dir=args.adapter).metrics
     if args.json:
         print(json.dumps(scores))
     else:
         print(f"{model_dir}{' + ' + str(args.adapter) if args.adapter else ''} on {args.split}/{args.task} (n={scores['n']})")
-        for k in ("cer", "wer", "exact_match", "field_precision", "field_recall", "field_f1", "json_valid_rate"):
+        for k in ("cer", "wer", "exact_match", "field_precision", "field_recall", "field_f1", "field_anls",
+                  "json_valid_rate"):
             if k in scores:
                 lo, hi = scores[f"{k}_ci"]
                 print(f"  {k:<16} {scores[k]:.4f}  [{lo:.4f}, {hi:.4f}]")

@@ -158,7 +158,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
             record["metrics"] = metrics
             return done(res.status, "evaluation: " + (res.error_tail or ""))
         ev = json.loads((work / "eval.json").read_text())
-        record["eval"] = {k: ev[k] for k in ("task", "split", "n", "seconds")}
+        record["eval"] = {k: ev[k] for k in ("task", "split", "n", "seconds", "per_field", "per_kind", "system_prompt")}
         runs_dir = results_dir / "runs"
         runs_dir.mkdir(parents=True, exist_ok=True)
         for src, suffix in (("predictions.jsonl", "predictions.jsonl"), ("per_sample.jsonl", "per_sample.jsonl")):

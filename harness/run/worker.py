@@ -4,7 +4,7 @@ Reads top to bottom. `train` imports exactly one framework (ms-swift patches tra
 imported, so frameworks never share a process), measures the post-import memory baseline, trains
 under the meters and writes `train.rank<R>.json`. `eval` runs in a fresh process that never imports
 a framework adapter: it loads the base model and the saved adapter itself and generates greedily
-on the test split, the same code for every framework, then scores with harness.metrics.
+on the test split with harness.eval.evaluate, the same code for every framework.
 Progress goes to `progress.jsonl` in the run directory (the runner draws bars from it).
 """
 
@@ -90,22 +90,15 @@ def _import_framework(name: str) -> None:
 
 
 def evaluate(job: dict) -> int:
-    from harness.eval import metrics as metrics
-    from harness.chat import DEFAULT_SYSTEM
     from harness.data.samples import load_samples
-    from harness.eval.generation import generate, load_model
+    from harness.eval.evaluate import evaluate as evaluate_samples, system_prompt
 
     spec, run_dir = job["spec"], Path(job["run_dir"])
     ev = spec["eval"]
-    t0 = time.perf_counter()
     samples = load_samples(job["eval_jsonl"], task=spec["task"])[: ev["max_samples"]]
     adapter_dir = run_dir / "adapter" if job.get("with_adapter", True) else None
-    model, processor = load_model(job["model_dir"], adapter_dir, device=spec["device"])
-    from PIL import Image
-
-    images = [Image.open(s.image).convert("RGB") for s in samples]
-    # the system prompt the run trained with: the spec's when aligned, the template default when native
-    system = None if spec["train"]["system_prompt"] == "none" and spec["alignment"] == "aligned" else DEFAULT_SYSTEM
+    # the system prompt the run trained with, as the adapter read it back from the trainer
+    trained = json.loads((run_dir / "train.rank0.json").read_text())["effective"]
     done = [0]
 
     def progress(n):
@@ -113,20 +106,14 @@ def evaluate(job: dict) -> int:
         with open(run_dir / "progress.jsonl", "a") as f:
             f.write(json.dumps({"event": "eval", "done": done[0], "total": len(samples)}) + "\n")
 
-    preds = generate(model, processor, images, [s.prompt for s in samples], system=system,
-                     max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress)
-    gen_s = time.perf_counter() - t0
-    refs = [{"id": s.id, "text": s.target, **({"fields": s.fields} if s.fields is not None and spec["task"] == "extract" else {})}
-            for s in samples]
-    pred_rows = [{"id": s.id, "prediction": p} for s, p in zip(samples, preds)]
-    with open(run_dir / "predictions.jsonl", "w") as f:
-        for row in pred_rows:
-            f.write(json.dumps(row) + "\n")
-    rows = metrics.per_sample(refs, pred_rows)
-    metrics.write_per_sample(rows, run_dir / "per_sample.jsonl")
-    summary = metrics.summarize(rows)
+    result = evaluate_samples(job["model_dir"], samples, adapter_dir=adapter_dir,
+                              system=system_prompt(trained.get("system_prompt")), device=spec["device"],
+                              max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress)
+    result.write(run_dir)
     _write_json(run_dir / "eval.json", {"task": spec["task"], "split": ev["split"], "n": len(samples),
-                                        "seconds": gen_s, "metrics": summary})
+                                        "seconds": result.seconds, "metrics": result.metrics,
+                                        "per_field": result.per_field, "per_kind": result.per_kind,
+                                        "system_prompt": trained.get("system_prompt")})
     return 0
 
 

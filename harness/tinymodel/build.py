@@ -216,27 +216,19 @@ def fill_json_scores(predictions: list[str], answers: list[str]) -> dict:
 
 def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> dict:
     """Greedy CER/WER on test/transcribe, field F1 on test/extract (no adapter), fill_json scores."""
-    from PIL import Image
-
-    from harness.eval import metrics as metrics
     from harness.data.samples import load_samples, split_file
+    from harness.eval.evaluate import evaluate
     from harness.eval.generation import generate, load_model
+    from harness.tinymodel.forge import structured_items
 
     model, processor = load_model(model_dir)
     out = {}
     for task in ("transcribe", "extract"):
         samples = load_samples(split_file(data_dir, "test", task))[:max_samples]
-        images = [Image.open(s.image).convert("RGB") for s in samples]
-        t = time.perf_counter()
-        preds = generate(model, processor, images, [s.prompt for s in samples])
-        refs = [{"id": s.id, "text": s.target, **({"fields": s.fields} if task == "extract" else {})} for s in samples]
-        scores = metrics.score(refs, [{"id": s.id, "prediction": p} for s, p in zip(samples, preds)], n_boot=200)
-        scores["eval_s"] = time.perf_counter() - t
-        out[task] = {k: v for k, v in scores.items()}
+        result = evaluate(model_dir, samples, n_boot=200, model=model, processor=processor)
+        out[task] = {**result.metrics, "eval_s": result.seconds}
     t = time.perf_counter()
     pages = _test_pages(data_dir, max_samples)
-    from harness.tinymodel.forge import structured_items
-
     items = structured_items(pages)
     fills = generate(model, processor, [p.image for p in pages], [prompt for prompt, _ in items], max_new_tokens=160)
     out["fill_json"] = {"n": len(pages), **fill_json_scores(fills, [a for _, a in items]),
