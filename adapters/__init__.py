@@ -16,6 +16,7 @@ REGISTRY = {
     "peft": "adapters.peft_adapter:PeftAdapter",
     "swift": "adapters.swift_adapter:SwiftAdapter",
     "torch": "adapters.torch_adapter:TorchAdapter",
+    "dummy": "adapters.dummy_adapter:DummyAdapter",  # a tiny torch module: tests the harness in seconds
 }
 
 

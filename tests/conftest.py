@@ -40,5 +40,5 @@ def tiny_model_dir() -> Path:
         return tiny_checkpoint()
     except UserError:
         path, _ = build(BuildPlan(card="synthdocs-mini", steps=30, random_pages=100, label_pages=100), out_dir=CACHE_DIR / "test-quick",
-                        progress=False)
+                        progress=False, eval_every=0, quality_samples=4)
         return path

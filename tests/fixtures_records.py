@@ -35,6 +35,10 @@ PROFILES = {
 }
 DEFAULT_PROFILE = dict(char_err=0.06, field_hit=0.75, samples_per_s=4.0, rss_mib=1500.0)
 N_FIELDS = 5
+# With detail=True (the keys the runner writes since per-field / per-kind scoring): field names,
+# document kinds, references, predictions and test images.
+FIELD_NAMES = ("vendor", "date", "total", "number", "address")
+KINDS = ("invoice", "receipt", "form")
 
 
 def _rng(*parts) -> np.random.Generator:
@@ -62,8 +66,12 @@ def make_env(**overrides) -> dict:
 
 
 def make_per_sample(framework: str, alignment: str, seed: int, n_samples: int = 40,
-                    char_err: float | None = None, field_hit: float | None = None) -> list[dict]:
-    """Per-sample rows (harness.metrics.per_sample format) for one run; same ids in every run."""
+                    char_err: float | None = None, field_hit: float | None = None,
+                    detail: bool = False) -> list[dict]:
+    """Per-sample rows (harness.metrics.per_sample format) for one run; same ids in every run.
+
+    detail: rows also carry `kind`, `field_scores` and `field_anls_sum` (drawn from their own RNG,
+    so the other columns are the same with and without)."""
     profile = PROFILES.get((framework, alignment), DEFAULT_PROFILE)
     char_err = profile["char_err"] if char_err is None else char_err
     field_hit = profile["field_hit"] if field_hit is None else field_hit
@@ -89,7 +97,51 @@ def make_per_sample(framework: str, alignment: str, seed: int, n_samples: int = 
             "word_edits": word_edits, "ref_words": int(ref_words[i]),
             "field_tp": tp, "field_pred": pred, "field_ref": N_FIELDS, "json_valid": json_valid,
         })
+    if detail:
+        _add_field_detail(rows, _rng(framework, alignment, seed, "fields"))
     return rows
+
+
+def sample_kind(index: int) -> str:
+    return KINDS[index % len(KINDS)]
+
+
+def reference_fields(index: int) -> dict:
+    return {"vendor": f"Vendor {index:03d} GmbH", "date": f"2024-{1 + index % 12:02d}-{1 + index % 28:02d}",
+            "total": f"{10 + 3.5 * index:.2f}", "number": f"INV-{1000 + index}",
+            "address": f"{index} Main Street"}
+
+
+def reference_text(index: int) -> str:
+    return json.dumps(reference_fields(index))
+
+
+def _add_field_detail(rows: list[dict], rng: np.random.Generator) -> None:
+    """Which fields each row got right (its field_tp of them), their ANLS, and the document kind.
+    A wrong value is one character off (ANLS 1 - 1/len); an invalid JSON answer scores 0."""
+    for i, row in enumerate(rows):
+        hits = set(rng.permutation(N_FIELDS)[:row["field_tp"]].tolist())
+        values = reference_fields(i)
+        scores = {}
+        for k, name in enumerate(FIELD_NAMES):
+            valid = bool(row["json_valid"])
+            anls = 1.0 if k in hits else (1.0 - 1.0 / len(values[name]) if valid else 0.0)
+            scores[name] = {"tp": int(k in hits), "pred": int(valid), "ref": 1, "anls": anls}
+        row["field_scores"] = scores
+        row["field_anls_sum"] = sum(c["anls"] for c in scores.values())
+        row["kind"] = sample_kind(i)
+
+
+def prediction_text(index: int, row: dict) -> str:
+    """A prediction consistent with a detail row: missed fields have their first character changed,
+    an invalid answer is cut short."""
+    values = reference_fields(index)
+    for name, score in row["field_scores"].items():
+        if not score["tp"]:
+            v = values[name]
+            values[name] = ("X" if v[0] != "X" else "Y") + v[1:]
+    text = json.dumps(values)
+    return text if row["json_valid"] else text[:-12]
 
 
 def make_spec(framework: str, alignment: str, seed: int, suite: str = "default",
@@ -109,8 +161,11 @@ def make_record(framework: str = "peft", alignment: str = "aligned", seed: int =
                 suite: str = "default", status: str = "ok", error: str | None = None,
                 n_steps: int = 20, n_samples: int = 40, extra_cell: dict | None = None,
                 env: dict | None = None, started_at: str = "2026-01-05T10:00:00Z",
-                **profile_overrides) -> tuple[dict, list[dict]]:
-    """One record and its per-sample rows ([] when not ok). `profile_overrides` are PROFILES keys."""
+                detail: bool = False, **profile_overrides) -> tuple[dict, list[dict]]:
+    """One record and its per-sample rows ([] when not ok). `profile_overrides` are PROFILES keys.
+
+    detail: also the newer keys (eval.per_field, eval.per_kind, field_anls; per-sample kind and
+    field_scores; `write_run` then writes predictions with reference and image)."""
     profile = {**PROFILES.get((framework, alignment), DEFAULT_PROFILE), **profile_overrides}
     spec = make_spec(framework, alignment, seed, suite, extra_cell)
     digest = spec_hash(spec)
@@ -142,7 +197,7 @@ def make_record(framework: str = "peft", alignment: str = "aligned", seed: int =
                       "tokens": batch * 128, "samples": batch,
                       "seconds": float(step_s * (1 + 0.05 * rng.standard_normal()))})
     rows = make_per_sample(framework, alignment, seed, n_samples,
-                           profile["char_err"], profile["field_hit"])
+                           profile["char_err"], profile["field_hit"], detail=detail)
     quality_summary = quality.summarize(rows, n_boot=200, seed=0)
     quality_summary.pop("n")
     train_s = sum(s["seconds"] for s in steps[2:])
@@ -173,6 +228,9 @@ def make_record(framework: str = "peft", alignment: str = "aligned", seed: int =
                                  "gpu_max_reserved_mib": None}]},
         "per_sample_file": f"{run_id}.per_sample.jsonl",
     })
+    if detail:
+        record["eval"]["per_field"] = quality.per_field_scores(rows)
+        record["eval"]["per_kind"] = quality.per_kind_scores(rows)
     return record, rows
 
 
@@ -181,9 +239,28 @@ def write_run(results_dir: str | Path, record: dict, rows: list[dict]) -> Path:
     path = write_record(results_dir, record)
     if record.get("per_sample_file"):
         quality.write_per_sample(rows, path.parent / record["per_sample_file"])
+        detail = bool(rows) and "field_scores" in rows[0]
         with open(path.parent / record["eval"]["predictions_file"], "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps({"id": row["id"], "prediction": "synthetic"}) + "\n")
+            for i, row in enumerate(rows):
+                line = {"id": row["id"], "prediction": "synthetic"}
+                if detail:
+                    image = write_test_image(Path(results_dir) / "images", row["id"])
+                    line = {"id": row["id"], "prediction": prediction_text(i, row),
+                            "reference": reference_text(i), "image": str(image.resolve())}
+                fh.write(json.dumps(line) + "\n")
+    return path
+
+
+def write_test_image(image_dir: Path, sample_id: str) -> Path:
+    """A small PNG standing in for a test document (written once per id)."""
+    from PIL import Image, ImageDraw
+
+    path = image_dir / f"{sample_id}.png"
+    if not path.exists():
+        image_dir.mkdir(parents=True, exist_ok=True)
+        image = Image.new("RGB", (160, 60), "white")
+        ImageDraw.Draw(image).text((8, 22), sample_id, fill="black")
+        image.save(path)
     return path
 
 

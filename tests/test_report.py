@@ -113,6 +113,7 @@ def test_cost_numbers_are_median_and_range(rendered):
 def test_significance_marks_and_caption(rendered):
     md = rendered["md"]
     assert "paired bootstrap" in md and "p &lt; 0.05" in md
+    assert "after Holm's correction for all " in md  # the marks are corrected for many comparisons
     rows = _table_rows(md, "Table 1")
     # peft/native reads much worse than the best cell (swift/native) in the fixture profiles
     assert rows["peft/native"][3].endswith("\\*")

@@ -1,20 +1,24 @@
 """Report figures (matplotlib, no display needed): each function saves `<stem>.png` and `<stem>.pdf`.
 
-Inputs are plain numbers prepared by harness.report, so the plotting code holds no statistics.
+Inputs are plain numbers prepared by harness.analysis.report, so the plotting code holds no statistics.
 Figures are built with `matplotlib.figure.Figure` directly (not pyplot): no global state, no GUI
 backend, safe to call from tests and workers. PDFs carry no creation date, so they are reproducible.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # before anything can pick an interactive backend
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 PNG_DPI = 150
 # One colour per framework, the same in every figure; other labels cycle through the rest.
@@ -32,38 +36,58 @@ def color_for(name: str | None, _assigned: dict = {}) -> str:  # noqa: B006 - a 
     return _assigned[name]
 
 
-def _save(fig: Figure, stem: Path) -> Path:
-    """Save png + pdf next to each other; returns the png path."""
+def _save(fig: Figure, stem: Path, layout_done: bool = False) -> Path:
+    """Save png + pdf next to each other; returns the png path.
+
+    layout_done: the caller laid the figure out and placed artists in display space; the layout is
+    kept and the saved area grows to whatever lies outside the axes (a label pushed out).
+    """
     stem.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    extra = {"bbox_inches": "tight", "pad_inches": 0.05} if layout_done else {}
+    if not layout_done:
+        fig.tight_layout()
     png = stem.with_suffix(".png")
-    fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None})
+    fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None}, **extra)
     fig.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Creator": None,
-                                                     "Producer": None})
+                                                     "Producer": None}, **extra)
     return png
 
 
-def loss_curves(series: Sequence[dict], stem: Path, band: str = "min–max over seeds") -> Path:
-    """Training loss against step, one line per cell with a shaded band.
-
-    series: [{"label", "framework", "alignment", "steps": [int], "mean": [float], "lo": [float],
-    "hi": [float], "n_seeds": int}]; colour by framework, line style by alignment.
-    """
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.add_subplot()
+def _band_lines(ax, series: Sequence[dict], *, label_lines: bool) -> None:
+    """One line per cell (colour by framework, style by alignment) with a min–max band over seeds."""
     for s in series:
         color = color_for(s.get("framework") or s["label"])
         style = ALIGNMENT_STYLES.get(s.get("alignment"), ":")
         ax.plot(s["steps"], s["mean"], style, color=color, lw=1.5,
-                label=f"{s['label']} (n={s['n_seeds']})")
+                label=f"{s['label']} (n={s['n_seeds']})" if label_lines else None)
         if s["n_seeds"] > 1:
             ax.fill_between(s["steps"], s["lo"], s["hi"], color=color, alpha=0.15, lw=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"Training loss: mean over seeds, band = {band}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+
+
+def loss_curves(series: Sequence[dict], stem: Path, band: str = "min–max over seeds",
+                lr_series: Sequence[dict] = (), grad_norm_series: Sequence[dict] = ()) -> Path:
+    """Training loss against step, one line per cell with a shaded band; the learning rate and the
+    gradient norm per step in panels to its right when the step records carry them.
+
+    Each series: [{"label", "framework", "alignment", "steps": [int], "mean": [float], "lo": [float],
+    "hi": [float], "n_seeds": int}]; colour by framework, line style by alignment.
+    """
+    extra = [(s, name) for s, name in ((lr_series, "learning rate"), (grad_norm_series, "gradient norm")) if s]
+    fig = Figure(figsize=(6.4 + 4.2 * len(extra), 4.0))
+    axes = fig.subplots(1, 1 + len(extra), squeeze=False)[0]
+    _band_lines(axes[0], series, label_lines=True)
+    axes[0].set_ylabel("training loss")
+    axes[0].set_title(f"Training loss: mean over seeds, band = {band}", fontsize=10)
+    axes[0].legend(fontsize=8, ncol=2)
+    for ax, (s, name) in zip(axes[1:], extra):
+        _band_lines(ax, s, label_lines=False)
+        ax.set_ylabel(name)
+        ax.set_title(f"{name[0].upper()}{name[1:]} per step", fontsize=10)
+        if name == "learning rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     return _save(fig, stem)
 
 
@@ -81,12 +105,90 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
     return frontier
 
 
-def pareto(points: Sequence[dict], xlabel: str, ylabel: str, stem: Path) -> Path:
-    """Quality against memory, one point per cell, the Pareto frontier drawn as a step line.
+# Label placement: offsets (points) tried in rings around a point, nearest first; a label goes to
+# the first offset where it overlaps no other label, no marker and no legend, inside the axes if it
+# can. Identical or very close points thus get separate labels, joined to their point by a line.
+_RING_STEP_PT = 10.0
+_MARKER_RADIUS_PT = 4.0  # the filled marker (6 pt) with its edge; the hollow frontier ring may be crossed
+_INSIDE_SEARCH_RINGS = 14
 
-    points: [{"label", "framework", "x", "y", "xerr": (lo, hi) | None, "yerr": (lo, hi) | None}]
-    with the error bars as absolute bounds.
+
+def _ring_offsets(ring: int) -> list[tuple[float, float, str, str]]:
+    """(dx, dy, ha, va) in points on ring `ring` (>= 1), nearest the upper right first, the text
+    aligned so that it extends away from its point."""
+    radius = _RING_STEP_PT * ring
+    n = 8 * ring
+    preferred = math.pi / 4
+    angles = sorted((preferred + 2 * math.pi * k / n for k in range(n)),
+                    key=lambda a: abs(math.remainder(a - preferred, 2 * math.pi)))
+    out = []
+    for angle in angles:
+        dx, dy = radius * math.cos(angle), radius * math.sin(angle)
+        ha = "left" if dx > 0.3 * radius else "right" if dx < -0.3 * radius else "center"
+        va = "bottom" if dy > 0.3 * radius else "top" if dy < -0.3 * radius else "center"
+        out.append((dx, dy, ha, va))
+    return out
+
+
+def renderer_of(fig: Figure):
+    """The figure's Agg renderer (a bare `Figure` has a canvas that cannot measure text)."""
+    if not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    return fig.canvas.get_renderer()
+
+
+def label_box(annotation, renderer):
+    """Display-space box of an annotation's text alone (not its leader line)."""
+    annotation.update_positions(renderer)  # the text's transform follows its offset only after this
+    return Text.get_window_extent(annotation, renderer)
+
+
+def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], *,
+                 fontsize: float = 8, avoid: Sequence = ()) -> list:
+    """Annotate each (x, y) with its label so that no two label boxes overlap (see above).
+
+    The figure's layout must be final (no tight_layout afterwards): positions are checked in display
+    space. `avoid`: extra display-space boxes to keep clear (e.g. the legend). Returns the annotations.
     """
+    renderer = renderer_of(ax.figure)
+    px_per_pt = ax.figure.dpi / 72.0
+    axes_box = ax.get_window_extent(renderer)
+    r = _MARKER_RADIUS_PT * px_per_pt
+    anchors = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    taken = [Bbox.from_extents(px - r, py - r, px + r, py + r) for px, py in anchors] + list(avoid)
+    pad = 1.5 * px_per_pt
+    annotations = []
+    for (x, y), text in zip(zip(xs, ys), labels):
+        probe = ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, 0), fontsize=fontsize)
+        chosen = None
+        for inside in (True, False):
+            ring = 1
+            while chosen is None and (not inside or ring <= _INSIDE_SEARCH_RINGS):
+                for dx, dy, ha, va in _ring_offsets(ring):
+                    probe.set_position((dx, dy))
+                    probe.set_ha(ha)
+                    probe.set_va(va)
+                    box = label_box(probe, renderer).padded(pad)
+                    if inside and not (axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1
+                                       and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1):
+                        continue
+                    if not any(box.overlaps(other) for other in taken):
+                        chosen = (dx, dy, ha, va, ring, box)
+                        break
+                ring += 1
+            if chosen is not None:
+                break
+        dx, dy, ha, va, ring, box = chosen
+        probe.remove()
+        arrow = {"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 3} if ring > 1 else None
+        annotations.append(ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy),
+                                       ha=ha, va=va, fontsize=fontsize, arrowprops=arrow))
+        taken.append(box)
+    return annotations
+
+
+def pareto_figure(points: Sequence[dict], xlabel: str, ylabel: str) -> tuple[Figure, list]:
+    """The Pareto figure and its label annotations (see `pareto`)."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     for p in points:
@@ -95,20 +197,39 @@ def pareto(points: Sequence[dict], xlabel: str, ylabel: str, stem: Path) -> Path
         marker = "o" if p.get("alignment") != "native" else "s"
         ax.errorbar([p["x"]], [p["y"]], xerr=xerr, yerr=yerr, fmt=marker,
                     color=color_for(p.get("framework") or p["label"]), capsize=3, ms=6)
-        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     front = pareto_frontier([(p["x"], p["y"]) for p in points])
+    legend = None
     if front:
         xs = [points[i]["x"] for i in front]
         ys = [points[i]["y"] for i in front]
         # rings mark the frontier points, so a frontier of one point is visible too
         ax.plot(xs, ys, "k-", drawstyle="steps-post", lw=1, alpha=0.6, marker="o", ms=14,
                 mfc="none", label="Pareto frontier")
-        ax.legend(fontsize=8, loc="lower right")
+        legend = ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title("Quality vs memory (up and left is better)", fontsize=10)
     ax.grid(alpha=0.3)
-    return _save(fig, stem)
+    ax.margins(0.25)  # room for labels pushed aside by close neighbours
+    fig.tight_layout()  # the layout is final before labels are placed in display space
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    renderer = renderer_of(fig)
+    avoid = [legend.get_window_extent(renderer)] if legend is not None else []
+    labels = place_labels(ax, [p["x"] for p in points], [p["y"] for p in points],
+                          [p["label"] for p in points], avoid=avoid)
+    return fig, labels
+
+
+def pareto(points: Sequence[dict], xlabel: str, ylabel: str, stem: Path) -> Path:
+    """Quality against memory, one point per cell, the Pareto frontier drawn as a step line; labels
+    never overlap (`place_labels`).
+
+    points: [{"label", "framework", "x", "y", "xerr": (lo, hi) | None, "yerr": (lo, hi) | None}]
+    with the error bars as absolute bounds.
+    """
+    fig, _ = pareto_figure(points, xlabel, ylabel)
+    return _save(fig, stem, layout_done=True)
 
 
 def bars(labels: Sequence[str], values: Sequence[float], stem: Path, *, ylabel: str, title: str,

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+import adapters
 from harness.errors import UserError
 
-FRAMEWORKS = ("peft", "swift", "torch")
 TARGET_PRESETS = ("lm", "lm+vision", "all-linear")  # or an explicit list of module-name suffixes
 INITS = ("kaiming", "gaussian", "pissa", "olora")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -125,7 +125,7 @@ def _check_number(value, key, source, *, low=None, integer=False, allow_none=Fal
 
 def validate(spec: dict, source: str = "spec") -> dict:
     """Check types and choices of a fully merged spec; returns it unchanged."""
-    _check_choice(spec["framework"], FRAMEWORKS, "framework", source)
+    _check_choice(spec["framework"], tuple(adapters.REGISTRY), "framework", source)
     _check_choice(spec["alignment"], ("aligned", "native"), "alignment", source)
     _check_choice(spec["task"], ("transcribe", "extract"), "task", source)
     lora, optim, sched, train, dist = spec["lora"], spec["optim"], spec["schedule"], spec["train"], spec["distributed"]

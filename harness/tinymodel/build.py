@@ -94,12 +94,13 @@ EVAL_DOCS_DURING_TRAINING = 40  # test documents for the quality curve (each poi
 
 def build(plan: BuildPlan, out_dir: Path | None = None, force: bool = False, progress: bool = True, *,
           resume: bool = False, stop_after_minutes: float | None = None, device: str = "cpu",
-          eval_every: int = 1000) -> tuple[Path, dict]:
+          eval_every: int = 1000, quality_samples: int = 200) -> tuple[Path, dict]:
     """Build (or reuse) the tiny checkpoint; returns its directory and its lorabench.json meta.
 
     The whole training state is saved beside the output every few minutes (`<out>.forge-state.pt`);
     `resume=True` continues from it, `stop_after_minutes` stops early on purpose (ForgePaused), so a
-    long build can run in parts or survive an interruption.
+    long build can run in parts or survive an interruption. `quality_samples` test documents measure
+    the model card's figures (quick test builds use a few).
     """
     from harness.data.cards import ensure_built, load_card
     from harness.data.samples import load_samples, split_file
@@ -155,7 +156,7 @@ def build(plan: BuildPlan, out_dir: Path | None = None, force: bool = False, pro
             "device": device, "build_s": None}
     tiny_model.save_checkpoint(model, processor, tmp, extra=meta)
     # quality on the held-out test split, measured on the saved checkpoint (what users load)
-    meta["base_quality"] = measure_quality(tmp, data_dir)
+    meta["base_quality"] = measure_quality(tmp, data_dir, quality_samples)
     meta["build_s"] = time.perf_counter() - t0
     meta["checksum"] = checkpoint_checksum(tmp)
     (tmp / "lorabench.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -258,7 +259,7 @@ def write_model_card(path: Path, meta: dict) -> None:
         f"steps, linear decay to 10% over the last {f['decay_fraction']:.0%} of the steps, batches of "
         f"{f['batch_lines']} text lines; an auxiliary CTC head reads the vision merger's output row by row "
         "(dropped at export). Character-level tokenizer with the Qwen2-VL special tokens at ids 0-6.", "",
-        f"Tasks: the first {f['curriculum_fraction']:.0%} of the steps read pages of 1-{f['curriculum_max_rows']} "
+        f"Tasks: the first {f['curriculum_steps']:,} steps read pages of 1-{f['curriculum_max_rows']} "
         f"rows (`Read all text.`); then every page gets one task, drawn as {mix}: `read` (all text), `read_json` "
         "(`Read all lines as JSON.` -> `{\"l1\":...}`), `fill_json` (`Fill JSON {\"qa\":\"Born\",\"zt\":\"line 2\"}` -> "
         "the value after each printed label or the line, under random keys) and `ask` (`What is \"Born\"?`). "

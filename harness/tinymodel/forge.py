@@ -56,7 +56,7 @@ MAX_LABEL_CHARS = 14  # "Given names" is the longest printed label of the docume
 
 @dataclasses.dataclass(frozen=True)
 class ForgeConfig:
-    steps: int = 5600  # ~0.9 s a step on one CPU thread: ~85 min
+    steps: int = 4400  # 1-2 s a step on 2 CPU cores (pages of many rows cost more): ~90 min
     batch_lines: int = 36  # text lines per step (pages are batched by row count: no image padding)
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -67,7 +67,7 @@ class ForgeConfig:
     no_system_fraction: float = 0.2  # some prompts without a system turn: robust to swift's --system ''
     seed: int = 0
     clip: float = 1.0
-    curriculum_fraction: float = 0.25  # first 25% of the steps: pages of 1-2 rows, `read` only
+    curriculum_steps: int = 1400  # the first steps: pages of 1-2 rows, `read` only
     curriculum_max_rows: int = 2
     # share of each task after the curriculum; reading stays the largest part
     task_weights: tuple = (("read", 0.45), ("read_json", 0.2), ("fill_json", 0.25), ("ask", 0.1))
@@ -335,7 +335,7 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", o
         step += 1
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        in_curriculum = step <= cfg.curriculum_fraction * cfg.steps
+        in_curriculum = step <= cfg.curriculum_steps
         if in_curriculum:
             allowed = [r for r in rows_choices if r <= cfg.curriculum_max_rows] or rows_choices
             rows = rnd.choices(allowed, weights=[weights[rows_choices.index(r)] for r in allowed])[0]

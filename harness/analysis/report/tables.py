@@ -1,0 +1,221 @@
+"""The per-cell tables: quality (with significance marks), cost, parity / ablation, memory levers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from harness.analysis.report.model import (Cell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
+                                           label, runs_cell, shown_keys)
+from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
+from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS
+from harness.results.stats import mean_t_interval
+from harness.results.store import group_cells, metric_values
+
+
+def _quality_cell(group: Sequence[Mapping], metric: str) -> tuple[Cell, float | None]:
+    """One cell of the quality table and the mean behind it (None when there is no value)."""
+    values = metric_values(group, metric)
+    if not values:
+        failed = not any(r["status"] == "ok" for r in group)
+        return Cell("failed" if failed else "—"), None
+    mean, half = mean_t_interval(values)
+    if half is not None:
+        return Cell(f"{fmt_quality(mean)} ± {fmt_quality(half)}"), mean
+    ci = next((r["metrics"].get(f"{metric}_ci") for r in group
+               if r["status"] == "ok" and r["metrics"].get(f"{metric}_ci")), None)
+    if ci:
+        return Cell(f"{fmt_quality(mean)} [{fmt_quality(ci[0])}, {fmt_quality(ci[1])}]", mark="†"), mean
+    return Cell(fmt_quality(mean)), mean
+
+
+def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequence[str],
+                  number: int) -> Table | None:
+    all_records = [r for g in groups.values() for r in g]
+    # columns for the metrics any run has; when no run is ok, all of them, every cell "failed"
+    columns = [(m, name) for m, name in QUALITY_COLUMNS if metric_values(all_records, m)] or \
+        list(QUALITY_COLUMNS)
+    if not groups:
+        return None
+    idx = [keys.index(k) for k in shown]
+    keys_list = list(groups)
+    table = Table("quality", f"Table {number}. Quality per cell",
+                  "", [*shown, "ok runs", *(name for _, name in columns)], label_cols=len(shown))
+    pooled = {key: pooled_sample_columns(g) for key, g in groups.items()}
+    no_per_sample = [label(k) for k, p in pooled.items() if p is None and metric_values(groups[k], "cer")]
+    metric_cells: dict[str, list[Cell]] = {}
+    comparisons: list[tuple[str, int, int]] = []  # (metric, row, best row): one family per table
+    for metric, _ in columns:
+        made = [_quality_cell(group, metric) for group in groups.values()]
+        cells, means = [c for c, _ in made], [m for _, m in made]
+        best = best_index(means, metric)
+        for i in best:
+            cells[i].bold = True
+        if len(best) == 1:
+            (b,) = best
+            comparisons += [(metric, i, b) for i, key in enumerate(keys_list)
+                            if i != b and means[i] is not None
+                            and pooled[keys_list[b]] is not None and pooled[key] is not None]
+        metric_cells[metric] = cells
+    adjusted, n_tests, n_boot = holm_pvalues([(pooled[keys_list[b]], pooled[keys_list[i]], metric)
+                                              for metric, i, b in comparisons])
+    for (metric, i, _), p in zip(comparisons, adjusted):
+        if p is not None and p < SIGNIFICANCE_P:
+            cells = metric_cells[metric]
+            cells[i].mark = (cells[i].mark + "*").lstrip()
+    for i, (key, group) in enumerate(groups.items()):
+        row = [Cell(label((key[j],))) for j in idx] + [runs_cell(group)]
+        row += [metric_cells[m][i] for m, _ in columns]
+        table.rows.append(row)
+        table.row_runs.append([r["run_id"] for r in group])
+        table.row_labels.append(label(key))
+    caption = ("Mean over ok seeds ± 95% t-interval half-width over seeds. Bold: best per column "
+               "(CER/WER lower is better, F1/exact match higher). "
+               f"*: differs from the bold cell at p < {SIGNIFICANCE_P} after Holm's correction for "
+               f"all {n_tests} comparisons this table makes, paired bootstrap over test samples "
+               f"({n_boot} resamples, per-sample counts averaged over seeds, paired by sample id).")
+    if any("†" in c.mark for cells in metric_cells.values() for c in cells):
+        caption += (" †: only one ok seed; the interval [lo, hi] is that run's 95% bootstrap "
+                    "interval over test samples, not a spread over seeds.")
+    if no_per_sample:
+        caption += " No per-sample file (so no significance test) for: " + ", ".join(no_per_sample) + "."
+    table.caption = caption
+    return table
+
+
+def _median_range(values: Sequence[float]) -> tuple[float, str]:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return med, fmt_cost(med)
+    return med, f"{fmt_cost(med)} ({fmt_cost(min(values))}–{fmt_cost(max(values))})"
+
+
+def cost_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequence[str],
+               number: int) -> Table | None:
+    all_records = [r for g in groups.values() for r in g]
+    columns = [(m, name) for m, name in COST_COLUMNS if metric_values(all_records, m)] or \
+        [c for c in COST_COLUMNS if c[0] != "gpu_max_allocated_mib"]
+    if not groups:
+        return None
+    idx = [keys.index(k) for k in shown]
+    table = Table("cost", f"Table {number}. Cost per cell", "Median over ok seeds, (min–max) over seeds "
+                  "in brackets; one value when one seed. Bold: best per column. Memory is the peak "
+                  "over processes; MFU against the machine's measured matmul peak.",
+                  [*shown, "ok runs", *(name for _, name in columns)], label_cols=len(shown))
+    per_metric: dict[str, list[Cell]] = {}
+    for metric, _ in columns:
+        cells, medians = [], []
+        for group in groups.values():
+            values = metric_values(group, metric)
+            if not values:
+                failed = not any(r["status"] == "ok" for r in group)
+                cells.append(Cell("failed" if failed else "—"))
+                medians.append(None)
+                continue
+            med, text = _median_range(values)
+            cells.append(Cell(text))
+            medians.append(med)
+        for i in best_index(medians, metric):
+            cells[i].bold = True
+        per_metric[metric] = cells
+    for i, (key, group) in enumerate(groups.items()):
+        row = [Cell(label((key[j],))) for j in idx] + [runs_cell(group)]
+        table.rows.append(row + [per_metric[m][i] for m, _ in columns])
+        table.row_runs.append([r["run_id"] for r in group])
+        table.row_labels.append(label(key))
+    return table
+
+
+def _fmt_setting(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def parity_tables(docs: Sequence[Mapping], number: int) -> list[Table]:
+    """Settings-difference and ablation tables for each parity document, numbered
+    `Table <number>a`, `<number>b`, ... (a parity run is one experiment, its tables one number)."""
+    tables: list[Table] = []
+
+    def name() -> str:
+        return f"Table {number}{chr(ord('a') + len(tables))}"
+
+    for k, doc in enumerate(docs):
+        doc_label = doc.get("_label", f"parity {k + 1}")
+        step = doc.get("first_divergent_step")
+        summary = (f"max |Δloss| = {fmt_number(doc.get('max_abs_dloss'))}, first divergent step = "
+                   f"{'none' if step is None else step}")
+        diff = doc.get("settings_diff") or []
+        if diff:
+            frameworks = sorted({f for row in diff for f in (row.get("values") or {})})
+            t = Table(f"parity{k + 1}", f"{name()}. Effective settings ({doc_label})",
+                      "Settings read back from the live objects; 'differs' marks a setting whose "
+                      f"values are not all equal (bold). {summary}.",
+                      ["setting", *frameworks, "differs"], label_cols=1 + len(frameworks) + 1)
+            for row in sorted(diff, key=lambda r: (not r.get("differs"), str(r.get("setting")))):
+                values = row.get("values") or {}
+                t.rows.append([Cell(str(row.get("setting"))),
+                               *(Cell(_fmt_setting(values.get(f, "—"))) for f in frameworks),
+                               Cell("yes" if row.get("differs") else "no", bold=bool(row.get("differs")))])
+                t.row_runs.append([doc_label])
+                t.row_labels.append(str(row.get("setting")))
+            tables.append(t)
+        ablation = doc.get("ablation") or []
+        if ablation:
+            t = Table(f"ablation{k + 1}", f"{name()}. Ablation: one factor reverted to native ({doc_label})",
+                      "Each row starts from the aligned setup and reverts one factor; sorted by the "
+                      f"largest absolute loss difference first. {summary}.",
+                      ["factor", "max |Δloss|", "final-loss gap"])
+            for row in sorted(ablation, key=lambda r: -(r.get("max_abs_dloss") or 0.0)):
+                t.rows.append([Cell(str(row.get("factor"))), Cell(fmt_number(row.get("max_abs_dloss"))),
+                               Cell(fmt_number(row.get("final_loss_gap")))])
+                t.row_runs.append([doc_label])
+                t.row_labels.append(str(row.get("factor")))
+            tables.append(t)
+    return tables
+
+
+def memory_metric(records: Sequence[Mapping]) -> str:
+    return "gpu_max_allocated_mib" if metric_values(records, "gpu_max_allocated_mib") else "peak_rss_above_baseline_mib"
+
+
+def _ratio(x: float | None, base_values: Sequence[float]) -> str:
+    if x is None or not base_values or statistics.median(base_values) == 0:
+        return "—"
+    return f"{x / statistics.median(base_values):.2f}×"
+
+
+def levers_table(records: Sequence[Mapping], keys: Sequence[str], number: int) -> Table | None:
+    """Peak memory and throughput per memory lever, relative to the lever named "baseline"."""
+    if "lever" not in keys:
+        return None
+    lever_records = [r for r in records if r.get("cell", {}).get("lever") is not None]
+    if not lever_records:
+        return None
+    others = [k for k in keys if k != "lever"]
+    shown = shown_keys(lever_records, others)
+    mem = memory_metric(lever_records)
+    table = Table("levers", f"Table {number}. Memory levers",
+                  f"Median over ok seeds. Memory = {mem}; ratio = this lever / the lever named "
+                  "'baseline' in the same cell (memory: < 1 saves; throughput: < 1 is slower).",
+                  [*shown, "lever", "ok runs", "peak memory (MiB)", "memory ratio", "samples/s",
+                   "throughput ratio"], label_cols=len(shown) + 1)
+    for other_key, group in group_cells(lever_records, others).items():
+        by_lever = group_cells(group, ("lever",))
+        base = by_lever.get(("baseline",), [])
+        base_mem = metric_values(base, mem)
+        base_tput = metric_values(base, "train_samples_per_s")
+        for (lever,), lrecs in by_lever.items():
+            m, t = metric_values(lrecs, mem), metric_values(lrecs, "train_samples_per_s")
+            m_med = statistics.median(m) if m else None
+            t_med = statistics.median(t) if t else None
+            failed = not any(r["status"] == "ok" for r in lrecs)
+            table.rows.append([*(Cell(label((other_key[others.index(k)],))) for k in shown),
+                               Cell(str(lever), bold=lever == "baseline"), runs_cell(lrecs),
+                               Cell("failed" if failed else fmt_cost(m_med) if m_med is not None else "—"),
+                               Cell(_ratio(m_med, base_mem)),
+                               Cell("failed" if failed else fmt_cost(t_med) if t_med is not None else "—"),
+                               Cell(_ratio(t_med, base_tput))])
+            table.row_runs.append([r["run_id"] for r in lrecs])
+            table.row_labels.append(f"{label(other_key)}/{lever}")
+    return table

@@ -1,0 +1,96 @@
+"""The runner through the dummy adapter (no framework): records, failures, timeouts, resume, report.
+
+Seconds per run, so `make test-fast` covers the runner; the integration tests run the same paths
+with the real frameworks.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.results.store import load_records, validate_record
+
+FAST = {"framework": "dummy", "dataset": "synthdocs-mini", "task": "extract",
+        "train": {"steps": 3, "batch_size": 2, "grad_accum": 1, "max_train_samples": 8},
+        "eval": {"enabled": False}}
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    """A checkpoint directory as far as the dummy adapter looks: a config.json."""
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 8, "num_attention_heads": 2}}))
+    return path
+
+
+def _suite(tmp_path, model_dir, **doc) -> Path:
+    body = {"name": "fast", "defaults": {**FAST, "model": str(model_dir)}, **doc}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_dummy_runs_are_recorded_and_failures_do_not_stop_the_suite(tmp_path, model_dir, mini_dataset, capsys):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    suite = _suite(tmp_path, model_dir, matrix={"seed": [0, 1]},
+                   include=[{"seed": 0, "model": str(broken)},
+                            {"seed": 0, "timeout_s": 3, "train.steps": 10_000_000}])
+    results = tmp_path / "results"
+    assert main(["run", str(suite), "--results", str(results)]) == 1  # some runs failed, and said so
+    records = load_records(results)
+    assert sorted(r["status"] for r in records) == ["failed", "ok", "ok", "timeout"]
+    for r in records:
+        assert validate_record({k: v for k, v in r.items() if not k.startswith("_")}) == []
+    ok = [r for r in records if r["status"] == "ok"]
+    assert {r["cell"]["seed"] for r in ok} == {0, 1}
+    assert [s["step"] for s in ok[0]["train"]["steps"]] == [1, 2, 3]
+    assert ok[0]["metrics"]["final_loss"] > 0 and ok[0]["metrics"]["train_samples_per_s"] > 0
+    failed = next(r for r in records if r["status"] == "failed")
+    assert "exit status" in failed["error"] and "JSONDecodeError" in failed["error"]
+    # a re-run retries what did not end ok, and skips the rest
+    capsys.readouterr()
+    main(["run", str(suite), "--results", str(results), "--dry-run"])
+    assert "2 to run, 2 finished" in capsys.readouterr().out
+
+
+def test_report_renders_from_dummy_records(tmp_path, model_dir, mini_dataset):
+    suite = _suite(tmp_path, model_dir, matrix={"seed": [0, 1]})
+    results = tmp_path / "results"
+    assert main(["run", str(suite), "--results", str(results)]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert "dummy" in (out / "report.md").read_text()
+
+
+def test_kill_minus_9_then_resume_loses_and_duplicates_nothing(tmp_path, model_dir, mini_dataset):
+    suite = _suite(tmp_path, model_dir, matrix={"seed": [0, 1]},
+                   cells={"seed=1": {"train": {"steps": 400}}})  # the second run lasts long enough to be killed
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(suite), "--results", str(results)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((results / "runs").glob("fast-*.json")):
+        time.sleep(0.2)
+    first = sorted((results / "runs").glob("fast-*.json"))
+    assert len(first) == 1, "the first run never finished"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = first[0].read_bytes()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    records = load_records(results)
+    assert sorted(r["cell"]["seed"] for r in records) == [0, 1]
+    assert all(r["status"] == "ok" for r in records)
+    assert first[0].read_bytes() == before  # the finished record was not redone
+    assert not list((results / "runs").glob("*.tmp"))
