@@ -9,7 +9,6 @@ memory section. `write_suite` lays out a results directory as the runner does.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import zlib
 from pathlib import Path
@@ -17,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.eval import metrics as quality
-from harness.results.store import SCHEMA_VERSION, write_record
+from harness.config.spec import spec_hash
+from harness.results.schema import SCHEMA_VERSION, RunRecord
+from harness.results.store import write_record
 
 FRAMEWORKS = ("peft", "swift", "torch")
 ALIGNMENTS = ("aligned", "native")
@@ -43,10 +44,6 @@ KINDS = ("invoice", "receipt", "form")
 
 def _rng(*parts) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(json.dumps(parts).encode()))
-
-
-def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def make_env(**overrides) -> dict:
@@ -172,7 +169,7 @@ def make_record(framework: str = "peft", alignment: str = "aligned", seed: int =
     run_id = f"{suite}-{digest[:10]}"
     rng = _rng(framework, alignment, seed, json.dumps(extra_cell or {}, sort_keys=True), "train")
     cell = {"framework": framework, "alignment": alignment, "seed": seed, **(extra_cell or {})}
-    record = {
+    record: RunRecord = {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "suite": suite, "spec_hash": digest,
         "spec": spec, "cell": cell, "status": status,
         "error": None if status == "ok" else (error or "RuntimeError: synthetic failure"),

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from harness.planner import estimate as P
+from harness import planner as P
 from harness.cli import main
 from harness.errors import UserError
 

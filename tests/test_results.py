@@ -119,12 +119,29 @@ def test_temp_file_left_by_a_killed_writer_is_never_loaded(tmp_path):
     assert [r["run_id"] for r in results.load_records(tmp_path)] == [record["run_id"]]
 
 
-def test_load_records_malformed_json_names_the_file(tmp_path):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    (runs / "bad-run.json").write_text('{"schema_version": 1, "run_id": ')
-    with pytest.raises(UserError, match=r"bad-run\.json: malformed JSON"):
-        results.load_records(tmp_path)
+def test_a_corrupt_record_in_a_directory_is_skipped_with_a_warning_naming_it(tmp_path, capsys):
+    record, _ = fx.make_record()
+    results.write_record(tmp_path, record)
+    (tmp_path / "runs" / "bad-run.json").write_text('{"schema_version": 1, "run_id": ')
+    assert [r["run_id"] for r in results.load_records(tmp_path)] == [record["run_id"]]
+    err = capsys.readouterr().err
+    assert "warning: skipped a corrupt record" in err and "bad-run.json: malformed JSON" in err
+    with pytest.raises(UserError, match=r"bad-run\.json: malformed JSON"):  # named on its own: an error
+        results.load_records(tmp_path / "runs" / "bad-run.json")
+
+
+def test_a_record_of_an_older_schema_is_migrated_on_load(tmp_path, monkeypatch):
+    from harness.results import schema
+
+    record, _ = fx.make_record()
+    old = {**record, "schema_version": 0, "cell_v0": record["cell"]}
+    del old["cell"]
+    monkeypatch.setitem(schema.MIGRATIONS, 0, lambda r: {**{k: v for k, v in r.items() if k != "cell_v0"},
+                                                         "cell": r["cell_v0"]})
+    file = tmp_path / "old.json"
+    file.write_text(json.dumps(old))
+    (loaded,) = results.load_records(file)
+    assert loaded["schema_version"] == schema.SCHEMA_VERSION and loaded["cell"] == record["cell"]
 
 
 def test_load_records_wrong_version_names_the_file(tmp_path):
@@ -152,16 +169,16 @@ def test_load_records_bundle_single_file_and_runs_dir(tmp_path):
     assert len(results.load_records(tmp_path / "res")) == 2
 
 
-def test_bundle_with_wrong_version_or_bad_record_is_an_error(tmp_path):
+def test_bundle_with_wrong_version_is_an_error_and_a_bad_record_is_skipped(tmp_path):
     record, _ = fx.make_record()
     bundle = tmp_path / "b.json"
     bundle.write_text(json.dumps({"schema_version": 9, "records": [record]}))
     with pytest.raises(UserError, match=r"b\.json: bundle schema_version is 9"):
         results.load_records(bundle)
+    good = dict(record)
     del record["cell"]
-    bundle.write_text(json.dumps({"schema_version": 1, "records": [record]}))
-    with pytest.raises(UserError, match=r"b\.json \(records\[0\]\).*missing keys: cell"):
-        results.load_records(bundle)
+    bundle.write_text(json.dumps({"schema_version": 1, "records": [record, good]}))
+    assert len(results.load_records(bundle)) == 1  # the bad one is skipped, with a warning
 
 
 def test_load_records_missing_path_and_empty_dir(tmp_path):

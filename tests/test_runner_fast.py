@@ -94,3 +94,34 @@ def test_kill_minus_9_then_resume_loses_and_duplicates_nothing(tmp_path, model_d
     assert all(r["status"] == "ok" for r in records)
     assert first[0].read_bytes() == before  # the finished record was not redone
     assert not list((results / "runs").glob("*.tmp"))
+
+
+def test_a_run_that_did_not_train_is_recorded_as_failed(tmp_path, model_dir, mini_dataset):
+    suite = _suite(tmp_path, model_dir, matrix={"seed": [0]}, include=[{"seed": 1, "optim.lr": 0.0}])
+    results = tmp_path / "results"
+    assert main(["run", str(suite), "--results", str(results)]) == 1
+    by_seed = {r["cell"]["seed"]: r for r in load_records(results)}
+    trained, frozen = by_seed[0], by_seed[1]
+    assert trained["status"] == "ok"
+    assert trained["training_check"]["lora_modules_moved"] == trained["training_check"]["lora_modules"] == 1
+    assert trained["training_check"]["live_gradient_fraction"] == 1.0
+    assert frozen["status"] == "failed"
+    assert frozen["error"] == "training did not happen: adapters did not change: all 1 LoRA modules equal their initial value"
+    assert frozen["training_check"]["max_change_norm"] == 0.0
+
+
+def test_training_check_names_dead_gradients(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from harness.run import training_check
+
+    a = {"base_model.model.m.lora_A.weight": torch.ones(2, 3), "base_model.model.m.lora_B.weight": torch.zeros(3, 2)}
+    save_file(a, str(tmp_path / "initial.safetensors"))
+    (tmp_path / "adapter").mkdir()
+    save_file({**a, "base_model.model.m.lora_B.weight": torch.full((3, 2), 0.5)}, str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    steps = [{"step": i, "grad_norm": g} for i, g in enumerate([0.0, float("nan"), 1.0, 0.0], start=1)]
+    block, reason = training_check.check(tmp_path / "initial.safetensors", tmp_path / "adapter", steps)
+    assert block["max_change_norm"] == pytest.approx(0.5 * 6 ** 0.5)
+    assert block["live_gradient_fraction"] == 0.25
+    assert reason == "gradients were zero or not finite in 75% of the steps (4 logged)"

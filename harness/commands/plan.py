@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.planner import estimate as planner
+from harness import planner
 from harness.errors import UserError
 
 GPU_LABELS = {

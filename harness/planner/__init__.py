@@ -1,1 +1,34 @@
-"""The memory planner: model shapes, the estimate, and its validation against measured runs."""
+"""The memory planner (`lorabench plan`): will a LoRA fine-tuning run of a real VLM fit in GPU memory?
+
+Modules, one idea each:
+- `shape`: model shapes (a model's architecture as numbers) and their JSON files;
+- `memory`: the estimate (`estimate(PlanInput) -> Plan`) and its answers (`fits`, `verdict`,
+  `search_fits`);
+- `deepspeed_check`: DeepSpeed's own estimators next to ours;
+- `validate`: the estimate against measured runs (imported on demand: it needs the results store).
+
+The names below are the planner's API, so callers write `planner.estimate(...)` without knowing
+which module holds what.
+"""
+
+from harness.planner.deepspeed_check import deepspeed_cold_estimate, deepspeed_crosscheck
+from harness.planner.memory import (
+    CUDA_CONTEXT_GIB, DEFAULT_BATCH_GRID, DEFAULT_MAX_LENGTH_GRID, FRAGMENTATION_FACTOR, GIB,
+    LOGITS_BYTES_PER_ELEMENT, PRECISIONS, PROCESS_BASELINE_CPU_GIB, ZERO3_MAX_LIVE_PARAMS,
+    ZERO12_ALLGATHER_BUCKET, Plan, PlanInput, decoder_block_bytes_per_token, estimate, fits,
+    linear_input_bytes_per_token, search_fits, verdict, vit_block_bytes_per_token)
+from harness.planner.shape import (
+    BUILTIN_SHAPES, SHAPES_DIR, TARGET_SETS, ImageTokens, Linear, Shape, Tower, builtin_shape,
+    load_shape, qwen2_vl_image_tokens, qwen2_vl_shape, shape_from_dict, shape_from_hf_config,
+    shape_to_dict)
+
+__all__ = [
+    "BUILTIN_SHAPES", "CUDA_CONTEXT_GIB", "DEFAULT_BATCH_GRID", "DEFAULT_MAX_LENGTH_GRID",
+    "FRAGMENTATION_FACTOR", "GIB", "LOGITS_BYTES_PER_ELEMENT", "PRECISIONS", "PROCESS_BASELINE_CPU_GIB",
+    "SHAPES_DIR", "TARGET_SETS", "ZERO3_MAX_LIVE_PARAMS", "ZERO12_ALLGATHER_BUCKET",
+    "ImageTokens", "Linear", "Plan", "PlanInput", "Shape", "Tower",
+    "builtin_shape", "decoder_block_bytes_per_token", "deepspeed_cold_estimate", "deepspeed_crosscheck",
+    "estimate", "fits", "linear_input_bytes_per_token", "load_shape", "qwen2_vl_image_tokens",
+    "qwen2_vl_shape", "search_fits", "shape_from_dict", "shape_from_hf_config", "shape_to_dict",
+    "verdict", "vit_block_bytes_per_token",
+]

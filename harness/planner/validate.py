@@ -17,20 +17,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.planner import estimate as P
+from harness.planner.memory import PlanInput, estimate
+from harness.planner.shape import shape_from_hf_config
 from harness.results.store import load_records
 
 MIB = 1024 * 1024
 
 
-def plan_input_for(record: dict, shape) -> P.PlanInput:
+def plan_input_for(record: dict, shape) -> PlanInput:
     spec, steps = record["spec"], record["train"]["steps"]
     dist, train = spec["distributed"], spec["train"]
     seq = max(s.get("max_seq_len", 0) for s in steps)
     samples = sum(s["samples"] for s in steps)
     image_per_sample = round(sum(s.get("image_tokens", 0) for s in steps) / max(1, samples))
     targets = {"lm": "lm", "lm+vision": "lm+vision", "all-linear": "all-linear"}.get(spec["lora"]["targets"], "lm")
-    return P.PlanInput(
+    return PlanInput(
         shape=shape, lora_r=spec["lora"]["r"], targets=targets, freeze_vision=train["freeze_vision"],
         micro_batch_size=train["batch_size"], max_length=max(1, seq - image_per_sample),
         image_tokens=image_per_sample, grad_checkpointing=train["grad_checkpointing"], flash_attention=True,
@@ -47,13 +48,13 @@ def validate(results: str | Path) -> list[dict]:
         if record["status"] != "ok" or not record.get("train", {}).get("steps"):
             continue
         model_dir = record["env"]["model"]["path"]
-        shape = P.shape_from_hf_config(model_dir)
+        shape = shape_from_hf_config(model_dir)
         try:
             inputs = plan_input_for(record, shape)
         except ValueError as exc:  # a set-up the planner does not model
             rows.append({"run_id": record["run_id"], "lever": record["cell"].get("lever"), "error": str(exc)})
             continue
-        plan = P.estimate(inputs)
+        plan = estimate(inputs)
         # host bytes without the planner's import baseline: the measured figure is above that baseline
         host = plan.cpu_bytes.get("total", 0) - plan.cpu_bytes.get("process_baseline", 0)
         per_process = (plan.gpu_bytes["total"] + host / inputs.world_size) / MIB

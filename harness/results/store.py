@@ -20,89 +20,14 @@ import contextlib
 import json
 import math
 import os
-import re
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.results.metric_table import METRIC_DIRECTION, QUALITY_METRICS  # noqa: F401 (re-exported)
-
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "timeout", "oom", "cancelled")
-
-# Top-level keys every record has, whatever its status; an ok record has these too.
-REQUIRED_KEYS = ("schema_version", "run_id", "suite", "spec_hash", "spec", "cell", "status",
-                 "error", "started_at", "finished_at", "wall_s", "command", "env")
-REQUIRED_OK_KEYS = ("train", "eval", "metrics", "memory")
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names files: no separators, no dotfile
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def validate_record(d: Any) -> list[str]:
-    """Problems with a run record as one-line strings; [] when it follows schema_version 1.
-
-    Checks what the readers rely on: the version, the required keys and their types, the status,
-    and, for an ok record, `metrics` (numbers or null; `<metric>_ci` a [lo, hi] pair). Unknown keys
-    are allowed (the runner may add detail), step logs may be stripped (baselines).
-    """
-    if not isinstance(d, dict):
-        return [f"a record must be a JSON object, got {type(d).__name__}"]
-    problems: list[str] = []
-    version = d.get("schema_version")
-    if version != SCHEMA_VERSION:
-        problems.append(f"schema_version is {version!r}, this lorabench reads {SCHEMA_VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in d]
-    if d.get("status") == "ok":
-        missing += [k for k in REQUIRED_OK_KEYS if k not in d]
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    run_id = d.get("run_id")
-    if "run_id" in d and not (isinstance(run_id, str) and _RUN_ID_RE.match(run_id)):
-        problems.append(f"run_id {run_id!r} must be a non-empty name of letters, digits, '.', '_', '-'")
-    for key in ("suite", "spec_hash", "started_at", "command"):
-        if key in d and not isinstance(d[key], str):
-            problems.append(f"{key} must be a string, got {type(d[key]).__name__}")
-    for key in ("spec", "cell", "env"):
-        if key in d and not isinstance(d[key], dict):
-            problems.append(f"{key} must be an object, got {type(d[key]).__name__}")
-    if "status" in d and d["status"] not in STATUSES:
-        problems.append(f"status {d['status']!r} is not one of {', '.join(STATUSES)}")
-    if "error" in d and d["error"] is not None and not isinstance(d["error"], str):
-        problems.append("error must be a string or null")
-    if "wall_s" in d and d["wall_s"] is not None and not _is_number(d["wall_s"]):
-        problems.append("wall_s must be a number")
-    for key in ("train", "eval", "memory", "parity"):
-        if key in d and d[key] is not None and not isinstance(d[key], dict):
-            problems.append(f"{key} must be an object")
-    train = d.get("train")
-    if isinstance(train, dict) and "steps" in train:
-        steps = train["steps"]
-        if not isinstance(steps, list) or not all(isinstance(s, dict) and "step" in s for s in steps):
-            problems.append("train.steps must be a list of objects with a 'step'")
-    metrics = d.get("metrics")
-    if metrics is not None:
-        if not isinstance(metrics, dict):
-            problems.append("metrics must be an object")
-        else:
-            for name, value in metrics.items():
-                if name.endswith("_ci"):
-                    ok = (value is None or (isinstance(value, list) and len(value) == 2
-                                            and all(_is_number(v) for v in value)))
-                    if not ok:
-                        problems.append(f"metrics.{name} must be [lo, hi] or null")
-                elif value is not None and not _is_number(value):
-                    problems.append(f"metrics.{name} must be a number or null, got {value!r}")
-    return problems
-
+from harness.results.schema import SCHEMA_VERSION, is_number, migrate, validate_record  # noqa: F401 (part of the store's API)
 
 # ---------------------------------------------------------------------------------------------
 # Writing
@@ -180,6 +105,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _checked(record: Any, where: str, source: Path) -> dict:
+    record = migrate(record)
     problems = validate_record(record)
     if problems:
         raise UserError(f"{where}: not a lorabench record: " + "; ".join(problems))
@@ -201,8 +127,10 @@ def load_records(path: str | Path) -> list[dict]:
 
     `path` is a results directory (reads `runs/*.json`; a `runs/` directory itself works too), one
     record file, or a bundle file `{"schema_version": 1, "records": [...]}`. Temp files of an
-    interrupted write are ignored. A missing path, malformed JSON, a wrong schema_version or a
-    record missing required keys is a UserError naming the file. An empty directory gives [].
+    interrupted write are ignored. In a directory or a bundle, a corrupt record (malformed JSON, a
+    wrong schema_version, missing keys) is skipped with a warning naming it, so one bad file never
+    costs a report; a missing path, or a single record file that is corrupt, is a UserError.
+    An empty directory gives [].
     """
     path = Path(path)
     if not path.exists():
@@ -210,7 +138,7 @@ def load_records(path: str | Path) -> list[dict]:
     if path.is_dir():
         runs = path / "runs"
         files = _record_files(runs if runs.is_dir() else path)
-        return [_checked(_read_json(f), str(f), f) for f in files]
+        return _skipping_corrupt((lambda f=f: _checked(_read_json(f), str(f), f)) for f in files)
     doc = _read_json(path)
     if not is_bundle(doc):
         return [_checked(doc, str(path), path)]
@@ -219,7 +147,18 @@ def load_records(path: str | Path) -> list[dict]:
                         f"this lorabench reads {SCHEMA_VERSION}")
     if not isinstance(doc["records"], list):
         raise UserError(f"{path}: 'records' must be a list")
-    return [_checked(r, f"{path} (records[{i}])", path) for i, r in enumerate(doc["records"])]
+    return _skipping_corrupt((lambda i=i, r=r: _checked(r, f"{path} (records[{i}])", path))
+                             for i, r in enumerate(doc["records"]))
+
+
+def _skipping_corrupt(loaders) -> list[dict]:
+    records = []
+    for load in loaders:
+        try:
+            records.append(load())
+        except UserError as exc:
+            print(f"lorabench: warning: skipped a corrupt record: {exc}", file=sys.stderr)
+    return records
 
 
 def load_parity_docs(path: str | Path, records: Iterable[Mapping] = ()) -> list[dict]:
@@ -272,7 +211,7 @@ def _sort_key(value: Any) -> tuple:
     # None sorts first, numbers numerically, everything else by its text.
     if value is None:
         return (0, 0, "")
-    if _is_number(value):
+    if is_number(value):
         return (1, value, "")
     return (2, 0, str(value))
 
@@ -309,7 +248,7 @@ def metric_values(records: Iterable[Mapping], metric: str) -> list[float]:
         if record.get("status") != "ok":
             continue
         value = (record.get("metrics") or {}).get(metric)
-        if _is_number(value) and math.isfinite(value):
+        if is_number(value) and math.isfinite(value):
             values.append(float(value))
     return values
 
@@ -321,7 +260,7 @@ def ci_half_widths(records: Iterable[Mapping], metric: str) -> list[float]:
         if record.get("status") != "ok":
             continue
         ci = (record.get("metrics") or {}).get(f"{metric}_ci")
-        if isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci):
+        if isinstance(ci, list) and len(ci) == 2 and all(is_number(v) for v in ci):
             widths.append(abs(float(ci[1]) - float(ci[0])) / 2.0)
     return widths
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from harness.results import store as results
 from harness.errors import UserError
+from harness.results.schema import RunRecord
+from harness.run import training_check
 from harness.run.launch import run_worker
 from harness.config.suite import Cell
 
@@ -109,7 +111,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     work = results_dir / "work" / cell.run_id
     shutil.rmtree(work, ignore_errors=True)
     started, t0 = _now(), time.perf_counter()
-    record = {
+    record: RunRecord = {
         "schema_version": results.SCHEMA_VERSION, "run_id": cell.run_id, "suite": suite, "spec_hash": cell.spec_hash,
         "spec": spec, "cell": record_cell(cell),
         "status": "failed", "error": None, "started_at": started, "command": command, "env": dict(env),
@@ -151,6 +153,11 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                "gpu_max_reserved_mib": _gpu_max(ranks, "max_reserved_mib"),
                "meter_overhead_fraction": max(r["memory"]["meter_overhead_fraction"] for r in ranks)}
     metrics["mfu"] = _mfu(metrics["train_tokens_per_s"], rank0, env.get("matmul_peak_gflops"))
+    record["training_check"], not_trained = training_check.check(Path(rank0["initial_adapter"]),
+                                                                 Path(rank0["adapter_dir"]), rank0["steps"])
+    if not_trained:
+        record["metrics"] = metrics
+        return done("failed", f"training did not happen: {not_trained}")
     if spec["eval"]["enabled"]:
         res = run_worker("eval", work / "job.json", work / "worker.log", spec["timeout_s"], device=spec["device"],
                          poll=poll)

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness.results.schema import EvalSummary, RankResult
+
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -69,7 +71,7 @@ def train(job: dict) -> int:
     data = TrainData(model_dir=Path(job["model_dir"]), train_jsonl=Path(job["train_jsonl"]), n_samples=job["n_train"])
     outcome = adapter.train(spec, data, run_dir, hooks)
     memory = meter.stop()
-    result = {
+    result: RankResult = {
         "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "memory": memory,
         "torch_threads": torch.get_num_threads(),
     }
@@ -110,10 +112,10 @@ def evaluate(job: dict) -> int:
                               system=system_prompt(trained.get("system_prompt")), device=spec["device"],
                               max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress)
     result.write(run_dir)
-    _write_json(run_dir / "eval.json", {"task": spec["task"], "split": ev["split"], "n": len(samples),
-                                        "seconds": result.seconds, "metrics": result.metrics,
-                                        "per_field": result.per_field, "per_kind": result.per_kind,
-                                        "system_prompt": trained.get("system_prompt")})
+    summary: EvalSummary = {"task": spec["task"], "split": ev["split"], "n": len(samples), "seconds": result.seconds,
+                            "metrics": result.metrics, "per_field": result.per_field, "per_kind": result.per_kind,
+                            "system_prompt": trained.get("system_prompt")}
+    _write_json(run_dir / "eval.json", summary)
     return 0
 
 
