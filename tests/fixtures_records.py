@@ -1,7 +1,7 @@
 """Synthetic but schema-valid run records for the results / report / regress tests.
 
 Nothing here trains anything: each record is built from a deterministic RNG seeded by its cell, with
-per-sample rows in harness.metrics' format (so the record's `metrics` and `_ci` are exactly what
+per-sample rows in harness.eval.metrics' format (so the record's `metrics` and `_ci` are exactly what
 `harness.eval.metrics.summarize` computes from its per-sample file), a step log, an environment and a
 memory section. `write_suite` lays out a results directory as the runner does.
 """
@@ -65,7 +65,7 @@ def make_env(**overrides) -> dict:
 def make_per_sample(framework: str, alignment: str, seed: int, n_samples: int = 40,
                     char_err: float | None = None, field_hit: float | None = None,
                     detail: bool = False) -> list[dict]:
-    """Per-sample rows (harness.metrics.per_sample format) for one run; same ids in every run.
+    """Per-sample rows (harness.eval.metrics.per_sample format) for one run; same ids in every run.
 
     detail: rows also carry `kind`, `field_scores` and `field_anls_sum` (drawn from their own RNG,
     so the other columns are the same with and without)."""

@@ -31,7 +31,7 @@ CAUSE_ORDER = ("lora.n_targets", "lora.targets_sha", "lora.targets_vision", "lor
                "dtype")
 
 # Native values per factor, as spec overrides (measured defaults of ms-swift 4.6.0 / peft 0.20 /
-# transformers 5.19; shared/design.md lists them). swift's all-linear = language model only (freeze_vit).
+# transformers 5.19; README lists them). swift's all-linear = language model only (freeze_vit).
 NATIVE_FACTORS: dict[str, dict[str, dict]] = {
     "targets": {"peft": {"lora": {"targets": "all-linear"}}, "swift": {"lora": {"targets": "lm"}}},
     "alpha": {"peft": {"lora": {"alpha": 8}}, "swift": {"lora": {"alpha": 32}}},

@@ -2,11 +2,15 @@
 
     # lorabench run harness/suites/default.yaml
     name: default
-    defaults: {task: extract, train: {steps: 60}}     # any spec keys (harness.spec.DEFAULTS)
+    defaults: {task: extract, train: {steps: 60}}     # any spec keys (harness.config.spec.DEFAULTS)
     matrix: {framework: [peft, swift], seed: [0, 1]}   # product of these; keys are dotted spec keys
     include: [{framework: swift, alignment: native}]   # extra cells (merged over the matrix keys' first values)
     exclude: [{framework: torch, alignment: native}]   # cells to drop (all given keys must match)
     cells: {alignment=native: {train: {steps: 30}}}    # overrides for cells where KEY=VALUE holds
+
+A cell may name itself for the report with `lever: NAME` (a memory lever) or `control: NAME` (a
+negative control: e.g. `{framework: torch, control: "lr / 20", optim.lr: 1.0e-4}` is the aligned
+torch cell with a learning rate 20 times too small, which the report must find significantly worse).
 
 `seed` is shorthand for train.seed (the data order follows it: train.data_seed = seed).
 """
@@ -22,7 +26,9 @@ from harness.config.spec import deep_update, get, load_yaml, make_spec, nested, 
 
 SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells")
 SHORTHANDS = {"seed": ("train.seed", "train.data_seed")}
-META_KEYS = ("lever",)  # names a cell for the report (memory levers); not a spec key
+# Keys that name a cell for the report, not spec keys: `lever` (a memory lever) and `control`
+# (a negative control: an aligned cell with one deliberately harmful setting, named by the value).
+META_KEYS = ("lever", "control")
 
 
 @dataclasses.dataclass(frozen=True)

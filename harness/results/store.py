@@ -4,7 +4,7 @@ Layout of a results directory (the runner writes it, `report` / `regress` / `his
 
     <results_dir>/runs/<run_id>.json               one record (schema below, docs/results-schema.md)
     <results_dir>/runs/<run_id>.predictions.jsonl  the eval predictions
-    <results_dir>/runs/<run_id>.per_sample.jsonl   per-sample quality counts (harness.metrics rows)
+    <results_dir>/runs/<run_id>.per_sample.jsonl   per-sample quality counts (harness.eval.metrics rows)
     <results_dir>/parity.json  (optional)          a parity/ablation document (see docs)
 
 A *bundle* file (`results/baselines/<suite>.json`) holds many records:

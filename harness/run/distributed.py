@@ -1,7 +1,7 @@
 """DeepSpeed configs and launch commands for multi-process runs.
 
 One config for both frameworks (passed as a dict to TrainingArguments / SftArguments), so ZeRO
-settings are aligned by construction. Measured pitfalls (shared/facts.md) shape it:
+settings are aligned by construction. Measured pitfalls shape it:
 - with > 1 process, `train_batch_size: "auto"` is left out: transformers fills it while the world
   size is still 1 and DeepSpeed then asserts `4 != 4 * 1 * 2`;
 - offload to the CPU uses DeepSpeedCPUAdam (compiled on first use, cached in TORCH_EXTENSIONS_DIR).

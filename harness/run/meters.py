@@ -3,7 +3,7 @@
 CPU memory: RSS above the baseline measured after imports, sampled every 10 ms by a thread and
 cross-checked with the kernel's high-water mark (ru_maxrss = VmHWM), which catches spikes shorter
 than a sample; the high-water mark is reset at the start of training (`/proc/self/clear_refs` = 5)
-so the figure covers training only (shared/facts.md: psutil needs <= 10 ms sampling to match).
+so the figure covers training only (measured: psutil sampling needs <= 10 ms intervals to catch the same peaks).
 GPU memory: torch.cuda max allocated / reserved, reset at the start of training, per device.
 """
 

@@ -52,7 +52,7 @@ def train(job: dict) -> int:
     spec, run_dir = job["spec"], Path(job["run_dir"])
     if "RANK" not in os.environ:
         # One process without a launcher: DeepSpeed (and swift through it) would otherwise look
-        # for mpi4py to discover its rank (shared/facts.md).
+        # for mpi4py to discover its rank and fail without it.
         from harness.run.launch import free_port
 
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",

@@ -20,7 +20,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.paths import ASSETS_DIR, CACHE_DIR as CACHE_ROOT
 
-FORGE_VERSION = 2  # bump when harness.forge / harness.tiny_model change what a build produces
+FORGE_VERSION = 2  # bump when harness.tinymodel.forge / harness.tinymodel.architecture change what a build produces
 ASSET_DIR = ASSETS_DIR / "tiny-qwen2vl"
 CACHE_DIR = CACHE_ROOT / "models"
 PRETRAIN_CARD = "synthdocs"

@@ -5,7 +5,7 @@ from a model that behaves like a small real VLM: it reads a page and it writes s
 to instructions it has seen in many variants.
 
 Reading (what makes a 2 M-parameter model read at all):
-- pages are drawn on the token grid (one text line per 16 px token row, see harness.render);
+- pages are drawn on the token grid (one text line per 16 px token row, see harness.data.pages);
 - an auxiliary CTC head reads each token row of the vision merger's output, on every step. It gives
   the vision tower a direct, per-row reading signal; without it the language model learns the
   text statistics and ignores the image (measured: CER 0.96 after 5 min without CTC, 0.20 with
