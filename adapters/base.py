@@ -22,6 +22,8 @@ class TrainOutcome:
     effective: dict[str, Any]  # flat name -> value, read back from model / optimizer / scheduler / loader
     setup_s: float  # process start of training (imports excluded) to the first step
     train_s: float
+    framework_args: Path | None = None  # the framework's own arguments as resolved (TrainingArguments, SftArguments)
+    command_line: Path | None = None  # how to run the same training outside lorabench (a command or a script)
 
 
 class Adapter(Protocol):

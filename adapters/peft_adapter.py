@@ -41,6 +41,31 @@ def training_args(spec: dict, out_dir: Path, deepspeed_config: dict | None):
     )
 
 
+# The same run with transformers + peft alone (plus lorabench's chat collator, which builds the
+# Qwen2-VL prompt and label mask): the saved TrainingArguments and LoRA config, nothing else.
+PEFT_SNIPPET = """# Reproduce this run with transformers.Trainer + peft (written by lorabench).
+import json
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments, set_seed
+
+from adapters.common import ChatCollator, read_jsonl
+
+out = Path({out!r})
+args = TrainingArguments(**{{k: v for k, v in json.loads((out / "training_args.json").read_text()).items()
+                            if k in TrainingArguments.__dataclass_fields__ and TrainingArguments.__dataclass_fields__[k].init}})
+set_seed(args.seed)
+processor = AutoProcessor.from_pretrained({model!r})
+model = AutoModelForImageTextToText.from_pretrained({model!r}, dtype=torch.float32)
+lora = json.loads((out / "adapter" / "adapter_config.json").read_text())
+model = get_peft_model(model, LoraConfig(**{{k: v for k, v in lora.items() if k in LoraConfig.__dataclass_fields__}}))
+collator = ChatCollator(processor, {system!r}, {label_mask!r}, {max_length!r})
+Trainer(model=model, args=args, train_dataset=read_jsonl(Path({data!r})), data_collator=collator).train()
+"""
+
+
 class PeftAdapter:
     name = "peft"
 
@@ -88,6 +113,11 @@ class PeftAdapter:
         if trainer.is_world_process_zero():
             trainer.model.save_pretrained(str(adapter_dir))
         effective.update(common.run_settings(trainer.args, recorder, system, label_mask))
+        (out_dir / "training_args.json").write_text(trainer.args.to_json_string())
+        (out_dir / "reproduce_peft.py").write_text(PEFT_SNIPPET.format(model=data.model_dir, data=data.train_jsonl,
+                                                                       out=out_dir, system=system, label_mask=label_mask,
+                                                                       max_length=spec["train"]["max_length"]))
         return TrainOutcome(adapter_dir=adapter_dir, initial_adapter=initial, steps=recorder.steps,
                             effective=effective, setup_s=(recorder.first_step_at or t_end) - t0,
-                            train_s=t_end - (recorder.first_step_at or t_end))
+                            train_s=t_end - (recorder.first_step_at or t_end),
+                            framework_args=out_dir / "training_args.json", command_line=out_dir / "reproduce_peft.py")

@@ -13,6 +13,8 @@ as `swift sft` does.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -27,6 +29,12 @@ def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list
                   modules_to_save: list[str] = ()):
     from swift.arguments import SftArguments
 
+    return SftArguments(**sft_kwargs(spec, data, out_dir, target_names, deepspeed_config, modules_to_save))
+
+
+def sft_kwargs(spec: dict, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config,
+               modules_to_save: list[str] = ()) -> dict:
+    """The arguments lorabench passes to swift's sft pipeline (everything else is swift's default)."""
     from adapters.swift_model import MODEL_TYPE
 
     t, o, s, lora = spec["train"], spec["optim"], spec["schedule"], spec["lora"]
@@ -41,9 +49,9 @@ def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list
     if is_tiny:
         base["model_type"] = MODEL_TYPE
     if spec["alignment"] == "native":
-        return SftArguments(**base, target_modules=["all-linear"])
+        return dict(**base, target_modules=["all-linear"])
     vision = any(".visual." in n for n in target_names)
-    return SftArguments(
+    return dict(
         **base, target_regex=common.targets_regex(target_names), lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"], init_weights=SWIFT_INIT[lora["init"]], use_rslora=lora["rslora"],
         learning_rate=o["lr"], adam_beta1=o["betas"][0], adam_beta2=o["betas"][1], adam_epsilon=o["eps"],
@@ -57,6 +65,27 @@ def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list
         freeze_vit=not vision and t["freeze_vision"], freeze_aligner=True, modules_to_save=list(modules_to_save),
         average_tokens_across_devices=True,
     )
+
+
+def swift_command_line(kwargs: dict) -> str:
+    """`swift sft ...` with the same arguments: what a user runs to reproduce the run outside lorabench."""
+    import shlex
+
+    from adapters import swift_model
+
+    parts = ["swift", "sft"]
+    if kwargs.get("model_type") == swift_model.MODEL_TYPE:  # the tiny model is registered from a file
+        parts += ["--custom_register_path", str(Path(swift_model.__file__).resolve())]
+    for key, value in kwargs.items():
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if isinstance(value, (list, tuple)):
+            parts += [f"--{key}", *map(str, value)]
+        elif isinstance(value, bool):
+            parts += [f"--{key}", "true" if value else "false"]
+        else:
+            parts += [f"--{key}", str(value)]
+    return shlex.join(parts)
 
 
 class SwiftAdapter:
@@ -74,7 +103,11 @@ class SwiftAdapter:
         target_names, unfrozen = None, []
         if spec["alignment"] == "aligned":
             target_names, unfrozen = _target_names(spec, data)
-        args = sft_arguments(spec, data, out_dir, target_names, deepspeed_config_file(spec, out_dir), unfrozen)
+        kwargs = sft_kwargs(spec, data, out_dir, target_names, deepspeed_config_file(spec, out_dir), unfrozen)
+        from swift.arguments import SftArguments
+
+        args = SftArguments(**kwargs)
+        (out_dir / "swift_sft_command.sh").write_text(swift_command_line(kwargs) + "\n")
         native = spec["alignment"] == "native"
         result: dict = {}
         initial = out_dir / "initial_adapter.safetensors"
@@ -99,13 +132,16 @@ class SwiftAdapter:
                 effective.update(common.run_settings(trainer.args, recorder, system, "answer"))
                 effective["swift.dataset_shuffle"] = self.args.dataset_shuffle
                 effective["swift.use_logits_to_keep"] = self.args.use_logits_to_keep
+                (out_dir / "sft_args.json").write_text(json.dumps(dataclasses.asdict(self.args), indent=1,
+                                                                  default=str, sort_keys=True))
                 result.update(steps=recorder.steps, effective=effective, first=recorder.first_step_at, end=t_end)
                 return out
 
         RecordedSft(args).main()
         first = result["first"] or result["end"]
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=result["steps"],
-                            effective=result["effective"], setup_s=first - t0, train_s=result["end"] - first)
+                            effective=result["effective"], setup_s=first - t0, train_s=result["end"] - first,
+                            framework_args=out_dir / "sft_args.json", command_line=out_dir / "swift_sft_command.sh")
 
 
 def _target_names(spec: dict, data: TrainData) -> tuple[list[str], list[str]]:

@@ -14,6 +14,8 @@ from pathlib import Path
 from adapters import common
 from adapters.base import Hooks, TrainData, TrainOutcome
 
+MAX_GRAD_NORM = 1.0  # what transformers.Trainer clips to by default
+
 
 class TorchAdapter:
     name = "torch"
@@ -57,9 +59,10 @@ class TorchAdapter:
 
         rows = common.read_jsonl(data.train_jsonl)
         collate = common.ChatCollator(processor, common.system_for(spec), t["label_mask"], t["max_length"])
-        micro_batches = sampler_batches(len(rows), t["batch_size"], t["data_seed"])
+        sampler = TrainerOrderSampler(len(rows), t["batch_size"], t["data_seed"])
+        micro_batches = iter(sampler)
         hooks.on_train_begin()
-        steps, fingerprints = [], []
+        steps, fingerprints, micro_batch_sizes = [], [], []
         first_step_at = time.perf_counter()
         for step in range(1, t["steps"] + 1):
             t_step = time.perf_counter()
@@ -72,6 +75,7 @@ class TorchAdapter:
             image_tokens = sum(int((b["mm_token_type_ids"] == 1).sum()) for b in batches)
             for batch in batches:
                 fingerprints.append(common.batch_fingerprint(batch))
+                micro_batch_sizes.append(int(batch["labels"].shape[0]))
                 batch = {k: v.to(device) for k, v in batch.items()}
                 if t["loss_norm"] == "tokens":
                     loss = model(**batch, num_items_in_batch=n_tokens).loss
@@ -81,7 +85,7 @@ class TorchAdapter:
                 step_loss += float(loss.detach())
                 tokens += int(batch["attention_mask"].sum())
                 samples += int(batch["labels"].shape[0])
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], MAX_GRAD_NORM)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -92,38 +96,68 @@ class TorchAdapter:
             hooks.on_step(record)
         t_end = time.perf_counter()
         model.save_pretrained(str(out_dir / "adapter"))
-        effective.update(reference_settings(spec, steps, fingerprints))
+        effective.update(reference_settings(model, scheduler, sampler, collate, steps, fingerprints, micro_batch_sizes,
+                                            t["loss_norm"]))
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=steps,
                             effective=effective, setup_s=first_step_at - t0, train_s=t_end - first_step_at)
 
 
-def sampler_batches(n: int, batch_size: int, data_seed: int):
+class TrainerOrderSampler:
     """Indices batch by batch, epoch after epoch, in the Trainer's order.
 
     transformers' sampler (through accelerate's SeedableRandomSampler) draws
     `randperm(n, generator=manual_seed(data_seed + epoch))` each epoch; the last partial batch is kept.
+    `epoch_seeds` records the generator seeds actually used (read back as the data seed).
     """
+
+    def __init__(self, n: int, batch_size: int, data_seed: int):
+        self.n, self.batch_size, self.data_seed = n, batch_size, data_seed
+        self.epoch_seeds: list[int] = []
+
+    def __iter__(self):
+        import torch
+
+        epoch = 0
+        while True:
+            g = torch.Generator().manual_seed(self.data_seed + epoch)
+            self.epoch_seeds.append(g.initial_seed())
+            order = torch.randperm(self.n, generator=g).tolist()
+            for start in range(0, self.n, self.batch_size):
+                yield order[start:start + self.batch_size]
+            epoch += 1
+
+
+PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def schedule_of(scheduler) -> tuple[str, int]:
+    """(schedule name, warm-up steps) from a transformers scheduler's live lambda."""
+    fn = scheduler.lr_lambdas[0]
+    name = getattr(getattr(fn, "func", fn), "__name__", type(scheduler).__name__)
+    for schedule in ("cosine_with_restarts", "cosine", "linear", "polynomial", "constant_with_warmup", "constant"):
+        if f"_{schedule}_schedule" in name or name.startswith(f"_get_{schedule}"):
+            break
+    else:
+        schedule = name
+    warmup = getattr(fn, "keywords", {}).get("num_warmup_steps", 0)
+    return ("constant" if schedule == "constant_with_warmup" and not warmup else schedule), int(warmup)
+
+
+def reference_settings(model, scheduler, sampler: TrainerOrderSampler, collate, steps: list[dict],
+                       fingerprints: list[str], micro_batch_sizes: list[int], loss_norm: str) -> dict:
+    """The loop's settings read back from the live model, scheduler, sampler, collator and steps."""
     import torch
 
-    epoch = 0
-    while True:
-        g = torch.Generator().manual_seed(data_seed + epoch)
-        order = torch.randperm(n, generator=g).tolist()
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
-        epoch += 1
-
-
-def reference_settings(spec: dict, steps: list[dict], fingerprints: list[str]) -> dict:
-    t = spec["train"]
+    schedule, warmup = schedule_of(scheduler)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return {
-        "grad_accum": t["grad_accum"], "batch_size": t["batch_size"], "world_size": 1,
-        "global_batch": t["batch_size"] * t["grad_accum"], "max_grad_norm": 1.0,
-        "lr_schedule": spec["schedule"]["type"], "warmup_steps": spec["schedule"]["warmup_steps"],
-        "seed": t["seed"], "data_seed": t["data_seed"], "precision": "fp32",
-        "average_tokens_across_devices": True,
+        "grad_accum": len(fingerprints) // max(1, len(steps)), "batch_size": max(micro_batch_sizes, default=0),
+        "world_size": 1, "global_batch": steps[0]["samples"] if steps else 0, "max_grad_norm": MAX_GRAD_NORM,
+        "lr_schedule": schedule, "warmup_steps": warmup,
+        "seed": torch.initial_seed(), "data_seed": sampler.epoch_seeds[0] if sampler.epoch_seeds else None,
+        "precision": PRECISIONS.get(dtype, dtype),
+        "average_tokens_across_devices": loss_norm == "tokens",
         **common.step_fingerprints(steps, fingerprints),
-        "system_prompt": t["system_prompt"], "label_mask": t["label_mask"], "deepspeed_zero_stage": None,
+        "system_prompt": "default" if collate.system else "none", "label_mask": collate.label_mask,
+        "deepspeed_zero_stage": None,
     }
-
-

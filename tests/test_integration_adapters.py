@@ -94,3 +94,16 @@ def test_parity_holds_on_spec_variations(overrides, tmp_path, tiny_model_dir, mi
     verdict = json.loads(capsys.readouterr().out)
     assert code == 0, verdict["cause"]
     assert verdict["initial_adapter"]["max_abs_diff"] == 0.0
+
+
+@pytest.mark.integration
+def test_accumulation_check_passes_aligned_and_catches_mean_of_means(tmp_path, tiny_model_dir, mini_dataset, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model: {tiny_model_dir}\ndataset: synthdocs-mini\ntask: extract\n"
+                    "train: {steps: 3, batch_size: 2, grad_accum: 2, max_train_samples: 24}\neval: {enabled: false}\n")
+    base = ["parity", str(spec), "--check", "accumulation", "--frameworks", "torch"]
+    assert main([*base, "--out", str(tmp_path / "ok")]) == 0
+    assert "INVARIANT" in capsys.readouterr().out
+    assert main([*base, "--set", "train.loss_norm=mean_of_means", "--out", str(tmp_path / "bad")]) == 1
+    out = capsys.readouterr().out
+    assert "NOT INVARIANT: torch: split" in out

@@ -100,3 +100,29 @@ def test_exponent_without_dot_is_a_number():
     assert make_spec({"optim": {"lr": "2e-4"}, "train": {"steps": "7"}})["train"]["steps"] == 7
     with pytest.raises(UserError, match="optim.lr must be a number"):
         make_spec({"optim": {"lr": "fast"}})
+
+
+def test_torch_reference_reads_its_settings_from_the_live_objects():
+    """Tamper with the live objects and the read-back follows them, not the spec."""
+    import torch
+    from transformers import get_scheduler
+
+    from adapters.torch_adapter import TrainerOrderSampler, reference_settings, schedule_of
+
+    model = torch.nn.Linear(4, 4).to(torch.bfloat16)  # the spec may say fp32: the model is what trains
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=3, num_training_steps=10)
+    assert schedule_of(scheduler) == ("cosine", 3)
+    assert schedule_of(get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=10)) == ("linear", 0)
+    assert schedule_of(get_scheduler("constant", optimizer)) == ("constant", 0)
+    sampler = TrainerOrderSampler(8, 2, data_seed=7)
+    next(iter(sampler))
+
+    class Collator:
+        system, label_mask = None, "all"
+
+    steps = [{"step": 1, "loss": 1.0, "lr": 1e-3, "samples": 4}]
+    got = reference_settings(model, scheduler, sampler, Collator(), steps, ["a", "b"], [2, 2], "tokens")
+    assert got["precision"] == "bf16" and got["system_prompt"] == "none" and got["label_mask"] == "all"
+    assert got["grad_accum"] == 2 and got["batch_size"] == 2 and got["global_batch"] == 4
+    assert got["lr_schedule"] == "cosine" and got["warmup_steps"] == 3 and got["data_seed"] == 7

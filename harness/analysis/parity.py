@@ -174,6 +174,44 @@ def ablate(base: dict, out_dir: Path, tolerance: float, factors=None, progress=p
     return sorted(rows, key=lambda r: -r["max_abs_dloss"])
 
 
+def accumulation_splits(global_batch: int) -> list[tuple[int, int]]:
+    """Every (micro-batch, accumulation steps) whose product is the global batch, largest micro-batch first."""
+    return [(b, global_batch // b) for b in range(global_batch, 0, -1) if global_batch % b == 0]
+
+
+def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, tolerance: float, progress=print) -> dict:
+    """Train each framework with the same global batch split several ways; the losses must not move.
+
+    A loss normalised per micro-batch (the mean of micro-batch means) changes with the split as
+    soon as samples differ in length, which the extraction targets do; a loss normalised per token
+    over the whole accumulated batch does not. The sampler's order is the same permutation for every
+    split, so each optimizer step sees the same samples.
+    """
+    global_batch = base["train"]["batch_size"] * base["train"]["grad_accum"]
+    splits = accumulation_splits(global_batch)
+    if len(splits) < 2:
+        raise UserError(f"global batch {global_batch} has a single split: use a batch x accumulation of 2 or more")
+    results = []
+    for fw in frameworks:
+        losses = {}
+        for batch, accum in splits:
+            spec = make_spec(base, {"framework": fw, "train": {"batch_size": batch, "grad_accum": accum}})
+            progress(f"accumulation: {fw} {batch} x {accum} ...")
+            run = run_one(spec, out_dir / "accumulation" / f"{fw}-{batch}x{accum}", timeout_s=spec["timeout_s"])
+            losses[f"{batch}x{accum}"] = [st["loss"] for st in run["steps"]]
+        reference = next(iter(losses))
+        for split, values in losses.items():
+            gap = max((abs(a - b) for a, b in zip(values, losses[reference])), default=0.0)
+            results.append({"framework": fw, "split": split, "reference": reference, "max_abs_dloss": gap,
+                            "invariant": gap <= tolerance, "losses": values})
+    bad = [r for r in results if not r["invariant"]]
+    return {"check": "accumulation", "global_batch": global_batch, "tolerance": tolerance,
+            "alignment": base["alignment"], "loss_norm": base["train"]["loss_norm"], "rows": results,
+            "invariant": not bad,
+            "cause": None if not bad else (f"{bad[0]['framework']}: split {bad[0]['split']} differs from "
+                                           f"{bad[0]['reference']} by {bad[0]['max_abs_dloss']:.3g} in loss")}
+
+
 def _factor_value(factor: str, run: dict):
     """What the factor was set to in this run, for the table (from the spec the worker ran)."""
     spec = run["job"]["spec"]

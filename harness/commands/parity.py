@@ -13,7 +13,10 @@ def add_parser(parser) -> None:
     parser.add_argument("spec", help="a run spec YAML (e.g. harness/suites/parity.yaml)")
     parser.add_argument("--steps", type=int, help="optimizer steps per framework (default: the spec's)")
     parser.add_argument("--frameworks", default="peft,swift,torch", help="comma-separated (default: peft,swift,torch)")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |Δloss| per step (default 1e-4)")
+    parser.add_argument("--tolerance", type=float,
+                        help="max |Δloss| per step (default 1e-4; 1e-5 for --check accumulation)")
+    parser.add_argument("--check", choices=["accumulation"],
+                        help="accumulation: the same global batch split several ways must give the same losses")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec key, e.g. --set lora.r=16 --set alignment=native")
     parser.add_argument("--ablate", action="store_true", help="revert one factor at a time to native values")
@@ -35,11 +38,19 @@ def run(args) -> int:
     for fw in frameworks:
         if fw not in adapters.REGISTRY:
             raise UserError(f"unknown framework {fw!r} (valid: {', '.join(sorted(adapters.REGISTRY))})")
-    if len(frameworks) < 2 and not args.ablate:
+    if len(frameworks) < 2 and not (args.ablate or args.check):
         raise UserError("parity needs at least two frameworks")
     quiet = (lambda *_: None) if args.json else (lambda m: print(m, flush=True))
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.check == "accumulation":
+        tolerance = 1e-5 if args.tolerance is None else args.tolerance
+        doc = P.check_accumulation(base, frameworks, args.out, tolerance, progress=quiet)
+        doc["seconds"] = time.perf_counter() - t0
+        _save(args.out / "accumulation.json", doc)
+        print(json.dumps(doc, default=str) if args.json else format_accumulation(doc))
+        return 0 if doc["invariant"] else 1
+    args.tolerance = 1e-4 if args.tolerance is None else args.tolerance
     if args.ablate:
         factors = args.factors.split(",") if args.factors else None
         rows = P.ablate(base, args.out / "ablation", args.tolerance, factors, progress=quiet)
@@ -84,6 +95,17 @@ def format_verdict(v: dict) -> str:
     out += ["", f"largest |Δloss| {v['max_abs_dloss']:.3g} (tolerance {v['tolerance']:g}); first divergent step: "
                 f"{v['first_divergent_step'] or 'none'}; {v['seconds']:.0f} s"]
     out.append("ALIGNED" if v["aligned"] else f"NOT ALIGNED: {v['cause']}")
+    return "\n".join(out)
+
+
+def format_accumulation(doc: dict) -> str:
+    out = [f"Accumulation invariance: global batch {doc['global_batch']} split as micro-batch x accumulation "
+           f"({doc['alignment']}, loss normalised by {doc['loss_norm']})", "",
+           f"{'framework':<10}{'split':>8}{'vs':>8}{'max |Δloss|':>14}  verdict"]
+    for r in doc["rows"]:
+        out.append(f"{r['framework']:<10}{r['split']:>8}{r['reference']:>8}{r['max_abs_dloss']:>14.3g}  "
+                   f"{'same' if r['invariant'] else 'DIFFERS'}")
+    out += ["", "INVARIANT" if doc["invariant"] else f"NOT INVARIANT: {doc['cause']} (tolerance {doc['tolerance']:g})"]
     return "\n".join(out)
 
 

@@ -46,6 +46,8 @@ class RankResult(TypedDict, total=False):
     throughput: dict  # rank 0: harness.run.meters.throughput(steps)
     adapter_dir: str  # rank 0: the saved PEFT-format adapter
     initial_adapter: str  # rank 0: safetensors of the LoRA tensors before the first step
+    framework_args: str | None  # rank 0: the framework's resolved arguments as JSON
+    command_line: str | None  # rank 0: a command line or script that reruns the training outside lorabench
 
 
 class EvalSummary(TypedDict, total=False):
@@ -78,7 +80,7 @@ class RunRecord(TypedDict, total=False):
     command: str  # the command line that ran the suite
     env: dict  # environment fingerprint: git commit + dirty, packages, CPU/GPU, threads, dataset and model checksums
     effective_settings: dict  # rank 0's read-back settings
-    train: dict  # steps (StepRecord list), warmup_steps_excluded, setup_s, train_s
+    train: dict  # steps (StepRecord list), warmup_steps_excluded, setup_s, train_s, adapter_dir, framework_args, command_line
     training_check: dict  # harness.run.training_check: how far the adapter moved, live gradient fraction
     memory: dict  # world size, ZeRO settings, baseline and per-rank peaks
     eval: dict  # task, split, n, seconds, per_field, per_kind, system_prompt, predictions_file

@@ -139,7 +139,10 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     record["env"]["torch_threads"] = rank0["torch_threads"]
     record["effective_settings"] = rank0["effective"]
     record["train"] = {"steps": rank0["steps"], "warmup_steps_excluded": rank0["throughput"]["warmup_steps_excluded"],
-                       "setup_s": rank0["setup_s"], "train_s": rank0["train_s"]}
+                       "setup_s": rank0["setup_s"], "train_s": rank0["train_s"],
+                       # where the trained adapter and the reproduction files stay (the run's work directory)
+                       "adapter_dir": rank0["adapter_dir"], "framework_args": rank0.get("framework_args"),
+                       "command_line": rank0.get("command_line")}
     record["memory"] = memory_section(spec, ranks)
     # rank 0 logs its own micro-batches; ranks read disjoint data, so the run's rate is world x rank 0's
     world_scale = max(1, spec["distributed"]["world_size"])

@@ -78,7 +78,9 @@ def train(job: dict) -> int:
     if rank == 0:
         result.update(steps=outcome.steps, effective=outcome.effective, setup_s=outcome.setup_s,
                       train_s=outcome.train_s, throughput=throughput(outcome.steps),
-                      adapter_dir=str(outcome.adapter_dir), initial_adapter=str(outcome.initial_adapter))
+                      adapter_dir=str(outcome.adapter_dir), initial_adapter=str(outcome.initial_adapter),
+                      framework_args=outcome.framework_args and str(outcome.framework_args),
+                      command_line=outcome.command_line and str(outcome.command_line))
     _write_json(run_dir / f"train.rank{rank}.json", result)
     return 0
 

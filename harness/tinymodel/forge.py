@@ -56,7 +56,7 @@ MAX_LABEL_CHARS = 14  # "Given names" is the longest printed label of the docume
 
 @dataclasses.dataclass(frozen=True)
 class ForgeConfig:
-    steps: int = 4400  # 1-2 s a step on 2 CPU cores (pages of many rows cost more): ~90 min
+    steps: int = 4000  # 1-2 s a step on 2 CPU cores (pages of many rows cost more): ~80 min
     batch_lines: int = 36  # text lines per step (pages are batched by row count: no image padding)
     lr: float = 1e-3
     warmup_steps: int = 100
