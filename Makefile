@@ -55,9 +55,21 @@ memory: setup model  ## run the memory-levers suite (DeepSpeed ZeRO, offload, 2 
 	$(VENV)/bin/lorabench run harness/suites/memory.yaml --resume
 	$(VENV)/bin/lorabench report results/runs/memory
 
-microbench: setup model  ## pytest-benchmark micro-benchmarks (encode, train step, generate), compared with the last save
-	for f in tests/microbench/test_peft_step.py tests/microbench/test_swift_encode.py; do \
-	  $(PY) -m pytest -q -p no:cacheprovider $$f --benchmark-autosave --benchmark-compare || exit 1; done
+# Each file's last passing result is its reference; a median slowdown beyond MICROBENCH_FAIL fails
+# the target and keeps the old reference. Results (pytest-benchmark JSON) go to MICROBENCH_DIR.
+MICROBENCH_FILES ?= tests/microbench/test_peft_step.py tests/microbench/test_swift_encode.py
+MICROBENCH_DIR ?= .benchmarks/lorabench
+MICROBENCH_FAIL ?= median:25%
+
+microbench: setup model  ## micro-benchmarks (encode, train step); fails on a median slowdown > 25% vs the last pass
+	@mkdir -p $(MICROBENCH_DIR)
+	@for f in $(MICROBENCH_FILES); do \
+	  name=$$(basename $$f .py); out=$(MICROBENCH_DIR)/$$name.json; ref=$(MICROBENCH_DIR)/$$name.reference.json; \
+	  if [ -f $$ref ]; then compare="--benchmark-compare=$$ref --benchmark-compare-fail=$(MICROBENCH_FAIL)"; \
+	  else compare=""; echo "microbench: no reference for $$name yet: this run becomes it"; fi; \
+	  $(PY) -m pytest -q -p no:cacheprovider $$f --benchmark-json=$$out $$compare || exit 1; \
+	  cp $$out $$ref; echo "microbench: $$name: $$out (reference: $$ref)"; \
+	done
 
 clean:  ## remove generated data, local runs and caches (keeps .venv)
 	rm -rf datasets/*/build results/runs .cache

@@ -23,23 +23,40 @@ VISION_PREFIX = "model.visual."
 PROJECTOR_PREFIX = "model.visual.merger."
 
 
+# The `lora.targets` presets. Each says which Linear layers it covers, so none reads like PEFT's
+# `all-linear` (which includes the vision tower) or ms-swift's (which, with freeze_vit, does not).
+TARGET_PRESETS = ("lm-linear", "lm+vision-linear", "every-linear")
+# Names the presets had before; they keep working (the spec loader warns once per name).
+RENAMED_TARGET_PRESETS = {"lm": "lm-linear", "lm+vision": "lm+vision-linear", "all-linear": "every-linear"}
+
+
+def canonical_targets(targets):
+    """A preset's current name for an old one; anything else unchanged."""
+    if isinstance(targets, str):
+        return RENAMED_TARGET_PRESETS.get(targets, targets)
+    return targets
+
+
 def resolve_targets(model, targets) -> list[str]:
     """Full names of the Linear modules that get LoRA, in model order.
 
-    lm: the language model's linears (not lm_head: tied to the embeddings here);
-    lm+vision: also the vision tower's blocks (not the projector);
-    all-linear: PEFT's meaning, every Linear but the output layer (vision tower and projector too);
+    lm-linear: every Linear of the language model (ms-swift's all-linear with its default
+    freeze_vit; not lm_head: tied to the embeddings here);
+    lm+vision-linear: also the vision tower's blocks (not the projector);
+    every-linear: PEFT's all-linear, every Linear but the output layer (vision tower and projector too);
     a list: module names, or suffixes matched on dotted boundaries (e.g. "q_proj").
+    The old preset names (lm, lm+vision, all-linear) mean the same as their new ones.
     """
     import torch
 
+    targets = canonical_targets(targets)
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
-    if targets == "lm":
+    if targets == "lm-linear":
         return [n for n in linears if n.startswith(LM_PREFIX)]
-    if targets == "lm+vision":
+    if targets == "lm+vision-linear":
         return [n for n in linears if n.startswith(LM_PREFIX) or
                 (n.startswith(VISION_PREFIX) and not n.startswith(PROJECTOR_PREFIX))]
-    if targets == "all-linear":
+    if targets == "every-linear":
         return linears
     wanted = list(targets)
     chosen = [n for n in linears if any(n == t or n.endswith("." + t) for t in wanted)]

@@ -23,6 +23,7 @@ COMMANDS = {
     "parity": ("parity", "prove two or more frameworks are aligned, or explain the gap"),
     "run": ("run", "run a benchmark suite (one isolated worker per run)"),
     "report": ("report", "write a paper-style report from run records"),
+    "export": ("export", "export run records as CSV / Parquet tables or TensorBoard runs"),
     "regress": ("regress", "compare results against a committed baseline"),
     "baseline": ("baseline", "promote current results to the committed baseline"),
     "history": ("history", "show metrics over commits"),

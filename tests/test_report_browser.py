@@ -103,6 +103,7 @@ def _wide_report(root):
 
 
 @pytest.mark.filterwarnings("ignore:Tight layout not applied")  # the long cell labels of the bar chart
+@pytest.mark.slow  # installs Chromium on first use (about a minute)
 def test_report_fits_a_1280_px_window(chromium, tmp_path):
     page = _wide_report(tmp_path).read_text(encoding="utf-8")
     found = _measure(chromium, page, tmp_path)

@@ -31,9 +31,10 @@ CAUSE_ORDER = ("lora.n_targets", "lora.targets_sha", "lora.targets_vision", "lor
                "dtype")
 
 # Native values per factor, as spec overrides (measured defaults of ms-swift 4.6.0 / peft 0.20 /
-# transformers 5.19; README lists them). swift's all-linear = language model only (freeze_vit).
+# transformers 5.19; README lists them). PEFT's all-linear = every-linear (vision tower included);
+# swift's all-linear = lm-linear (language model only: freeze_vit).
 NATIVE_FACTORS: dict[str, dict[str, dict]] = {
-    "targets": {"peft": {"lora": {"targets": "all-linear"}}, "swift": {"lora": {"targets": "lm"}}},
+    "targets": {"peft": {"lora": {"targets": "every-linear"}}, "swift": {"lora": {"targets": "lm-linear"}}},
     "alpha": {"peft": {"lora": {"alpha": 8}}, "swift": {"lora": {"alpha": 32}}},
     "dropout": {"peft": {"lora": {"dropout": 0.0}}, "swift": {"lora": {"dropout": 0.05}}},
     "lr": {"peft": {"optim": {"lr": 5e-5}}, "swift": {"optim": {"lr": 1e-4}}},

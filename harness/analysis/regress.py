@@ -215,6 +215,44 @@ def format_table(result: Mapping) -> str:
     return "\n".join(text)
 
 
+def _md(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_rows(rows: Sequence[Mapping]) -> list[str]:
+    lines = ["| cell | metric | baseline | current | ratio | noise | threshold | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        verdict = f"**{r['verdict'].upper()}**" if r["verdict"] in REGRESSION_VERDICTS else r["verdict"]
+        if r["metric"] is None or r["verdict"] == "missing":
+            verdict += f" ({_md(r['note'])})"
+        lines.append(f"| {_md(r['cell_label'])} | {_md(r['metric'] or '(cell)')} | {_fmt(r['baseline'])} | "
+                     f"{_fmt(r['current'])} | {_fmt(r['ratio'], 3)} | {_fmt(r['noise'])} | "
+                     f"{_fmt(r['threshold'])} | {verdict} |")
+    return lines
+
+
+def format_markdown(result: Mapping) -> str:
+    """The comparison as markdown for a CI job summary: a verdict line, the rows that are not
+    "same" as a table, every row in a collapsed table below, and the environment warnings."""
+    counts = {v: sum(r["verdict"] == v for r in result["rows"]) for v in VERDICTS}
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "nothing compared"
+    head = "REGRESSED" if result["regressed"] else "no regression"
+    lines = [f"### lorabench regress: {head} ({summary})", ""]
+    changed = [r for r in result["rows"] if r["verdict"] != "same"]
+    if changed:
+        lines += _markdown_rows(changed) + [""]
+    else:
+        lines += ["Every metric is within its threshold or the noise.", ""]
+    if result["rows"]:
+        lines += ["<details><summary>all " + str(len(result["rows"])) + " comparisons</summary>", ""]
+        lines += _markdown_rows(result["rows"]) + ["", "</details>", ""]
+    if result.get("warnings"):
+        lines += ["Warnings:", ""] + [f"- {_md(w)}" for w in result["warnings"]] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # History: metrics over commits
 

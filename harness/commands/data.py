@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from harness.data import cards as data
-from harness.data.samples import SPLITS, Sample, TASKS, load_samples, split_file
+from harness.data.samples import SPLITS, Sample, TASKS, check_samples, load_samples, split_file
 from harness.errors import UserError
 
 
@@ -35,7 +36,8 @@ def add_parser(parser) -> None:
     p.add_argument("--out", metavar="FILE.png", help="default: <build dir>/contact_sheet.png")
     p.set_defaults(_data_run=_show)
 
-    p = sub.add_parser("validate", help="check a JSONL file in the common multimodal format")
+    p = sub.add_parser("validate", help="check a JSONL file in the common multimodal format: every bad "
+                                        "row with its line and reason, then a count (exit 2 if any)")
     p.add_argument("jsonl", metavar="JSONL")
     p.add_argument("--task", choices=TASKS,
                    help="task of rows without a 'task' key (default: guessed from the target)")
@@ -163,10 +165,19 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def _validate(args) -> int:
-    samples = load_samples(args.jsonl, task=args.task)
+    """Every bad row on stderr with its line and reason, then the counts; exit 2 if any row is bad."""
+    samples, problems, n_rows = check_samples(args.jsonl, task=args.task)
+    for problem in problems:
+        print(f"lorabench: error: {problem}", file=sys.stderr)
+    if not samples and not problems:
+        raise UserError(f"{args.jsonl}: no samples" + (f" with task {args.task!r}" if args.task else ""))
     by_task = {}
     for s in samples:
         by_task[s.task] = by_task.get(s.task, 0) + 1
-    detail = ", ".join(f"{task} {n}" for task, n in sorted(by_task.items()))
+    detail = ", ".join(f"{task} {n}" for task, n in sorted(by_task.items())) or "none"
+    if problems:
+        print(f"{args.jsonl}: {len(problems)} of {n_rows} rows are bad (listed above); "
+              f"{len(samples)} valid samples ({detail})")
+        return 2
     print(f"{args.jsonl}: {len(samples)} valid samples ({detail})")
     return 0

@@ -1,4 +1,6 @@
-"""`lorabench regress --baseline FILE --current RESULTS [--json] [--threshold METRIC=FRACTION ...]`.
+"""`lorabench regress --baseline FILE --current RESULTS [--format text|json|markdown] [--threshold METRIC=FRACTION ...]`.
+
+`--format markdown` prints a table for a CI job summary (e.g. `>> "$GITHUB_STEP_SUMMARY"`).
 
 Exit status: 0 nothing regressed, 1 something is worse beyond threshold and noise (or a baseline cell
 is missing / failing now), 2 bad input (unreadable or malformed file, wrong schema_version, no records).
@@ -17,15 +19,17 @@ def add_parser(parser) -> None:
                         help="baseline bundle (results/baselines/<suite>.json) or results directory")
     parser.add_argument("--current", required=True, metavar="RESULTS",
                         help="current results directory (runs/*.json), record file or bundle")
-    parser.add_argument("--json", action="store_true",
-                        help='print {"regressed", "rows", "warnings"} as JSON instead of a table')
+    parser.add_argument("--format", choices=("text", "json", "markdown"), default="text",
+                        help='text: an aligned table (default); json: {"regressed", "rows", "warnings"}; '
+                             "markdown: a table for CI job summaries")
+    parser.add_argument("--json", action="store_true", help="the same as --format json")
     parser.add_argument("--threshold", action="append", default=[], metavar="METRIC=FRACTION",
                         help="override a threshold, e.g. field_f1=0.03 (absolute for quality metrics) "
                              "or peak_rss_mib=0.2 (a fraction of the baseline for the others); repeatable")
 
 
 def run(args) -> int:
-    from harness.analysis.regress import compare, format_table, parse_thresholds
+    from harness.analysis.regress import compare, format_markdown, format_table, parse_thresholds
     from harness.results.store import load_records
 
     thresholds = parse_thresholds(args.threshold)
@@ -38,8 +42,11 @@ def run(args) -> int:
     result = compare(baseline, current, thresholds)
     for line in result["warnings"]:
         print(f"lorabench: warning: {line}", file=sys.stderr)
-    if args.json:
+    output = "json" if args.json else args.format
+    if output == "json":
         print(json.dumps(result, indent=1))
+    elif output == "markdown":
+        print(format_markdown(result), end="")
     else:
         print(format_table(result))
     return 1 if result["regressed"] else 0

@@ -12,15 +12,17 @@ import copy
 import difflib
 import hashlib
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import adapters
+from adapters.common import RENAMED_TARGET_PRESETS, TARGET_PRESETS  # noqa: F401 (the presets' one home)
 from harness.errors import UserError
 
-TARGET_PRESETS = ("lm", "lm+vision", "all-linear")  # or an explicit list of module-name suffixes
 INITS = ("kaiming", "gaussian", "pissa", "olora")
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -37,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "dataset": "synthdocs",  # a card name, a card path, or a directory of <split>.<task>.jsonl files
     "task": "extract",  # transcribe | extract
     "lora": {
-        "targets": "lm",  # lm: language-model linears; lm+vision: also vision blocks; all-linear: PEFT's meaning
+        "targets": "lm-linear",  # LM linears; lm+vision-linear: also vision blocks; every-linear: PEFT's all-linear
         "r": 8,
         "alpha": 16,
         "dropout": 0.0,  # 0 keeps runs deterministic and comparable; swift's native default is 0.05
@@ -91,8 +93,24 @@ def merge(base: dict, override: dict, where: str = "", source: str = "spec") -> 
             if not isinstance(value, dict):
                 raise UserError(f"{source}: {dotted!r} must be a mapping, got {type(value).__name__}")
             out[key] = merge(base[key], value, f"{dotted}.", source)
+        elif isinstance(base[key], list) and _is_element_override(value):
+            out[key] = _set_elements(base[key], value, dotted, source)
         else:
             out[key] = _number_if_numeric(base[key], value)
+    return out
+
+
+def _is_element_override(value) -> bool:
+    """{index: value}: what `--set optim.betas[1]=0.95` (or adam_beta2=0.95) parses to."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(k, int) for k in value)
+
+
+def _set_elements(items: list, elements: dict, dotted: str, source: str) -> list:
+    out = list(items)
+    for index, value in elements.items():
+        if not 0 <= index < len(out):
+            raise UserError(f"{source}: {dotted}[{index}]: {dotted} has {len(out)} elements")
+        out[index] = _number_if_numeric(out[index], value)
     return out
 
 
@@ -164,11 +182,29 @@ def validate(spec: dict, source: str = "spec") -> dict:
 
 
 def make_spec(*overrides: dict, source: str = "spec") -> dict:
-    """DEFAULTS, then each override in turn (suite defaults, matrix cell, --set ...), validated."""
+    """DEFAULTS, then each override in turn (suite defaults, matrix cell, --set ...), validated.
+
+    An old `lora.targets` preset name becomes its new one (one warning per name and process), so
+    both names give the same spec and hash."""
     spec = copy.deepcopy(DEFAULTS)
     for override in overrides:
         spec = merge(spec, override, source=source)
+    spec["lora"]["targets"] = _renamed_preset(spec["lora"]["targets"], source)
     return validate(spec, source)
+
+
+_warned_presets: set[str] = set()
+
+
+def _renamed_preset(targets, source: str):
+    if not (isinstance(targets, str) and targets in RENAMED_TARGET_PRESETS):
+        return targets
+    new = RENAMED_TARGET_PRESETS[targets]
+    if targets not in _warned_presets:
+        _warned_presets.add(targets)
+        print(f"lorabench: warning: {source}: lora.targets {targets!r} is now called {new!r} "
+              "(the old name still works)", file=sys.stderr)
+    return new
 
 
 def spec_hash(spec: dict) -> str:
@@ -196,20 +232,85 @@ def load_spec_file(path: str | Path) -> dict:
     return make_spec(load_yaml(path), source=str(path))
 
 
+# Hugging Face TrainingArguments / PEFT / ms-swift argument names accepted by `--set`, and the
+# lorabench keys they set. Only names whose meaning is the same here: `seed` sets the data order
+# too, as Hugging Face's seed does when data_seed is not given (give data_seed after it to differ).
+SET_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("optim.lr",),
+    "weight_decay": ("optim.weight_decay",),
+    "adam_beta1": ("optim.betas[0]",),
+    "adam_beta2": ("optim.betas[1]",),
+    "adam_epsilon": ("optim.eps",),
+    "gradient_accumulation_steps": ("train.grad_accum",),
+    "per_device_train_batch_size": ("train.batch_size",),
+    "max_steps": ("train.steps",),
+    "lr_scheduler_type": ("schedule.type",),
+    "warmup_steps": ("schedule.warmup_steps",),
+    "lora_rank": ("lora.r",),
+    "lora_alpha": ("lora.alpha",),
+    "lora_dropout": ("lora.dropout",),
+    "target_modules": ("lora.targets",),
+    "seed": ("train.seed", "train.data_seed"),
+    "data_seed": ("train.data_seed",),
+    "max_length": ("train.max_length",),
+    "gradient_checkpointing": ("train.grad_checkpointing",),
+}
+
+# Familiar names that look like an alias but mean something else here: the line says what to use.
+NOT_ALIASES = {
+    "freeze_vit": "ms-swift's freeze_vit=false puts LoRA on the vision tower: use "
+                  "lora.targets=lm+vision-linear (train.freeze_vision=false trains the tower's full weights)",
+    "bf16": "use train.precision=bf16",
+    "fp16": "use train.precision=fp16",
+    "warmup_ratio": "use schedule.warmup_steps (a number of steps)",
+}
+
+_INDEXED_KEY = re.compile(r"^(?P<key>[^\[\]]+)\[(?P<index>\d+)\]$")
+
+
 def parse_set(assignments: list[str], source: str = "--set") -> dict:
-    """['lora.r=16', 'train.steps=5'] -> nested override dict (values parsed as YAML scalars)."""
+    """['lora.r=16', 'learning_rate=1e-4', 'optim.betas[1]=0.95'] -> nested override dict.
+
+    Values are parsed as YAML scalars. A key may be a Hugging Face / ms-swift name from
+    SET_ALIASES, and may end in `[i]` to set one element of a list (as adam_beta1/2 do).
+    """
     out: dict = {}
     for item in assignments or []:
         if "=" not in item:
             raise UserError(f"{source}: expected KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        out = deep_update(out, nested(key.strip(), yaml.safe_load(raw)))
+        key, value = key.strip(), yaml.safe_load(raw)
+        if key in NOT_ALIASES:
+            raise UserError(f"{source}: {key!r} has no lorabench equivalent with the same meaning: "
+                            f"{NOT_ALIASES[key]}")
+        if key == "target_modules":
+            value = _target_modules(value, source)
+        for dotted in SET_ALIASES.get(key, (key,)):
+            out = deep_update(out, nested(dotted, value))
     return out
 
 
+def _target_modules(value, source: str):
+    """ms-swift's `target_modules` value as lora.targets: a list of names ("q_proj,v_proj" too)."""
+    if value == "all-linear":
+        raise UserError(f"{source}: target_modules=all-linear means the language model's linears in "
+                        "ms-swift and every linear in PEFT: say lora.targets=lm-linear or "
+                        "lora.targets=every-linear")
+    if isinstance(value, str) and "," in value:
+        return [name.strip() for name in value.split(",") if name.strip()]
+    if isinstance(value, str) and value not in TARGET_PRESETS and value not in RENAMED_TARGET_PRESETS:
+        return [value]  # one module name
+    return value
+
+
 def nested(dotted: str, value) -> dict:
-    """'train.steps', 5 -> {'train': {'steps': 5}}"""
-    for part in reversed(dotted.split(".")):
+    """'train.steps', 5 -> {'train': {'steps': 5}}; 'optim.betas[1]', 0.95 -> {'optim': {'betas': {1: 0.95}}}"""
+    parts = dotted.split(".")
+    indexed = _INDEXED_KEY.match(parts[-1])
+    if indexed:
+        parts[-1] = indexed["key"]
+        value = {int(indexed["index"]): value}
+    for part in reversed(parts):
         value = {part: value}
     return value
 
@@ -218,7 +319,12 @@ def deep_update(a: dict, b: dict) -> dict:
     """A copy of `a` with `b` merged in, section by section (no validation: see `merge`)."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        elif _is_element_override(v) and isinstance(out.get(k), list):
+            out[k] = [v.get(i, item) for i, item in enumerate(out[k])]  # betas=[..] then adam_beta2=..
+        else:
+            out[k] = v
     return out
 
 

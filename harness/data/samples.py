@@ -3,6 +3,9 @@
 Rows are the common multimodal JSONL format (what ms-swift and most VLM trainers read):
 `{"id", "messages": [{"role": "user", "content": "<image>..."}, {"role": "assistant", ...}], "images": [...]}`,
 optionally with "task", "text", "fields" and "kind". Image paths are relative to the JSONL file's directory.
+A turn's content may also be the Hugging Face / TRL list form
+`[{"type": "image"}, {"type": "text", "text": "..."}]`. One user turn (or several, joined) and one
+assistant answer per row; no system turn (the system prompt is the run setting train.system_prompt).
 """
 
 from __future__ import annotations
@@ -71,26 +74,83 @@ class Sample:
     kind: str | None  # document kind when known
 
 
+def _content_text(content, role: str, where: str) -> tuple[str, list[str]]:
+    """A turn's content as text, and the image paths given inside it.
+
+    Content is a string, or the Hugging Face / TRL structured form
+    `[{"type": "image"}, {"type": "text", "text": "..."}]`: an image item becomes the <image>
+    placeholder (its own "image" or "path" value, when given, is its file), text items are joined
+    as they come, without separators (as Qwen2-VL's chat template renders them).
+    """
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise UserError(f"{where}: a {role} turn's 'content' must be a string or a list of "
+                        f"{{type, ...}} items, got {type(content).__name__}")
+    parts, paths = [], []
+    for item in content:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "text" and isinstance(item.get("text"), str):
+            parts.append(item["text"])
+        elif kind == "image" and role == "user":
+            parts.append(IMAGE_PLACEHOLDER)
+            inline = item.get("image", item.get("path"))
+            if isinstance(inline, str):
+                paths.append(inline)
+        elif kind == "text":
+            raise UserError(f"{where}: a text item of a {role} turn needs a string 'text' (got {item!r:.80})")
+        elif kind == "image":
+            raise UserError(f"{where}: an image in the {role} turn: only the user turn may hold the image")
+        else:
+            raise UserError(f"{where}: unsupported content item in a {role} turn: {item!r:.80} "
+                            "(supported: {\"type\": \"image\"} and {\"type\": \"text\", \"text\": ...})")
+    return "".join(parts), paths
+
+
+def _turns(messages, where: str) -> tuple[list[str], str, list[str]]:
+    """(user turns, the assistant answer, image paths given inside the turns) of a single-turn row.
+
+    A system turn is refused: the system prompt is a run setting (train.system_prompt), which the
+    frameworks' training templates and the evaluation apply the same way; a per-row system turn
+    would reach ms-swift's template but not the other collators, nor the evaluation.
+    """
+    user_turns, assistant_turns, inline = [], [], []
+    for turn in messages:
+        if not isinstance(turn, dict) or "content" not in turn:
+            raise UserError(f"{where}: each message needs a 'role' and a 'content' (got {turn!r:.80})")
+        role = turn.get("role")
+        if role == "system":
+            raise UserError(f"{where}: a system turn is not supported: the system prompt is the run "
+                            "setting train.system_prompt (default | none), the same for every row and framework")
+        if role not in ("user", "assistant"):
+            raise UserError(f"{where}: unknown role {role!r} (supported: user, assistant)")
+        text, paths = _content_text(turn["content"], role, where)
+        (user_turns if role == "user" else assistant_turns).append(text)
+        inline += paths
+    if not user_turns:
+        raise UserError(f"{where}: no user turn")
+    if len(assistant_turns) > 1:
+        raise UserError(f"{where}: {len(assistant_turns)} assistant turns: only single-turn rows "
+                        "(a user turn and one assistant answer) are supported")
+    if not assistant_turns or not assistant_turns[-1].strip():
+        raise UserError(f"{where}: missing target: no assistant turn or an empty one")
+    if messages[-1].get("role") != "assistant":
+        raise UserError(f"{where}: the assistant answer must be the last turn")
+    return user_turns, assistant_turns[0], inline
+
+
 def _parse_row(row, where: str, base: Path, task_arg: str | None) -> Sample:
     if not isinstance(row, dict):
         raise UserError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: missing 'messages' (a list of {{role, content}} turns)")
-    user_turns, assistant_turns = [], []
-    for turn in messages:
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
-            raise UserError(f"{where}: each message needs a 'role' and a string 'content' "
-                            f"(got {turn!r:.80})")
-        if turn.get("role") == "user":
-            user_turns.append(turn["content"])
-        elif turn.get("role") == "assistant":
-            assistant_turns.append(turn["content"])
-    if not user_turns:
-        raise UserError(f"{where}: no user turn")
-    if not assistant_turns or not assistant_turns[-1].strip():
-        raise UserError(f"{where}: missing target: no assistant turn or an empty one")
+    user_turns, target, inline_images = _turns(messages, where)
     images = row.get("images")
+    if images is None and inline_images:
+        images = inline_images
+    elif inline_images:
+        raise UserError(f"{where}: image paths both inside the user turn and in 'images': give them once")
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise UserError(f"{where}: 'images' must be a list of image paths")
     n_placeholders = sum(turn.count(IMAGE_PLACEHOLDER) for turn in user_turns)
@@ -112,7 +172,6 @@ def _parse_row(row, where: str, base: Path, task_arg: str | None) -> Sample:
     except Exception as exc:  # PIL raises many types for a corrupt file
         raise UserError(f"{where}: unreadable image {images[0]}: {exc}") from None
 
-    target = assistant_turns[-1]
     task = row.get("task") or task_arg or _guess_task(target)
     if task not in TASKS:
         raise UserError(f"{where}: unknown task {task!r}; known: {', '.join(TASKS)}")
@@ -146,13 +205,12 @@ def _guess_task(target: str) -> str:
     return "extract" if _json_object(target) is not None else "transcribe"
 
 
-def load_samples(jsonl_path: str | os.PathLike, task: str | None = None) -> list[Sample]:
-    """Read and validate a JSONL file in the common multimodal format; keep rows of `task` if given.
+def check_samples(jsonl_path: str | os.PathLike, task: str | None = None
+                  ) -> tuple[list[Sample], list[str], int]:
+    """Read and validate every row of a JSONL file: (samples of `task` if given, problems, rows).
 
-    A row's task is its "task" key, else `task`, else "extract" when the target is a JSON object and
-    "transcribe" otherwise. Every row is validated, including those filtered out. Raises UserError
-    naming `<file>:<line>` for malformed JSON, a missing/corrupt image, a missing target, a missing
-    <image> placeholder, a placeholder/image count mismatch, more than one image, or a duplicate id.
+    Each problem is one line, `<file>:<line>: <reason>`; a bad row never stops the check, so all
+    of them are found in one pass. A missing or unreadable file is a UserError.
     """
     path = Path(jsonl_path)
     if task is not None and task not in TASKS:
@@ -164,22 +222,46 @@ def load_samples(jsonl_path: str | os.PathLike, task: str | None = None) -> list
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
     base = path.resolve().parent
-    samples, first_line_of = [], {}
+    samples, problems, first_line_of, n_rows = [], [], {}, 0
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        n_rows += 1
         where = f"{path}:{lineno}"
         try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise UserError(f"{where}: malformed JSON: {exc}") from None
-        sample = _parse_row(row, where, base, task)
-        if sample.id in first_line_of:
-            raise UserError(f"{where}: duplicate id {sample.id!r} (first on line "
-                            f"{first_line_of[sample.id]})")
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise UserError(f"{where}: malformed JSON: {exc}") from None
+            sample = _parse_row(row, where, base, task)
+            if sample.id in first_line_of:
+                raise UserError(f"{where}: duplicate id {sample.id!r} (first on line "
+                                f"{first_line_of[sample.id]})")
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
         first_line_of[sample.id] = lineno
         if task is None or sample.task == task:
             samples.append(sample)
+    return samples, problems, n_rows
+
+
+def load_samples(jsonl_path: str | os.PathLike, task: str | None = None) -> list[Sample]:
+    """Read and validate a JSONL file in the common multimodal format; keep rows of `task` if given.
+
+    A row's task is its "task" key, else `task`, else "extract" when the target is a JSON object and
+    "transcribe" otherwise. Every row is validated, including those filtered out. Raises UserError
+    naming `<file>:<line>` of the first bad row (malformed JSON, a missing/corrupt image, a missing
+    target, a missing <image> placeholder, a placeholder/image count mismatch, more than one image,
+    a system turn, more than one assistant turn, or a duplicate id); `lorabench data validate`
+    lists them all.
+    """
+    path = Path(jsonl_path)
+    samples, problems, _ = check_samples(path, task)
+    if problems:
+        more = (f" (and {len(problems) - 1} more bad rows: `lorabench data validate {path}` lists them)"
+                if len(problems) > 1 else "")
+        raise UserError(problems[0] + more)
     if not samples:
         raise UserError(f"{path}: no samples" + (f" with task {task!r}" if task else ""))
     return samples

@@ -3,6 +3,8 @@
 Inputs
   references: `{"id": str, "text": str, "fields": {str: value}}` (`fields` optional)
   predictions: `{"id": str, "prediction": str}`, or a mapping id -> prediction
+  Files of other tools (ms-swift's `swift infer` output, lm-eval samples) are read through
+  `InputKeys` by the loaders (`load_refs`, `load_preds`, `load_pairs`) into these two forms.
 
 Rules (the `lorabench score` contract; every choice the issue left open is marked DECISION)
 - Texts are stripped before anything else. CER / WER are jiwer's corpus values over the list of
@@ -34,6 +36,7 @@ recomputing the *corpus* statistic on each resample, e.g. CER = sum(char edits) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -210,34 +213,87 @@ def per_kind_scores(rows: list[Mapping]) -> dict[str, dict]:
 # Input validation (shared by the in-memory API and the file readers)
 
 
-def _check_ref(record: Any, where: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class InputKeys:
+    """Where an input row keeps its id, reference text and prediction.
+
+    The defaults are lorabench's own format, read strictly. Any other keys (ms-swift's `swift infer`
+    output, an lm-eval samples file) are read leniently: a key may be a dotted path into nested
+    objects, a one-element list stands for its element (lm-eval's `filtered_resps: ["..."]`), a
+    number id is its text, and a reference that is a whole JSON object also gives the reference
+    fields (as the data loader does for extraction targets). `id=None`: the rows have no id and are
+    matched by order, row n with row n; each gets the id `row-<n>`.
+    """
+
+    id: str | None = "id"
+    text: str = "text"
+    prediction: str = "prediction"
+
+    @property
+    def lenient(self) -> bool:
+        return self != InputKeys()
+
+
+LORABENCH_KEYS = InputKeys()
+# `swift infer --result_path`: one row per test sample with its `response` and the dataset's answer
+# as `labels`, in dataset order; no id.
+SWIFT_INFER_KEYS = InputKeys(id=None, text="labels", prediction="response")
+_MISSING = object()
+
+
+def _lookup(record: dict, key: str) -> Any:
+    """record[key], else the dotted path `a.b` into nested objects; _MISSING when absent."""
+    if key in record:
+        return record[key]
+    node: Any = record
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _string(record: dict, key: str, what: str, where: str, lenient: bool, is_id: bool = False) -> str:
+    value = _lookup(record, key)
+    if value is _MISSING:
+        raise UserError(f"{where}: {what} is missing {key!r}")
+    if lenient:
+        while isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if is_id and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {what} {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _check_ref(record: Any, where: str, keys: InputKeys = LORABENCH_KEYS, row_id: str | None = None) -> dict:
+    """A reference row checked and, for other formats, brought to {"id", "text", "fields"?}."""
     if not isinstance(record, dict):
         raise UserError(f"{where}: a reference must be a JSON object, got {type(record).__name__}")
-    for key in ("id", "text"):
-        if key not in record:
-            raise UserError(f"{where}: reference is missing {key!r}")
-        if not isinstance(record[key], str):
-            raise UserError(f"{where}: reference {key!r} must be a string, "
-                            f"got {type(record[key]).__name__}")
-    if not record["text"].strip():
-        raise UserError(f"{where}: reference {record['id']!r} has an empty text "
+    rid = row_id if keys.id is None else _string(record, keys.id, "reference", where, keys.lenient, True)
+    text = _string(record, keys.text, "reference", where, keys.lenient)
+    if not text.strip():
+        raise UserError(f"{where}: reference {rid!r} has an empty text "
                         "(CER/WER are undefined for an empty reference)")
     if "fields" in record and not isinstance(record["fields"], dict):
         raise UserError(f"{where}: reference 'fields' must be a JSON object, "
                         f"got {type(record['fields']).__name__}")
-    return record
+    if not keys.lenient:
+        return record
+    fields = record.get("fields")
+    if fields is None:
+        fields = _loads_object(text.strip())
+    return {"id": rid, "text": text, **({"fields": fields} if fields is not None else {})}
 
 
-def _check_pred(record: Any, where: str) -> dict:
+def _check_pred(record: Any, where: str, keys: InputKeys = LORABENCH_KEYS, row_id: str | None = None) -> dict:
+    """A prediction row checked and brought to {"id", "prediction"}."""
     if not isinstance(record, dict):
         raise UserError(f"{where}: a prediction must be a JSON object, got {type(record).__name__}")
-    for key in ("id", "prediction"):
-        if key not in record:
-            raise UserError(f"{where}: prediction is missing {key!r}")
-        if not isinstance(record[key], str):
-            raise UserError(f"{where}: prediction {key!r} must be a string, "
-                            f"got {type(record[key]).__name__}")
-    return record
+    pid = row_id if keys.id is None else _string(record, keys.id, "prediction", where, keys.lenient, True)
+    text = _string(record, keys.prediction, "prediction", where, keys.lenient)
+    return {"id": pid, "prediction": text}
 
 
 def _read_jsonl(path: str | Path) -> Iterable[tuple[str, Any]]:
@@ -259,11 +315,22 @@ def _read_jsonl(path: str | Path) -> Iterable[tuple[str, Any]]:
             raise UserError(f"{where}: not valid JSON ({exc})") from None
 
 
-def _check_refs(records: Iterable[tuple[str, Any]]) -> list[dict]:
+def first_row(path: str | Path) -> dict:
+    """The first row of a JSONL file (to tell its format); {} when it has none or it is no object."""
+    for _, record in _read_jsonl(path):
+        return record if isinstance(record, dict) else {}
+    return {}
+
+
+def _row_id(index: int) -> str:
+    return f"row-{index + 1}"
+
+
+def _check_refs(records: Iterable[tuple[str, Any]], keys: InputKeys = LORABENCH_KEYS) -> list[dict]:
     refs: list[dict] = []
     seen: dict[str, str] = {}
-    for where, record in records:
-        ref = _check_ref(record, where)
+    for i, (where, record) in enumerate(records):
+        ref = _check_ref(record, where, keys, _row_id(i))
         rid = ref["id"]
         if rid in seen:
             raise UserError(f"{where}: duplicate reference id {rid!r} (first at {seen[rid]})")
@@ -272,11 +339,12 @@ def _check_refs(records: Iterable[tuple[str, Any]]) -> list[dict]:
     return refs
 
 
-def _check_preds(records: Iterable[tuple[str, Any]], ref_ids: set[str] | None) -> dict[str, str]:
+def _check_preds(records: Iterable[tuple[str, Any]], ref_ids: set[str] | None,
+                 keys: InputKeys = LORABENCH_KEYS) -> dict[str, str]:
     preds: dict[str, str] = {}
     seen: dict[str, str] = {}
-    for where, record in records:
-        pred = _check_pred(record, where)
+    for i, (where, record) in enumerate(records):
+        pred = _check_pred(record, where, keys, _row_id(i))
         pid = pred["id"]
         if pid in seen:
             raise UserError(f"{where}: duplicate prediction id {pid!r} (first at {seen[pid]})")
@@ -287,20 +355,40 @@ def _check_preds(records: Iterable[tuple[str, Any]], ref_ids: set[str] | None) -
     return preds
 
 
-def load_refs(path: str | Path) -> list[dict]:
+def load_refs(path: str | Path, keys: InputKeys = LORABENCH_KEYS) -> list[dict]:
     """Read and validate a references JSONL file; errors name FILE:LINE (UserError)."""
-    refs = _check_refs(_read_jsonl(path))
+    refs = _check_refs(_read_jsonl(path), keys)
     if not refs:
         raise UserError(f"{path}: no references")
     return refs
 
 
-def load_preds(path: str | Path, ref_ids: Iterable[str] | None = None) -> dict[str, str]:
+def load_preds(path: str | Path, ref_ids: Iterable[str] | None = None,
+               keys: InputKeys = LORABENCH_KEYS) -> dict[str, str]:
     """Read and validate a predictions JSONL file into {id: prediction}.
 
-    With `ref_ids`, an id outside them is a UserError naming FILE:LINE.
+    With `ref_ids`, an id outside them is a UserError naming FILE:LINE. With `keys.id` None the
+    rows have no id: row n is the prediction for the n-th of `ref_ids` (the counts must agree).
     """
-    return _check_preds(_read_jsonl(path), None if ref_ids is None else set(ref_ids))
+    if keys.id is None and ref_ids is not None:
+        ordered = list(ref_ids)
+        rows = list(_read_jsonl(path))
+        if len(rows) != len(ordered):
+            raise UserError(f"{path}: {len(rows)} predictions for {len(ordered)} references: rows "
+                            "without an id are matched by order, so the counts must be equal")
+        by_position = _check_preds(rows, None, keys)
+        return {rid: by_position[_row_id(i)] for i, rid in enumerate(ordered)}
+    return _check_preds(_read_jsonl(path), None if ref_ids is None else set(ref_ids), keys)
+
+
+def load_pairs(path: str | Path, keys: InputKeys) -> tuple[list[dict], dict[str, str]]:
+    """(references, {id: prediction}) from one file whose rows hold both, e.g. `swift infer` output."""
+    rows = list(_read_jsonl(path))
+    refs = _check_refs(rows, keys)
+    if not refs:
+        raise UserError(f"{path}: no rows")
+    preds = _check_preds(rows, None, keys)
+    return refs, preds
 
 
 def _coerce_preds(preds: Mapping[str, str] | list[dict], ref_ids: set[str]) -> dict[str, str]:

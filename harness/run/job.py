@@ -37,6 +37,8 @@ def write_train_file(source: Path, dest: Path, task: str, max_samples: int | Non
     with open(tmp, "w") as f:
         for s in samples:
             prompt = s.prompt or PROMPTS.get(task, "")
+            # No system message: the system prompt is the run setting train.system_prompt, which each
+            # framework applies itself (rows with a system turn are refused by the loader).
             f.write(json.dumps({"id": s.id, "messages": [
                 {"role": "user", "content": "<image>" + prompt},
                 {"role": "assistant", "content": s.target}], "images": [str(Path(s.image).resolve())]}) + "\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -21,55 +20,12 @@ from harness.errors import UserError
 from harness.results.schema import RunRecord
 from harness.run import training_check
 from harness.run.launch import run_worker
+from harness.run.progress import Progress
 from harness.config.suite import Cell
 
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class Progress:
-    """One bar over the runs and one within the current run; plain lines when stdout is no TTY."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.done = 0
-        self.tty = sys.stdout.isatty()
-        self.current = ""
-
-    def start(self, cell: Cell, steps: int):
-        self.current = " ".join(f"{k}={v}" for k, v in cell.key.items()) or cell.run_id
-        self.steps = steps
-        if not self.tty:
-            print(f"[{self.done + 1}/{self.total}] {cell.run_id} {self.current}", flush=True)
-
-    def poll(self, progress_file: Path):
-        if not self.tty or not progress_file.exists():
-            return
-        try:
-            lines = progress_file.read_text().splitlines()
-        except OSError:
-            return
-        last = json.loads(lines[-1]) if lines else {}
-        outer = f"runs {self.done}/{self.total} [{'#' * int(20 * self.done / max(1, self.total)):<20}]"
-        if last.get("event") == "step":
-            sps = last["samples"] / last["seconds"] if last.get("seconds") else 0
-            inner = f"step {last['step']}/{self.steps} loss {last['loss']:.4f} {sps:.1f} samples/s"
-        elif last.get("event") == "eval":
-            inner = f"eval {last['done']}/{last['total']}"
-        else:
-            inner = "setting up"
-        print(f"\r{outer} {self.current}: {inner}\033[K", end="", flush=True)
-
-    def finish(self, record: dict):
-        self.done += 1
-        m = record.get("metrics") or {}
-        summary = (f"{record['status']}" + (f" cer={m['cer']:.4f}" if "cer" in m else "") +
-                   (f" field_f1={m['field_f1']:.3f}" if "field_f1" in m else "") +
-                   (f" rss+{m['peak_rss_above_baseline_mib']:.0f}MiB" if m.get("peak_rss_above_baseline_mib") else "") +
-                   f" {record['wall_s']:.0f}s")
-        print(("\r" if self.tty else "") + f"[{self.done}/{self.total}] {self.current}: {summary}\033[K"
-              if self.tty else f"    -> {summary}", flush=True)
 
 
 def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, force: bool = False,
@@ -90,7 +46,7 @@ def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, for
     from harness.run.meters import matmul_peak_gflops
 
     env = fingerprint(matmul_peak_gflops())
-    progress = Progress(len(todo))
+    progress = Progress(len(todo), results_dir)  # it prints a failed run's worker log
     bad = 0
     for cell in todo:
         progress.start(cell, cell.spec["train"]["steps"])
@@ -152,6 +108,8 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                "final_loss": rank0["steps"][-1]["loss"] if rank0["steps"] else None,
                "peak_rss_mib": max(r["memory"]["peak_rss_mib"] for r in ranks),
                "peak_rss_above_baseline_mib": max(r["memory"]["peak_rss_above_baseline_mib"] for r in ranks),
+               "peak_anon_mib": _max_of(ranks, "peak_anon_mib"),
+               "peak_anon_above_baseline_mib": _max_of(ranks, "peak_anon_above_baseline_mib"),
                "gpu_max_allocated_mib": _gpu_max(ranks, "max_allocated_mib"),
                "gpu_max_reserved_mib": _gpu_max(ranks, "max_reserved_mib"),
                "meter_overhead_fraction": max(r["memory"]["meter_overhead_fraction"] for r in ranks)}
@@ -180,6 +138,10 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     else:
         record["eval"] = {"task": spec["task"], "split": spec["eval"]["split"], "n": 0, "seconds": 0.0,
                           "predictions_file": None}
+    from harness.run.memory_timeline import save_timeline
+
+    record["memory"]["timeline_file"] = save_timeline(results_dir / "runs", cell.run_id, ranks,
+                                                      work / "eval.memory.json")
     metrics["wall_s"] = time.perf_counter() - t0
     record["metrics"] = metrics
     return done("ok", None)
@@ -204,7 +166,11 @@ def memory_section(spec: dict, ranks: list[dict]) -> dict:
         "world_size": dist["world_size"], "zero_stage": dist["zero_stage"],
         "offload_optimizer": dist["offload_optimizer"], "offload_params": dist["offload_params"],
         "baseline_rss_mib": ranks[0]["memory"]["baseline_rss_mib"],
-        "per_rank": [{"rank": r["rank"], "peak_rss_mib": r["memory"]["peak_rss_mib"],
+        "baseline_anon_mib": ranks[0]["memory"].get("baseline_anon_mib"),
+        "per_rank": [{"rank": r["rank"], "peak_anon_mib": r["memory"].get("peak_anon_mib"),
+                      "peak_anon_above_baseline_mib": r["memory"].get("peak_anon_above_baseline_mib"),
+                      "baseline_anon_mib": r["memory"].get("baseline_anon_mib"),
+                      "peak_rss_mib": r["memory"]["peak_rss_mib"],
                       "peak_rss_above_baseline_mib": r["memory"]["peak_rss_above_baseline_mib"],
                       "ru_maxrss_mib": r["memory"]["ru_maxrss_mib"],
                       "sampled_peak_rss_mib": r["memory"]["sampled_peak_rss_mib"],
@@ -214,6 +180,11 @@ def memory_section(spec: dict, ranks: list[dict]) -> dict:
                       "gpu_max_reserved_mib": max((g["max_reserved_mib"] for g in r["memory"]["gpu"]), default=None)}
                      for r in sorted(ranks, key=lambda r: r["rank"])],
     }
+
+
+def _max_of(ranks, key):
+    values = [r["memory"][key] for r in ranks if r["memory"].get(key) is not None]
+    return max(values) if values else None
 
 
 def _gpu_max(ranks, key):
