@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-fast benchmark report regress parity memory microbench model data clean
+.PHONY: help setup test test-fast benchmark report regress parity memory memory-gpu microbench model data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,10 @@ memory: setup model  ## run the memory-levers suite (DeepSpeed ZeRO, offload, 2 
 MICROBENCH_FILES ?= tests/microbench/test_peft_step.py tests/microbench/test_swift_encode.py
 MICROBENCH_DIR ?= .benchmarks/lorabench
 MICROBENCH_FAIL ?= median:25%
+
+memory-gpu: setup  ## memory suite on a GPU (bf16, ZeRO-2/3, offload) + plan --validate; DRY_RUN=1 lists, MODEL=DIR
+	$(if $(DRY_RUN)$(MODEL),,$(MAKE) model)
+	$(PY) -m harness.run.memory_gpu $(if $(DRY_RUN),--dry-run) $(if $(MODEL),--model $(MODEL))
 
 microbench: setup model  ## micro-benchmarks (encode, train step); fails on a median slowdown > 25% vs the last pass
 	@mkdir -p $(MICROBENCH_DIR)

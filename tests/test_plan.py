@@ -85,9 +85,10 @@ def test_zero0_plain_peft_keeps_fp32_adapters_without_master_copy():
 def test_zero2_partitions_gradients_and_optimizer_not_weights():
     plan = P.estimate(plan_input(zero_stage=2, world_size=2))
     # DeepSpeed: LoRA in bf16 (2 B), grads 2 B / 2 GPUs, optimizer 16 B (m, v, fp32 master, fp32 grad) / 2;
-    # buckets: reduce 2 x min(8,192, 64^2) + allgather 2 x min(8,192, 2e8)
+    # the reduce bucket, allocated whole: ms-swift's 2e8 scaled to 115,080 params (2e8 x 115,080 / 7e9
+    # = 3,288) is below the floor h^2 = 4,096, already a multiple of 1,024: 2 B x 4,096
     assert states(plan) == {"frozen_weights": 230_160, "lora_weights": 16_384, "trained_base_weights": 0,
-                            "gradients": 8_192, "optimizer_states": 65_536, "zero_buffers": 8_192 + 16_384}
+                            "gradients": 8_192, "optimizer_states": 65_536, "zero_buffers": 8_192}
 
 
 def test_zero1_partitions_only_the_optimizer():
@@ -95,21 +96,47 @@ def test_zero1_partitions_only_the_optimizer():
     assert (plan.gpu_bytes["gradients"], plan.gpu_bytes["optimizer_states"]) == (16_384, 65_536)
 
 
+LIVE_1000 = {"stage": 3, "reduce_bucket_size": 4_096, "stage3_max_live_parameters": 1_000}
+
+
 def test_zero3_partitions_frozen_weights_too_and_adds_gathered_buffer():
-    plan = P.estimate(plan_input(zero_stage=3, world_size=4, zero3_max_live_params=1_000))
+    plan = P.estimate(plan_input(zero_stage=3, world_size=4, zero_config=LIVE_1000))
     # ceil(230,160 / 4); gathered = max(max_live 1,000, largest module 16,512) x 2 B, + reduce bucket 8,192
     assert states(plan) == {"frozen_weights": 57_540, "lora_weights": 4_096, "trained_base_weights": 0,
                             "gradients": 4_096, "optimizer_states": 32_768, "zero_buffers": 8_192 + 33_024}
 
 
 def test_zero3_gathered_buffer_is_capped_by_model_size():
-    plan = P.estimate(plan_input(zero_stage=3, world_size=4))  # max_live 1e9 > 115,080 params
+    plan = P.estimate(plan_input(zero_stage=3, world_size=4,
+                                 zero_config={**LIVE_1000, "stage3_max_live_parameters": 10**9}))
     assert plan.gpu_bytes["zero_buffers"] == 8_192 + 2 * 115_080
+
+
+def test_zero_buffers_read_the_config_runs_get():
+    """No zero_config: the section harness.run.distributed writes for runs of this model. For the
+    115,080-parameter test shape (hidden 64) the live budget is scaled: 1e9 x 115,080 / 7e9 = 16,440,
+    rounded up to 17,408 (17 x 1,024); the reduce bucket is HF's "auto" h^2 = 4,096."""
+    from harness.run.distributed import ModelSize, zero_optimization
+
+    plan = P.estimate(plan_input(zero_stage=3, world_size=4))
+    assert plan.details["zero_config"] == zero_optimization(3, ModelSize(64, 115_080))
+    assert plan.details["zero_config"]["stage3_max_live_parameters"] == 17_408
+    assert plan.gpu_bytes["zero_buffers"] == 2 * 4_096 + 2 * 17_408  # gathered: max(17,408, largest 16,512)
+
+
+def test_overlap_comm_doubles_the_reduce_bucket_at_stages_1_and_2():
+    one = P.estimate(plan_input(zero_stage=2, zero_config={"stage": 2, "reduce_bucket_size": 5_000}))
+    two = P.estimate(plan_input(zero_stage=2, zero_config={"stage": 2, "reduce_bucket_size": 5_000,
+                                                           "overlap_comm": True}))
+    off = P.estimate(plan_input(zero_stage=2, zero_config={"stage": 2, "reduce_bucket_size": 5_000,
+                                                           "contiguous_gradients": False}))
+    assert (one.gpu_bytes["zero_buffers"], two.gpu_bytes["zero_buffers"], off.gpu_bytes["zero_buffers"]) == \
+        (10_000, 20_000, 0)
 
 
 def test_offload_moves_states_to_cpu_ram():
     plan = P.estimate(plan_input(zero_stage=3, world_size=4, offload_optimizer=True, offload_params=True,
-                                 zero3_max_live_params=1_000))
+                                 zero_config=LIVE_1000))
     assert states(plan) == {"frozen_weights": 0, "lora_weights": 0, "trained_base_weights": 0,
                             "gradients": 0, "optimizer_states": 0, "zero_buffers": 41_216}
     # node totals: optimizer 8,192 x 16 B; parameters 115,080 x 2 + 8,192 x 2; 4 processes x 0.5 GiB
@@ -393,3 +420,199 @@ def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir
     assert rows[0]["estimate_mib"] > 0 and rows[0]["ratio"] == rows[0]["estimate_mib"] / 200.0
     assert "est/meas" in format_rows(rows)
     assert "calibrated_ratio" not in rows[0]  # no baseline run to calibrate on
+    assert rows[0]["figure"] == "peak_rss_above_baseline_mib"  # a record from before anonymous memory
+
+    # a GPU record: GPU allocated against the per-GPU estimate, the host side against anonymous memory
+    record["run_id"], record["spec"] = "memory-gpu", make_spec({"device": "cuda", "train": {"batch_size": 4,
+                                                                                            "precision": "bf16"},
+                                                                 "distributed": {"zero_stage": 3,
+                                                                                 "offload_optimizer": True}})
+    record["memory"]["per_rank"] = [{"rank": 0, "peak_rss_mib": 900.0, "peak_rss_above_baseline_mib": 400.0,
+                                     "peak_anon_above_baseline_mib": 120.0, "gpu_max_allocated_mib": 30.0}]
+    (tmp_path / "runs" / "memory-abc.json").unlink()
+    (tmp_path / "runs" / "memory-gpu.json").write_text(_json.dumps(record))
+    (row,) = validate(tmp_path)
+    assert (row["figure"], row["measured_mib"], row["host_measured_mib"]) == ("gpu_max_allocated_mib", 30.0, 120.0)
+    assert row["estimate_mib"] == pytest.approx(sum(v for k, v in row["gpu_breakdown_mib"].items() if k != "total"))
+    assert "host: est." in format_rows([row]) and "GPU max allocated" in format_rows([row])
+
+
+# --- DeepSpeed configs: what runs get, and a user's own file ----------------------------------------
+
+def _swift_template(name: str) -> dict:
+    """ms-swift's shipped DeepSpeed template, read without importing swift (importing it patches
+    transformers)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("swift")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("ms-swift is not installed")
+    return json.loads((Path(next(iter(spec.submodule_search_locations))) / "config" / f"{name}.json").read_text())
+
+
+def _hf_resolved(config: dict, hidden_size: int) -> dict:
+    """Hugging Face's own "auto" resolution (transformers' HfTrainerDeepSpeedConfig) of a config."""
+    import types
+
+    deepspeed_integration = pytest.importorskip("transformers.integrations.deepspeed")
+    hf = deepspeed_integration.HfTrainerDeepSpeedConfig(json.loads(json.dumps(config)))
+    model = types.SimpleNamespace(config=types.SimpleNamespace(
+        text_config=types.SimpleNamespace(hidden_size=hidden_size)))  # where Qwen2-VL keeps it
+    hf.trainer_config_finalize(types.SimpleNamespace(get_warmup_steps=lambda n: 0), model, 100)
+    return hf.config["zero_optimization"]
+
+
+def _without_offload(zero: dict) -> dict:
+    return {k: v for k, v in zero.items() if not k.startswith("offload_")}
+
+
+@pytest.mark.parametrize("model", ["qwen2-vl-7b", "qwen2-vl-2b", "minicpm-v-2_6"])
+def test_real_size_zero3_config_is_ms_swifts_template_resolved_by_hugging_face(model):
+    from harness.run.distributed import ModelSize, zero_optimization
+
+    shape = P.builtin_shape(model)
+    ours = zero_optimization(3, ModelSize(shape.language_model.hidden, shape.total_params))
+    theirs = _hf_resolved(_swift_template("zero3"), shape.language_model.hidden)
+    assert _without_offload(ours) == _without_offload(theirs)  # 1e9 == 1_000_000_000: numbers compare equal
+    assert {k: ours[k] for k in ours if k.startswith("stage3_")} == \
+        {k: theirs[k] for k in theirs if k.startswith("stage3_")}
+    offload = zero_optimization(3, ModelSize(shape.language_model.hidden, shape.total_params), True, True)
+    template = _swift_template("zero3_offload")["zero_optimization"]
+    assert offload["offload_optimizer"] == template["offload_optimizer"]
+    assert offload["offload_param"] == template["offload_param"]
+
+
+def test_real_size_zero2_config_is_ms_swifts_template():
+    from harness.run.distributed import ModelSize, zero_optimization
+
+    shape = P.builtin_shape("qwen2-vl-7b")
+    ours = zero_optimization(2, ModelSize(shape.language_model.hidden, shape.total_params))
+    assert ours == _without_offload(_hf_resolved(_swift_template("zero2"), shape.language_model.hidden))
+    assert ours["reduce_bucket_size"] == ours["allgather_bucket_size"] == 200_000_000  # explicit in the template
+
+
+def test_tiny_model_budgets_follow_the_scaling_rule():
+    """value = 1024 * ceil(max(template * params / 7e9, h^2) / 1024) for the absolute budgets; the
+    "auto" keys from the hidden size as Hugging Face resolves them."""
+    import math
+
+    from harness.paths import REPO_ROOT
+    from harness.run.distributed import model_size_of, zero_optimization
+
+    tiny = model_size_of(REPO_ROOT / "harness" / "assets" / "tiny-qwen2vl")
+    assert tiny.hidden_size == 192 and tiny.total_params == P.shape_from_hf_config(
+        REPO_ROOT / "harness" / "assets" / "tiny-qwen2vl").total_params
+
+    def rule(template):
+        return 1024 * math.ceil(max(template * tiny.total_params / 7e9, 192 ** 2) / 1024)
+
+    zero3, zero2 = zero_optimization(3, tiny), zero_optimization(2, tiny)
+    for key in ("stage3_max_live_parameters", "stage3_max_reuse_distance", "sub_group_size"):
+        assert zero3[key] == rule(1e9)
+    assert zero2["reduce_bucket_size"] == zero2["allgather_bucket_size"] == rule(2e8)
+    assert (zero3["reduce_bucket_size"], zero3["stage3_prefetch_bucket_size"],
+            zero3["stage3_param_persistence_threshold"]) == (192 ** 2, int(0.9 * 192 ** 2), 10 * 192)
+    # the point of the rule: ZeRO-3 can no longer keep the whole model live
+    assert zero3["stage3_max_live_parameters"] < tiny.total_params / 4
+    hf = _hf_resolved(_swift_template("zero3"), 192)
+    assert {k: zero3[k] for k in ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")} == \
+        {k: hf[k] for k in ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")}
+
+
+def test_run_config_carries_the_zero_section_and_run_settings():
+    from harness.config.spec import make_spec
+    from harness.run.distributed import ModelSize, deepspeed_config, zero_optimization
+
+    model = ModelSize(3584, 8_291_375_616)
+    spec = make_spec({"device": "cuda", "train": {"precision": "bf16"},
+                      "distributed": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True}})
+    config = deepspeed_config(spec, model)
+    assert config["zero_optimization"] == zero_optimization(3, model, True, True, pin_memory=True)
+    assert config["bf16"] == {"enabled": True} and config["train_batch_size"] == "auto"
+    assert config["optimizer"]["type"] == "AdamW"
+    cpu = deepspeed_config(make_spec({"distributed": {"zero_stage": 3, "offload_params": True}}), model)
+    assert cpu["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": False}  # no CUDA to pin
+
+
+def test_zero_keys_are_deepspeeds_own():
+    config = pytest.importorskip("deepspeed.runtime.zero.config")
+    from harness.planner.deepspeed_config import ZERO_KEYS
+
+    fields = config.DeepSpeedZeroConfig.model_fields
+    assert ZERO_KEYS == {f.alias or n for n, f in fields.items()} | set(fields)
+
+
+SAMPLE_DEEPSPEED = {
+    "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+    "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
+                          "offload_param": {"device": "cpu", "pin_memory": True},
+                          "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto",
+                          "stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
+                          "stage3_max_live_parameters": 2e8, "stage3_max_reuse_distance": 2e8},
+    "train_micro_batch_size_per_gpu": "auto",
+}
+
+
+def test_plan_reads_a_users_deepspeed_config(tmp_path, capsys):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(SAMPLE_DEEPSPEED))
+    rc = main(["plan", "--model", "qwen2-vl-7b", "--gpus", "2", "--deepspeed-config", str(path), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    inputs, zero = out["inputs"], out["details"]["zero_config"]
+    assert (inputs["zero_stage"], inputs["offload_optimizer"], inputs["offload_params"]) == (3, True, True)
+    assert inputs["precision"] == "bf16"  # "auto" in the file: the default
+    assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"],
+            zero["stage3_param_persistence_threshold"]) == (3584 ** 2, int(0.9 * 3584 ** 2), 35_840)
+    assert zero["stage3_max_live_parameters"] == 200_000_000
+    largest = P.builtin_shape("qwen2-vl-7b").largest_module_params
+    # bf16: reduce bucket + gathered parameters (the file's 2e8 live budget); no trained base module
+    assert out["gpu_gib"]["zero_buffers"] == round(2 * (3584 ** 2 + max(200_000_000, largest)) / GIB, 4)
+    assert main(["plan", "--model", "qwen2-vl-7b", "--deepspeed-config", str(path)]) == 0
+    assert f"DeepSpeed buffers ({path}): reduce_bucket_size 12,845,056" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["zero_optimization"].update(stage3_max_live_params=1e9),
+     "zero_optimization.stage3_max_live_params: unknown key"),
+    (lambda d: d["zero_optimization"].update(stage3_max_live_parameters="auto"),
+     "zero_optimization.stage3_max_live_parameters: \"auto\" is filled in only for"),
+    (lambda d: d["zero_optimization"].update(stage=4), "zero_optimization.stage must be 0, 1, 2 or 3"),
+    (lambda d: d["zero_optimization"]["offload_param"].update(device="nvme"), "'nvme' is not modelled"),
+    (lambda d: d["zero_optimization"].update(reduce_bucket_size=-1), "reduce_bucket_size must be a number >= 0"),
+    (lambda d: d.update(bf16={"enabled": True}, fp16={"enabled": True}), "bf16 and fp16 are both enabled"),
+])
+def test_plan_rejects_a_bad_deepspeed_config_in_one_line(tmp_path, capsys, change, message):
+    doc = json.loads(json.dumps(SAMPLE_DEEPSPEED))
+    change(doc)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(doc))
+    assert main(["plan", "--model", "qwen2-vl-7b", "--deepspeed-config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and message in err, err
+
+
+def test_plan_deepspeed_config_unreadable_or_contradicted(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"zero_optimization\": {")
+    assert main(["plan", "--model", "qwen2-vl-7b", "--deepspeed-config", str(bad)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    good = tmp_path / "ds.json"
+    good.write_text(json.dumps(SAMPLE_DEEPSPEED))
+    assert main(["plan", "--model", "qwen2-vl-7b", "--deepspeed-config", str(good), "--zero", "2"]) == 2
+    assert "--zero and --deepspeed-config both set the ZeRO set-up" in capsys.readouterr().err
+    assert main(["plan", "--model", "qwen2-vl-7b", "--deepspeed-config", str(tmp_path / "none.json")]) == 2
+    assert "cannot read the DeepSpeed config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sections, precision", [
+    ({"bf16": {"enabled": True}}, "bf16"), ({"fp16": {"enabled": True}, "bf16": {"enabled": False}}, "fp16"),
+    ({"bf16": {"enabled": False}, "fp16": {"enabled": False}}, "fp32"), ({}, None),
+    ({"bf16": {"enabled": "auto"}}, None)])
+def test_deepspeed_config_precision(tmp_path, sections, precision):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}, **sections}))
+    setup = P.read_deepspeed_config(path, hidden_size=64)
+    assert setup.precision == precision
+    assert setup.zero["reduce_bucket_size"] == 500_000_000  # left out: DeepSpeed's default

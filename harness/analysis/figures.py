@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # before anything can pick an interactive backend
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
@@ -278,3 +279,61 @@ def metric_over_commits(commits: Sequence[str], series: Sequence[dict], stem: Pa
     if series:
         ax.legend(fontsize=8)
     return _save(fig, stem)
+
+
+PHASE_STYLES = {"load": ":", "train": "-", "eval": "--"}
+
+
+def _phase_segments(t: Sequence[float], values: Sequence[float | None], phases: Sequence[str]):
+    """(phase, xs, ys) runs of consecutive points of one phase; a run continues from the last point
+    of the run before it when both belong to one process (load into train), so the line has no gap."""
+    segments: list[tuple[str, list, list]] = []
+    for i, (x, y, phase) in enumerate(zip(t, values, phases)):
+        if y is None:
+            continue
+        if segments and segments[-1][0] == phase:
+            segments[-1][1].append(x)
+            segments[-1][2].append(y)
+            continue
+        xs, ys = [x], [y]
+        if segments and (segments[-1][0], phase) == ("load", "train"):
+            xs, ys = [segments[-1][1][-1], x], [segments[-1][2][-1], y]
+        segments.append((phase, xs, ys))
+    return segments
+
+
+def memory_timeline(series: Sequence[dict], stem: Path, *, cpu_label: str = "anonymous memory (MiB)",
+                    gpu_label: str = "GPU allocated (MiB)") -> Path:
+    """Memory over time, one line per cell; the line style marks the phase (load, train, eval).
+
+    series: [{"label", "framework", "t": [s], "phase": [str], "cpu": [MiB], "gpu": [MiB | None] | None}].
+    A second panel shows GPU memory when any series has it. Colours: one per cell (framework colours
+    when the frameworks tell the cells apart).
+    """
+    with_gpu = any(any(v is not None for v in s.get("gpu") or ()) for s in series)
+    fig = Figure(figsize=(7.6 + (5.2 if with_gpu else 0.0), 4.4))
+    axes = fig.subplots(1, 2 if with_gpu else 1, squeeze=False)[0]
+    frameworks = [s.get("framework") for s in series]
+    by_framework = len(set(frameworks)) == len(series) and all(f in FRAMEWORK_COLORS for f in frameworks)
+    palette = matplotlib.colormaps["tab10" if len(series) <= 10 else "tab20"]
+    colors = [FRAMEWORK_COLORS[s["framework"]] if by_framework else palette(i % palette.N)
+              for i, s in enumerate(series)]
+    panels = [(axes[0], "cpu", cpu_label, "CPU memory over time per cell")]
+    if with_gpu:
+        panels.append((axes[1], "gpu", gpu_label, "GPU memory over time per cell"))
+    for ax, field, ylabel, title in panels:
+        for s, color in zip(series, colors):
+            for phase, xs, ys in _phase_segments(s["t"], s.get(field) or [], s["phase"]):
+                ax.plot(xs, ys, PHASE_STYLES.get(phase, "-."), color=color, lw=1.4)
+        ax.set_xlabel("seconds since the training process started")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=10)
+    cells = [Line2D([], [], color=c, lw=1.4, label=s["label"]) for s, c in zip(series, colors)]
+    phases = [Line2D([], [], ls=style, color="0.2", lw=1.4, label=phase) for phase, style in PHASE_STYLES.items()]
+    axes[-1].legend(handles=cells, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="cell",
+                    title_fontsize=8)
+    axes[0].legend(handles=phases, fontsize=7, loc="lower right", title="phase", title_fontsize=8)
+    fig.tight_layout()
+    return _save(fig, stem, layout_done=True)  # the saved area grows to hold the legend beside the axes

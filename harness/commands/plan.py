@@ -5,6 +5,7 @@
 
 Prints the breakdown per GPU and for the node's CPU RAM, the verdict line, and with --search the
 largest max_length that fits for each batch size. --json prints the same as one JSON object.
+--deepspeed-config FILE plans for the user's own DeepSpeed JSON (stage, offloads, buffer sizes).
 Formulas and assumptions: docs/plan.md.
 """
 
@@ -48,11 +49,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "path to a Hugging Face Qwen2-VL model directory (its config.json)")
     parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (world size)")
     parser.add_argument("--gpu-mem", type=float, default=24.0, help="memory per GPU, GiB")
-    parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0, help="DeepSpeed ZeRO stage")
+    parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None,
+                        help="DeepSpeed ZeRO stage (default 0; its buffers are ms-swift's templates)")
     parser.add_argument("--offload-optimizer", action="store_true",
                         help="optimizer states (and fp32 master weights) in CPU RAM")
     parser.add_argument("--offload-params", action="store_true", help="parameters in CPU RAM (ZeRO-3)")
-    parser.add_argument("--precision", choices=tuple(planner.PRECISIONS), default="bf16")
+    parser.add_argument("--deepspeed-config", metavar="FILE",
+                        help="your own DeepSpeed JSON: ZeRO stage, offloads, precision and buffer sizes "
+                             "come from it (\"auto\" resolved the Hugging Face way); replaces --zero "
+                             "and --offload-*")
+    parser.add_argument("--precision", choices=tuple(planner.PRECISIONS), default=None,
+                        help="default bf16, or what --deepspeed-config enables")
     parser.add_argument("--batch", type=int, default=1, help="micro batch size per GPU")
     parser.add_argument("--max-length", type=int, default=2048, help="text tokens per sample")
     parser.add_argument("--image-tokens", type=int, default=None,
@@ -87,21 +94,44 @@ def resolve_shape(model: str) -> planner.Shape:
     return planner.builtin_shape(model)  # raises UserError listing the valid names
 
 
+def deepspeed_settings(args, shape: planner.Shape) -> dict:
+    """zero_stage, offloads, precision and zero_config from the flags or from --deepspeed-config."""
+    if not args.deepspeed_config:
+        return {"zero_stage": args.zero or 0, "offload_optimizer": args.offload_optimizer,
+                "offload_params": args.offload_params, "precision": args.precision or "bf16"}
+    given = [flag for flag, on in (("--zero", args.zero is not None), ("--offload-optimizer", args.offload_optimizer),
+                                   ("--offload-params", args.offload_params)) if on]
+    if given:
+        raise UserError(f"{', '.join(given)} and --deepspeed-config both set the ZeRO set-up: keep one")
+    setup = planner.read_deepspeed_config(args.deepspeed_config, shape.language_model.hidden)
+    if args.precision and setup.precision and args.precision != setup.precision:
+        raise UserError(f"--precision {args.precision}, but {args.deepspeed_config} enables {setup.precision}")
+    return {"zero_stage": setup.zero_stage, "offload_optimizer": setup.offload_optimizer,
+            "offload_params": setup.offload_params, "zero_config": setup.zero,
+            "precision": args.precision or setup.precision or "bf16"}
+
+
 def build_input(args) -> planner.PlanInput:
+    shape = resolve_shape(args.model)
     try:
         return planner.PlanInput(
-            shape=resolve_shape(args.model), lora_r=args.lora_r, targets=args.targets,
+            shape=shape, lora_r=args.lora_r, targets=args.targets,
             freeze_vision=args.freeze_vision, micro_batch_size=args.batch,
             max_length=args.max_length, image_tokens=args.image_tokens,
             grad_checkpointing=args.grad_ckpt, flash_attention=args.flash_attn,
-            precision=args.precision, lora_dropout=args.lora_dropout, zero_stage=args.zero,
-            offload_optimizer=args.offload_optimizer, offload_params=args.offload_params,
-            world_size=args.gpus, gpu_mem_gib=args.gpu_mem)
+            lora_dropout=args.lora_dropout, world_size=args.gpus, gpu_mem_gib=args.gpu_mem,
+            **deepspeed_settings(args, shape))
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"{args.deepspeed_config}: {exc}" if args.deepspeed_config else str(exc)) from None
 
 
-def _describe(p: planner.PlanInput, plan: planner.Plan) -> list[str]:
+# the zero_optimization keys the ZeRO buffer term reads, per stage
+ZERO_BUFFER_KEYS = {1: ("reduce_bucket_size",), 2: ("reduce_bucket_size",),
+                    3: ("reduce_bucket_size", "stage3_max_live_parameters", "stage3_prefetch_bucket_size",
+                        "stage3_param_persistence_threshold")}
+
+
+def _describe(p: planner.PlanInput, plan: planner.Plan, deepspeed_file: str | None) -> list[str]:
     n = plan.params
     what = ("full fine-tuning" if p.full_finetune else
             f"LoRA r={p.lora_r} on {p.targets} ({n['lora'] / 1e6:.1f} M params)")
@@ -114,7 +144,16 @@ def _describe(p: planner.PlanInput, plan: planner.Plan) -> list[str]:
         f"sequence: {p.max_length} text + {p.image_tokens_per_sample} image tokens = {p.lm_seq_len}, "
         f"micro batch {p.micro_batch_size}, gradient checkpointing {'on' if p.grad_checkpointing else 'off'}, "
         f"{'flash/SDPA' if p.flash_attention else 'eager'} attention",
-    ]
+    ] + _zero_line(p, plan, deepspeed_file)
+
+
+def _zero_line(p: planner.PlanInput, plan: planner.Plan, deepspeed_file: str | None) -> list[str]:
+    zero = plan.details["zero_config"]
+    if not p.zero_stage:
+        return []
+    source = deepspeed_file or f"ms-swift's zero{p.zero_stage} template as runs get it"
+    values = ", ".join(f"{key} {zero[key]:,}" for key in ZERO_BUFFER_KEYS[p.zero_stage] if key in zero)
+    return [f"DeepSpeed buffers ({source}): {values}"]
 
 
 def _table(title: str, labels: dict, values_gib: dict) -> list[str]:
@@ -149,7 +188,7 @@ def run(args) -> int:
         print(json.dumps(out, indent=1))
         return 0
 
-    lines = _describe(inputs, plan) + [""]
+    lines = _describe(inputs, plan, args.deepspeed_config) + [""]
     lines += _table("per GPU", GPU_LABELS, plan.gpu_gib)
     d = plan.details
     lines.append(f"  (activations + transient without checkpointing {d['activations_no_ckpt_gib']:.2f} GiB, "

@@ -5,6 +5,8 @@ Modules, one idea each:
 - `memory`: the estimate (`estimate(PlanInput) -> Plan`) and its answers (`fits`, `verdict`,
   `search_fits`);
 - `deepspeed_check`: DeepSpeed's own estimators next to ours;
+- `deepspeed_config`: a user's DeepSpeed config file as planner inputs (the ZeRO section the runs
+  use comes from harness.run.distributed, the same function for both);
 - `validate`: the estimate against measured runs (imported on demand: it needs the results store).
 
 The names below are the planner's API, so callers write `planner.estimate(...)` without knowing
@@ -12,11 +14,12 @@ which module holds what.
 """
 
 from harness.planner.deepspeed_check import deepspeed_cold_estimate, deepspeed_crosscheck
+from harness.planner.deepspeed_config import DeepSpeedSetup, read_deepspeed_config
 from harness.planner.memory import (
     CUDA_CONTEXT_GIB, DEFAULT_BATCH_GRID, DEFAULT_MAX_LENGTH_GRID, FRAGMENTATION_FACTOR, GIB,
-    LOGITS_BYTES_PER_ELEMENT, PRECISIONS, PROCESS_BASELINE_CPU_GIB, ZERO3_MAX_LIVE_PARAMS,
-    ZERO12_ALLGATHER_BUCKET, Plan, PlanInput, decoder_block_bytes_per_token, estimate, fits,
-    linear_input_bytes_per_token, search_fits, verdict, vit_block_bytes_per_token)
+    LOGITS_BYTES_PER_ELEMENT, PRECISIONS, PROCESS_BASELINE_CPU_GIB, Plan, PlanInput,
+    decoder_block_bytes_per_token, estimate, fits, linear_input_bytes_per_token, search_fits, verdict,
+    vit_block_bytes_per_token, zero_buffer_bytes, zero_section)
 from harness.planner.shape import (
     BUILTIN_SHAPES, SHAPES_DIR, TARGET_SETS, ImageTokens, Linear, Shape, Tower, builtin_shape,
     load_shape, qwen2_vl_image_tokens, qwen2_vl_shape, shape_from_dict, shape_from_hf_config,
@@ -25,10 +28,9 @@ from harness.planner.shape import (
 __all__ = [
     "BUILTIN_SHAPES", "CUDA_CONTEXT_GIB", "DEFAULT_BATCH_GRID", "DEFAULT_MAX_LENGTH_GRID",
     "FRAGMENTATION_FACTOR", "GIB", "LOGITS_BYTES_PER_ELEMENT", "PRECISIONS", "PROCESS_BASELINE_CPU_GIB",
-    "SHAPES_DIR", "TARGET_SETS", "ZERO3_MAX_LIVE_PARAMS", "ZERO12_ALLGATHER_BUCKET",
-    "ImageTokens", "Linear", "Plan", "PlanInput", "Shape", "Tower",
+    "SHAPES_DIR", "TARGET_SETS", "DeepSpeedSetup", "ImageTokens", "Linear", "Plan", "PlanInput", "Shape", "Tower",
     "builtin_shape", "decoder_block_bytes_per_token", "deepspeed_cold_estimate", "deepspeed_crosscheck",
     "estimate", "fits", "linear_input_bytes_per_token", "load_shape", "qwen2_vl_image_tokens",
     "qwen2_vl_shape", "search_fits", "shape_from_dict", "shape_from_hf_config", "shape_to_dict",
-    "verdict", "vit_block_bytes_per_token",
+    "read_deepspeed_config", "verdict", "vit_block_bytes_per_token", "zero_buffer_bytes", "zero_section",
 ]

@@ -13,8 +13,11 @@ Units: counts are parameters or elements; memory is bytes internally, GiB (2**30
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
+from harness.planner.deepspeed_config import DEEPSPEED_DEFAULTS
 from harness.planner.shape import TARGET_SETS, Shape, Tower
+from harness.run.distributed import ModelSize, zero_optimization
 
 GIB = 2**30
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per weight / activation element
@@ -23,8 +26,6 @@ PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per weight / activation 
 CUDA_CONTEXT_GIB = 0.75  # GPU memory used outside PyTorch's allocator: measured 0.75 GiB (H200, torch 2.11)
 FRAGMENTATION_FACTOR = 1.10  # peak reserved / peak allocated of PyTorch's allocator: measured 1.03-1.20
 PROCESS_BASELINE_CPU_GIB = 0.5  # RSS of torch + transformers + peft + Trainer + deepspeed (measured 507 MB)
-ZERO3_MAX_LIVE_PARAMS = 1_000_000_000  # DeepSpeed stage3_max_live_parameters default (also HF's configs)
-ZERO12_ALLGATHER_BUCKET = 200_000_000  # allgather_bucket_size in the usual HF/DeepSpeed zero2 configs
 DEFAULT_MAX_LENGTH_GRID = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384,
                            24576, 32768)
 DEFAULT_BATCH_GRID = (1, 2, 4, 8, 16)
@@ -52,7 +53,9 @@ class PlanInput:
     gpu_mem_gib: float = 24.0
     full_finetune: bool = False  # train every parameter (the DeepSpeed cross-check uses this)
     adapter_fp32: bool | None = None  # None: fp32 without DeepSpeed (stage 0), compute dtype with it
-    zero3_max_live_params: int = ZERO3_MAX_LIVE_PARAMS
+    # the DeepSpeed zero_optimization section (resolved: numbers, no "auto"); None: the one runs get
+    # (harness.run.distributed.zero_optimization for this shape), i.e. ms-swift's templates
+    zero_config: Mapping | None = None
     cuda_context_gib: float = CUDA_CONTEXT_GIB
     fragmentation_factor: float = FRAGMENTATION_FACTOR
 
@@ -70,6 +73,8 @@ class PlanInput:
             (self.image_tokens is None or self.image_tokens >= 0, "image_tokens must be >= 0"),
             (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
             (self.fragmentation_factor >= 1.0, "fragmentation_factor must be >= 1"),
+            (self.zero_config is None or self.zero_config.get("stage", 0) == self.zero_stage,
+             "zero_config's stage differs from zero_stage"),
             (self.freeze_vision or self.targets == "lm" or self.full_finetune,
              "freeze_vision=False trains the vision tower and projector in full; LoRA on them as "
              "well would be redundant: use targets 'lm'"),
@@ -199,6 +204,39 @@ def _tower_activations(t: Tower, per_token: int, seq: int, batch: int, w: int, f
     return _TowerActivations(stored=t.layers * full_block, recompute=0)
 
 
+def zero_section(p: PlanInput) -> dict:
+    """The zero_optimization section the estimate reads its buffers from: the input's own, else the
+    one a run of this shape gets (the same function writes the runs' DeepSpeed config); {} without
+    ZeRO (stage 0)."""
+    if p.zero_config is not None:
+        return dict(p.zero_config)
+    if p.zero_stage == 0:
+        return {}
+    model = ModelSize(hidden_size=p.shape.language_model.hidden, total_params=p.shape.total_params)
+    return zero_optimization(p.zero_stage, model, p.offload_optimizer, p.offload_params)
+
+
+def zero_buffer_bytes(zero: Mapping, w: int, total: int, largest_module: int, largest_trained_module: int) -> int:
+    """GPU bytes DeepSpeed holds beyond the model states, from the zero_optimization section:
+    - the reduce bucket: with contiguous_gradients DeepSpeed allocates all of reduce_bucket_size
+      elements up front (in the 16-bit dtype), twice at stages 1-2 with overlap_comm (double buffer);
+    - stage 3: gathered (un-partitioned) parameters, up to stage3_max_live_parameters live and at
+      least the largest module; plus the full gradient of the largest trained base module before its
+      reduce-scatter.
+    No allgather bucket: stages 1-2 gather into the 16-bit parameter buffer already counted."""
+    stage = zero.get("stage", 0)
+    if not stage:
+        return 0
+    get = lambda key: zero.get(key, DEEPSPEED_DEFAULTS[key])  # noqa: E731
+    overlap = zero.get("overlap_comm")
+    overlap = stage == 3 if overlap is None else overlap  # DeepSpeed's default: on at stage 3 only
+    reduce = w * get("reduce_bucket_size") if get("contiguous_gradients") else 0
+    if stage in (1, 2):
+        return reduce * (2 if overlap else 1)
+    gathered = min(total, max(get("stage3_max_live_parameters"), largest_module))
+    return reduce + w * gathered + w * largest_trained_module
+
+
 def estimate(inputs: PlanInput) -> Plan:
     """Per-GPU and CPU memory for one training set-up. See docs/plan.md for every term."""
     shape, p = inputs.shape, inputs
@@ -246,19 +284,8 @@ def estimate(inputs: PlanInput) -> Plan:
     }
 
     # --- ZeRO buffers ----------------------------------------------------------------------------
-    hidden = shape.language_model.hidden
-    reduce_bucket = w * min(trainable, hidden * hidden)  # HF "auto": reduce_bucket_size = h^2
-    if p.zero_stage in (1, 2):
-        zero_buffers = reduce_bucket + w * min(trainable, ZERO12_ALLGATHER_BUCKET)
-    elif p.zero_stage == 3:
-        # Gathered (un-partitioned) parameters: DeepSpeed keeps up to stage3_max_live_parameters
-        # live and must hold at least the largest module; plus the full gradient of the largest
-        # trained base module before its reduce-scatter.
-        gathered = min(total, max(p.zero3_max_live_params, shape.largest_module_params))
-        zero_buffers = reduce_bucket + w * gathered + w * largest_trained_module
-    else:
-        zero_buffers = 0
-    gpu["zero_buffers"] = zero_buffers
+    zero = zero_section(p)
+    gpu["zero_buffers"] = zero_buffer_bytes(zero, w, total, shape.largest_module_params, largest_trained_module)
 
     # --- activations -----------------------------------------------------------------------------
     lm_t, vit_t = shape.language_model, shape.vision
@@ -317,6 +344,7 @@ def estimate(inputs: PlanInput) -> Plan:
               "trainable": trainable, "largest_module": shape.largest_module_params}
     no_ckpt, ckpt = activations(False), activations(True)
     details = {
+        "zero_config": zero,
         "lm_seq_len": seq, "image_tokens": p.image_tokens_per_sample,
         "vision_patches_per_group": v_seq, "vision_groups_per_sample": groups,
         "vision_activations_kept": bool(vit_keeps and v_seq),

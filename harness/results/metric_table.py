@@ -40,9 +40,15 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("field_recall", True, "", "field R", ("abs", 0.02), QUALITY, in_report=False),
     # training
     Metric("final_loss", False, "", "final loss", ("rel", 0.05), TRAINING, in_report=False, in_history=True),
-    # memory. CPU: RSS above the post-import baseline leads (the baseline itself moves between checkouts)
-    Metric("peak_rss_above_baseline_mib", False, "MiB", "peak RSS above imports (MiB)", ("rel", 0.10), COST),
-    Metric("peak_rss_mib", False, "MiB", "peak RSS (MiB)", ("rel", 0.10), COST, in_history=True),
+    # memory. CPU: anonymous memory (RssAnon: heap, tensors) above the post-import baseline leads and
+    # carries the 10% threshold. RSS also counts file-backed library pages, which moved by 12-21%
+    # above imports (24-28% in total) between two checkouts of one commit: it stays as the secondary
+    # figure with a threshold wider than that spread, so a real jump still shows and a checkout does not.
+    Metric("peak_anon_above_baseline_mib", False, "MiB", "peak anon. memory above imports (MiB)", ("rel", 0.10),
+           COST, in_history=True),
+    Metric("peak_anon_mib", False, "MiB", "peak anon. memory (MiB)", ("rel", 0.10), COST, in_report=False),
+    Metric("peak_rss_above_baseline_mib", False, "MiB", "peak RSS above imports (MiB)", ("rel", 0.30), COST),
+    Metric("peak_rss_mib", False, "MiB", "peak RSS (MiB)", ("rel", 0.30), COST, in_history=True),
     Metric("gpu_max_allocated_mib", False, "MiB", "GPU max alloc (MiB)", ("rel", 0.10), COST),
     Metric("gpu_max_reserved_mib", False, "MiB", "GPU max reserved (MiB)", ("rel", 0.10), COST, in_report=False),
     # speed and time (the IQR of step time is jitter: less is better too)

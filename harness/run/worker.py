@@ -66,7 +66,8 @@ def train(job: dict) -> int:
     torch.manual_seed(spec["train"]["seed"])
     adapter = adapters.get(spec["framework"])
     _import_framework(spec["framework"])  # so the baseline includes the framework's own imports
-    meter = MemoryMeter()  # baseline: RSS after imports
+    meter = MemoryMeter()  # baseline: RSS and anonymous memory after imports
+    meter.watch("load")  # model loading and set-up, until the adapter's on_train_begin starts "train"
     hooks = ProgressHooks(run_dir, meter, rank)
     data = TrainData(model_dir=Path(job["model_dir"]), train_jsonl=Path(job["train_jsonl"]), n_samples=job["n_train"])
     outcome = adapter.train(spec, data, run_dir, hooks)
@@ -96,7 +97,10 @@ def _import_framework(name: str) -> None:
 def evaluate(job: dict) -> int:
     from harness.data.samples import load_samples
     from harness.eval.evaluate import evaluate as evaluate_samples, system_prompt
+    from harness.run.meters import MemoryMeter
 
+    meter = MemoryMeter()  # the eval process's own memory: its timeline is the run's "eval" phase
+    meter.start("eval")
     spec, run_dir = job["spec"], Path(job["run_dir"])
     ev = spec["eval"]
     samples = load_samples(job["eval_jsonl"], task=spec["task"])[: ev["max_samples"]]
@@ -114,6 +118,7 @@ def evaluate(job: dict) -> int:
                               system=system_prompt(trained.get("system_prompt")), device=spec["device"],
                               max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress)
     result.write(run_dir)
+    _write_json(run_dir / "eval.memory.json", meter.stop())
     summary: EvalSummary = {"task": spec["task"], "split": ev["split"], "n": len(samples), "seconds": result.seconds,
                             "metrics": result.metrics, "per_field": result.per_field, "per_kind": result.per_kind,
                             "system_prompt": trained.get("system_prompt")}

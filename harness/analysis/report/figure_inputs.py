@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from harness.analysis import figures
+from harness.analysis.report.memory_timeline import CAPTION as MEMORY_TIMELINE_CAPTION, timeline_input
 from harness.analysis.report.model import Report, label
-from harness.analysis.report.tables import memory_metric
+from harness.analysis.report.tables import MEMORY_LABELS, memory_metric
 from harness.results.store import metric_values
 
 
@@ -56,8 +57,7 @@ def pareto_points(groups: dict[tuple, list[dict]], keys: Sequence[str]) -> tuple
                        "xerr": (min(x), max(x)) if len(x) > 1 else None,
                        "yerr": (min(y), max(y)) if len(y) > 1 else None})
     ylabel = "field F1 (mean over seeds)" if use_f1 else "1 − CER (mean over seeds)"
-    xlabel = ("GPU max allocated (MiB)" if mem == "gpu_max_allocated_mib" else "peak RSS (MiB)") + \
-        ", bars: min–max over seeds"
+    xlabel = f"{MEMORY_LABELS[mem]} (MiB), bars: min–max over seeds"
     return points, xlabel, ylabel
 
 
@@ -95,6 +95,9 @@ def figure_inputs(groups: dict[tuple, list[dict]], keys: Sequence[str],
                                 {"labels": labels, "values": values, "lows": lows, "highs": highs,
                                  "colors": colors, "ylabel": "samples/s",
                                  "title": "Training throughput: median, bars = min–max over seeds"})
+    timeline = timeline_input(groups, keys)
+    if timeline:
+        inputs["memory_timeline"] = timeline
     n = 0
     for doc in parity_docs:
         ablation = sorted(doc.get("ablation") or [], key=lambda r: -(r.get("max_abs_dloss") or 0.0))
@@ -110,7 +113,12 @@ def figure_inputs(groups: dict[tuple, list[dict]], keys: Sequence[str],
     return inputs
 
 
+# Figures that come with a paragraph under them (the others say everything in their title and axes).
+FIGURE_CAPTIONS = {"memory_timeline": MEMORY_TIMELINE_CAPTION}
+
+
 def draw_figures(report: Report, figures_dir: Path) -> None:
     for name, (title, draw, kwargs) in report.figure_inputs.items():
         png = draw(stem=figures_dir / name, **kwargs)
-        report.figures.append({"name": name, "title": title, "png": png, "pdf": png.with_suffix(".pdf")})
+        report.figures.append({"name": name, "title": title, "png": png, "pdf": png.with_suffix(".pdf"),
+                               "caption": FIGURE_CAPTIONS.get(name)})

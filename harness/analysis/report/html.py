@@ -120,8 +120,9 @@ def render_html(report: Report) -> str:
         out += [f"<li><b>{_h(f.headline())}</b>: {_h(f.sentence())}</li>" for f in report.controls]
         out.append("</ul>")
     for fig in report.figures:
+        caption = fig["title"] + (f". {fig['caption']}" if fig.get("caption") else "")
         out.append(f'<figure><img alt="{_h(fig["title"])}" src="{_data_uri(Path(fig["png"]))}">'
-                   f"<figcaption>{_h(fig['title'])}</figcaption></figure>")
+                   f"<figcaption>{_h(caption)}</figcaption></figure>")
     out += _gallery_html(report.gallery)
     out.append("<h2>Failed runs</h2>")
     if report.failed:

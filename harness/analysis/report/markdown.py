@@ -117,6 +117,8 @@ def render_markdown(report: Report, figures_rel: str = "figures") -> str:
     for fig in report.figures:
         out += [f"### Figure: {_md(fig['title'])}", "",
                 f"![{_md(fig['title'])}]({figures_rel}/{fig['png'].name})", ""]
+        if fig.get("caption"):
+            out += [_md(fig["caption"]), ""]
     out += _gallery_md(report, figures_rel)
     out += ["## Failed runs", ""]
     if report.failed:
