@@ -66,9 +66,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="LM tokens from images per sample (default: the model's)")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
-    parser.add_argument("--targets", choices=planner.TARGET_SETS, default="lm",
-                        help="lm: LM linears (ms-swift's all-linear); lm+vision: plus ViT blocks; "
-                             "all-linear: plus the projector (PEFT's all-linear)")
+    parser.add_argument("--targets", choices=list(planner.SPEC_TARGETS), default="lm-linear",
+                        help="lm-linear: LM linears (ms-swift's all-linear); lm+vision-linear: plus ViT blocks; "
+                             "every-linear: plus the projector (PEFT's all-linear); old names still read")
     parser.add_argument("--freeze-vision", action=argparse.BooleanOptionalAction, default=True,
                         help="--no-freeze-vision trains the ViT and projector in full")
     parser.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True,
@@ -115,7 +115,7 @@ def build_input(args) -> planner.PlanInput:
     shape = resolve_shape(args.model)
     try:
         return planner.PlanInput(
-            shape=shape, lora_r=args.lora_r, targets=args.targets,
+            shape=shape, lora_r=args.lora_r, targets=planner.SPEC_TARGETS[args.targets],
             freeze_vision=args.freeze_vision, micro_batch_size=args.batch,
             max_length=args.max_length, image_tokens=args.image_tokens,
             grad_checkpointing=args.grad_ckpt, flash_attention=args.flash_attn,

@@ -21,14 +21,14 @@ from harness.planner.memory import (
     decoder_block_bytes_per_token, estimate, fits, linear_input_bytes_per_token, search_fits, verdict,
     vit_block_bytes_per_token, zero_buffer_bytes, zero_section)
 from harness.planner.shape import (
-    BUILTIN_SHAPES, SHAPES_DIR, TARGET_SETS, ImageTokens, Linear, Shape, Tower, builtin_shape,
+    BUILTIN_SHAPES, SHAPES_DIR, SPEC_TARGETS, TARGET_SETS, ImageTokens, Linear, Shape, Tower, builtin_shape,
     load_shape, qwen2_vl_image_tokens, qwen2_vl_shape, shape_from_dict, shape_from_hf_config,
     shape_to_dict)
 
 __all__ = [
     "BUILTIN_SHAPES", "CUDA_CONTEXT_GIB", "DEFAULT_BATCH_GRID", "DEFAULT_MAX_LENGTH_GRID",
     "FRAGMENTATION_FACTOR", "GIB", "LOGITS_BYTES_PER_ELEMENT", "PRECISIONS", "PROCESS_BASELINE_CPU_GIB",
-    "SHAPES_DIR", "TARGET_SETS", "DeepSpeedSetup", "ImageTokens", "Linear", "Plan", "PlanInput", "Shape", "Tower",
+    "SHAPES_DIR", "SPEC_TARGETS", "TARGET_SETS", "DeepSpeedSetup", "ImageTokens", "Linear", "Plan", "PlanInput", "Shape", "Tower",
     "builtin_shape", "decoder_block_bytes_per_token", "deepspeed_cold_estimate", "deepspeed_crosscheck",
     "estimate", "fits", "linear_input_bytes_per_token", "load_shape", "qwen2_vl_image_tokens",
     "qwen2_vl_shape", "search_fits", "shape_from_dict", "shape_from_hf_config", "shape_to_dict",

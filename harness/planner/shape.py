@@ -21,6 +21,9 @@ from harness.errors import UserError
 SHAPES_DIR = Path(__file__).with_name("shapes")
 BUILTIN_SHAPES = ("minicpm-v-2_6", "qwen2-vl-7b", "qwen2-vl-2b")
 TARGET_SETS = ("lm", "lm+vision", "all-linear")
+# lorabench's `lora.targets` presets (and their old names) -> the planner's target sets
+SPEC_TARGETS = {"lm-linear": "lm", "lm+vision-linear": "lm+vision", "every-linear": "all-linear",
+                "lm": "lm", "lm+vision": "lm+vision", "all-linear": "all-linear"}
 
 
 @dataclasses.dataclass(frozen=True)

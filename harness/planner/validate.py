@@ -25,13 +25,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.planner.memory import PlanInput, estimate
-from harness.planner.shape import shape_from_hf_config
+from harness.planner.shape import SPEC_TARGETS, shape_from_hf_config
 from harness.results.store import load_records
 
 MIB = 1024 * 1024
 # a spec's lora.targets preset (current and former names) -> the planner's target set
-SPEC_TARGETS = {"lm-linear": "lm", "lm+vision-linear": "lm+vision", "every-linear": "all-linear",
-                "lm": "lm", "lm+vision": "lm+vision", "all-linear": "all-linear"}
 
 
 def plan_input_for(record: dict, shape) -> PlanInput:

@@ -85,7 +85,7 @@ class Progress:
         m = record.get("metrics") or {}
         summary = (f"{record['status']}" + (f" cer={m['cer']:.4f}" if "cer" in m else "") +
                    (f" field_f1={m['field_f1']:.3f}" if "field_f1" in m else "") +
-                   (f" rss+{m['peak_rss_above_baseline_mib']:.0f}MiB" if m.get("peak_rss_above_baseline_mib") else "") +
+                   (f" anon+{m['peak_anon_above_baseline_mib']:.0f}MiB" if m.get("peak_anon_above_baseline_mib") else "") +
                    f" {record['wall_s']:.0f}s")
         self._print(f"[{self.done}/{self.total}] {self.current}: {summary}" if self.tty else f"    -> {summary}")
         if record["status"] != "ok":
