@@ -11,13 +11,13 @@ import pytest
 
 from harness.eval import metrics as metrics
 from harness.errors import UserError
+from harness.eval.score_inputs import load_refs
 from harness.results.stats import bootstrap_ci, bootstrap_distribution, paired_bootstrap_pvalue
 from harness.eval.metrics import (
     HIGHER_IS_BETTER,
     STATISTICS,
     columns,
     field_pairs,
-    load_refs,
     normalize,
     parse_json_object,
     per_sample,

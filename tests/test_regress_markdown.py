@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # fixtures_records, with or witho
 
 import fixtures_records as fx  # noqa: E402
 
-from harness.analysis.regress import compare, format_markdown  # noqa: E402
+from harness.analysis.regress import compare_to_baseline, format_markdown  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.results.store import load_records, write_record  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_pipes_in_labels_and_warnings_are_escaped():
 
 def test_markdown_matches_the_comparison(suite):
     root, baseline = suite
-    result = compare(load_records(baseline), load_records(root / "current"))
+    result = compare_to_baseline(load_records(baseline), load_records(root / "current"))
     rows = _table_rows(format_markdown(result).split("<details>")[1])
     assert [(r[0], r[1], r[-1]) for r in rows] == \
         [(r["cell_label"], r["metric"] or "(cell)", r["verdict"]) for r in result["rows"]]

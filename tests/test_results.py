@@ -94,18 +94,13 @@ def test_crash_mid_write_keeps_old_record_and_leaves_nothing_partial(tmp_path, m
     new = copy.deepcopy(old)
     new["metrics"]["cer"] = 0.999
 
-    real_dump = json.dump
+    def crash_before_the_rename(fd):  # the new record is in the temp file, not yet renamed
+        raise OSError("simulated crash: disk full")
 
-    def dump_half_then_crash(obj, fh, **kw):
-        text = json.dumps(obj, **kw)
-        fh.write(text[: len(text) // 2])  # half a record reaches the temp file...
-        fh.flush()
-        raise OSError("simulated crash: disk full")  # ...then the writer dies
-
-    monkeypatch.setattr(results.json, "dump", dump_half_then_crash)
+    monkeypatch.setattr(results.os, "fsync", crash_before_the_rename)
     with pytest.raises(OSError, match="simulated crash"):
         results.write_record(tmp_path, new)
-    monkeypatch.setattr(results.json, "dump", real_dump)
+    monkeypatch.undo()
 
     assert path.read_bytes() == before  # the old record is intact
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # temp file cleaned up

@@ -79,7 +79,7 @@ def run_one(spec: dict, run_dir: Path, timeout_s: float = 900) -> dict:
     return out
 
 
-def compare(runs: dict[str, dict], tolerance: float) -> dict:
+def compare_runs(runs: dict[str, dict], tolerance: float) -> dict:
     """The parity verdict for runs {framework: train.rank0.json}."""
     from safetensors.torch import load_file
 
@@ -149,7 +149,7 @@ def parity(base: dict, frameworks: list[str], out_dir: Path, tolerance: float, p
         spec = make_spec(base, {"framework": fw})
         progress(f"parity: training {fw} for {spec['train']['steps']} steps ...")
         runs[fw] = run_one(spec, out_dir / fw, timeout_s=spec["timeout_s"])
-    return compare(runs, tolerance)
+    return compare_runs(runs, tolerance)
 
 
 def ablate(base: dict, out_dir: Path, tolerance: float, factors=None, progress=print) -> list[dict]:
@@ -166,7 +166,7 @@ def ablate(base: dict, out_dir: Path, tolerance: float, factors=None, progress=p
             spec = make_spec(merge(make_spec(base), override), {"framework": fw, "alignment": "aligned"})
             progress(f"ablation {factor}: {fw} ...")
             runs[fw] = run_one(spec, out_dir / factor / fw, timeout_s=spec["timeout_s"])
-        verdict = compare(runs, tolerance)
+        verdict = compare_runs(runs, tolerance)
         rows.append({"factor": factor, "max_abs_dloss": verdict["max_abs_dloss"],
                      "final_loss_gap": abs(verdict["final_loss"]["peft"] - verdict["final_loss"]["swift"]),
                      "first_divergent_step": verdict["first_divergent_step"],

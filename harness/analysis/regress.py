@@ -127,7 +127,7 @@ def env_warnings(baseline: Sequence[Mapping], current: Sequence[Mapping]) -> lis
     return lines
 
 
-def compare(baseline: Sequence[Mapping], current: Sequence[Mapping],
+def compare_to_baseline(baseline: Sequence[Mapping], current: Sequence[Mapping],
             thresholds: Mapping[str, tuple[str, float]] | None = None) -> dict:
     """{"regressed": bool, "rows": [...], "warnings": [...]} for two lists of records.
 

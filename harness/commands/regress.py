@@ -29,7 +29,7 @@ def add_parser(parser) -> None:
 
 
 def run(args) -> int:
-    from harness.analysis.regress import compare, format_markdown, format_table, parse_thresholds
+    from harness.analysis.regress import compare_to_baseline, format_markdown, format_table, parse_thresholds
     from harness.results.store import load_records
 
     thresholds = parse_thresholds(args.threshold)
@@ -39,7 +39,7 @@ def run(args) -> int:
     current = load_records(args.current)
     if not current:
         raise UserError(f"{args.current}: no run records in the current results")
-    result = compare(baseline, current, thresholds)
+    result = compare_to_baseline(baseline, current, thresholds)
     for line in result["warnings"]:
         print(f"lorabench: warning: {line}", file=sys.stderr)
     output = "json" if args.json else args.format

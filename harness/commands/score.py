@@ -63,7 +63,7 @@ def _is_swift_infer(row: dict) -> bool:
 def load_one_file(args) -> tuple[list[dict], dict[str, str]]:
     """References and predictions from one file whose rows hold both."""
     from harness.errors import UserError
-    from harness.eval.metrics import SWIFT_INFER_KEYS, InputKeys, first_row, load_pairs
+    from harness.eval.score_inputs import SWIFT_INFER_KEYS, InputKeys, first_row, load_pairs
 
     row = first_row(args.refs)
     if args.pred_key is None and args.ref_key is None and _is_swift_infer(row):
@@ -82,7 +82,7 @@ def load_one_file(args) -> tuple[list[dict], dict[str, str]]:
 
 def load_two_files(args) -> tuple[list[dict], dict[str, str]]:
     """References from REFS and predictions from PREDS, matched by id or, without ids, by order."""
-    from harness.eval.metrics import LORABENCH_KEYS, InputKeys, first_row, load_preds, load_refs
+    from harness.eval.score_inputs import LORABENCH_KEYS, InputKeys, first_row, load_preds, load_refs
 
     ref_row, pred_row = first_row(args.refs), first_row(args.preds)
     pred_key = args.pred_key or LORABENCH_KEYS.prediction

@@ -39,11 +39,17 @@ def _public(record: Mapping) -> dict:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write `obj` as JSON to `path` so that readers see the old file or the new one, never a part.
+    """Write `obj` as indented JSON to `path`, atomically (see `write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=False, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` so that readers see the old file or the new one, never a part.
 
     Temp file in the same directory (same filesystem: os.replace is atomic there), fsync, replace,
     then fsync the directory so the rename itself survives a power cut. The temp name starts with
-    "." and ends in ".tmp", which `load_records` never reads.
+    "." and ends in ".tmp", which `load_records` never reads. The one writer for records, sidecars,
+    worker results and train files.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +57,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; records and baselines are meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False, ensure_ascii=False)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

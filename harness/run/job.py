@@ -7,11 +7,11 @@ every framework reads (id, messages, images): swift, PEFT and the reference read
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from harness.data.samples import PROMPTS, load_samples, resolve_dataset_dir, split_file
 from harness.errors import UserError
+from harness.results.store import write_text_atomic
 
 
 def resolve_model_dir(name: str) -> Path:
@@ -33,16 +33,15 @@ def write_train_file(source: Path, dest: Path, task: str, max_samples: int | Non
         samples = samples[:max_samples]
     if not samples:
         raise UserError(f"{source}: no {task} samples to train on")
-    tmp = dest.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for s in samples:
-            prompt = s.prompt or PROMPTS.get(task, "")
-            # No system message: the system prompt is the run setting train.system_prompt, which each
-            # framework applies itself (rows with a system turn are refused by the loader).
-            f.write(json.dumps({"id": s.id, "messages": [
-                {"role": "user", "content": "<image>" + prompt},
-                {"role": "assistant", "content": s.target}], "images": [str(Path(s.image).resolve())]}) + "\n")
-    os.replace(tmp, dest)
+    rows = []
+    for s in samples:
+        prompt = s.prompt or PROMPTS.get(task, "")
+        # No system message: the system prompt is the run setting train.system_prompt, which each
+        # framework applies itself (rows with a system turn are refused by the loader).
+        rows.append(json.dumps({"id": s.id, "messages": [
+            {"role": "user", "content": "<image>" + prompt},
+            {"role": "assistant", "content": s.target}], "images": [str(Path(s.image).resolve())]}) + "\n")
+    write_text_atomic(dest, "".join(rows))
     return len(samples)
 
 

@@ -8,8 +8,9 @@ processes of a run (training ranks, then the eval worker) beside the record as
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from harness.results.store import write_text_atomic
 
 MIB = 1024 * 1024
 TIMELINE_MAX_POINTS = 300
@@ -104,10 +105,6 @@ def save_timeline(runs_dir, run_id: str, ranks: list[dict], eval_memory_file) ->
     if not series:
         return None
     name = f"{run_id}.memory_timeline.jsonl"
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    tmp = runs_dir / f".{name}.tmp"
-    tmp.write_text("".join(json.dumps(s) + "\n" for s in series))
-    os.replace(tmp, runs_dir / name)
+    write_text_atomic(Path(runs_dir) / name, "".join(json.dumps(s) + "\n" for s in series))
     return name
 

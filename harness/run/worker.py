@@ -20,9 +20,9 @@ from harness.results.schema import EvalSummary, RankResult
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    from harness.results.store import write_json_atomic
+
+    write_json_atomic(path, data)
 
 
 class ProgressHooks:

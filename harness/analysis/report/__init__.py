@@ -1,7 +1,7 @@
 """Paper-style report from run records: report.md, tables.tex (booktabs), report.html, figures/.
 
 Flow: `build_report(records, parity_docs)` (build.py) computes every table as data (`Table` of
-`Cell`s, with the run ids behind each row), the negative-control findings, the sample gallery, the
+`TableCell`s, with the run ids behind each row), the negative-control findings, the sample gallery, the
 figure inputs and the methods facts; `write_report` draws the figures and renders the same data
 three ways (markdown.py, latex.py, html.py), so the Markdown, LaTeX and HTML can never disagree.
 
@@ -24,10 +24,10 @@ from harness.analysis.report.html import render_html
 from harness.analysis.report.latex import render_latex
 from harness.analysis.report.markdown import render_markdown
 from harness.analysis.report.methods import error_line, methods_facts
-from harness.analysis.report.model import Cell, Report, Table
+from harness.analysis.report.model import TableCell, Report, Table
 from harness.analysis.report.significance import paired_pvalue, pooled_sample_columns
 from harness.results.stats import mean_t_interval
 
-__all__ = ["Cell", "Report", "Table", "build_report", "error_line", "mean_t_interval", "methods_facts",
+__all__ = ["TableCell", "Report", "Table", "build_report", "error_line", "mean_t_interval", "methods_facts",
            "paired_pvalue", "pooled_sample_columns", "render_html", "render_latex", "render_markdown",
            "write_report"]

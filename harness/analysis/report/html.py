@@ -12,7 +12,7 @@ from typing import Any
 from harness.analysis.report.gallery import Gallery
 from harness.analysis.report.markdown import CONTROL_INTRO, GALLERY_INTRO
 from harness.analysis.report.methods import methods_blocks, methods_items
-from harness.analysis.report.model import Cell, Report, Table
+from harness.analysis.report.model import TableCell, Report, Table
 
 # Hashes are 64 characters; a run id or a number is well under this.
 LONG_TOKEN = 24
@@ -43,7 +43,7 @@ def _short(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def _html_cell(cell: Cell, left: bool = False) -> str:
+def _html_cell(cell: TableCell, left: bool = False) -> str:
     shown, full = _short(cell.text)
     text = _h(shown)
     if cell.bold:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.analysis.report.model import Cell, Report
+from harness.analysis.report.model import TableCell, Report
 
 _TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -20,7 +20,7 @@ def _tex(text: Any) -> str:
     return "".join(_TEX_SPECIALS.get(ch) or _TEX_SYMBOLS.get(ch) or ch for ch in str(text))
 
 
-def _tex_cell(cell: Cell) -> str:
+def _tex_cell(cell: TableCell) -> str:
     text = _tex(cell.text)
     if cell.bold:
         text = rf"\textbf{{{text}}}"

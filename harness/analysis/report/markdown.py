@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from harness.analysis.report.methods import methods_blocks, methods_items
-from harness.analysis.report.model import Cell, Report, Table
+from harness.analysis.report.model import TableCell, Report, Table
 
 CONTROL_INTRO = ("A negative control is a cell run with a deliberately harmful setting, equal to an "
                  "ordinary cell otherwise; a benchmark that can tell cells apart finds it worse.")
@@ -24,7 +24,7 @@ def _md(text: Any) -> str:
     return " ".join(s.split())
 
 
-def _md_cell(cell: Cell) -> str:
+def _md_cell(cell: TableCell) -> str:
     text = _md(cell.text)
     if cell.bold:
         text = f"**{text}**"

@@ -1,4 +1,4 @@
-"""What every renderer draws from: tables as data (`Table` of `Cell`s), the report around them, and
+"""What every renderer draws from: tables as data (`Table` of `TableCell`s), the report around them, and
 the number formats and cell labels shared by the table builders."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from harness.results.metric_table import METRIC_DIRECTION
 
 
 @dataclasses.dataclass
-class Cell:
+class TableCell:
     text: str
     bold: bool = False
     mark: str = ""  # "*" significance, "†" bootstrap interval
@@ -25,7 +25,7 @@ class Table:
     title: str
     caption: str
     header: list[str]
-    rows: list[list[Cell]] = dataclasses.field(default_factory=list)
+    rows: list[list[TableCell]] = dataclasses.field(default_factory=list)
     # run ids behind each row; empty for tables whose columns (not rows) are the cells
     row_runs: list[list[str]] = dataclasses.field(default_factory=list)
     row_labels: list[str] = dataclasses.field(default_factory=list)
@@ -93,9 +93,9 @@ def cell_title(key: tuple, keys: Sequence[str], shown: Sequence[str]) -> str:
     return title
 
 
-def runs_cell(group: Sequence[Mapping]) -> Cell:
+def runs_cell(group: Sequence[Mapping]) -> TableCell:
     ok = sum(r["status"] == "ok" for r in group)
-    return Cell(f"{ok}/{len(group)}")
+    return TableCell(f"{ok}/{len(group)}")
 
 
 def shown_keys(records: Sequence[Mapping], keys: Sequence[str]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 
-from harness.analysis.report.model import Cell, Table, best_index, cell_title, fmt_quality
+from harness.analysis.report.model import TableCell, Table, best_index, cell_title, fmt_quality
 
 
 def _breakdown(group: Sequence[Mapping], section: str) -> list[Mapping]:
@@ -49,12 +49,12 @@ def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown
             entries = [run[name] for run in runs if isinstance(run.get(name), Mapping)]
             a, b = _mean([e.get(first) for e in entries]), _mean([e.get(second) for e in entries])
             firsts.append(a)
-            cells.append(Cell(_pair_text(a, b)))
+            cells.append(TableCell(_pair_text(a, b)))
         for i in best_index(firsts, "field_f1"):
             cells[i].bold = True
         counts = [run[name].get("n") for runs in per_cell.values() for run in runs
                   if isinstance(run.get(name), Mapping) and isinstance(run[name].get("n"), int)]
-        table.rows.append([Cell(str(name)), Cell(str(max(counts)) if counts else "—"), *cells])
+        table.rows.append([TableCell(str(name)), TableCell(str(max(counts)) if counts else "—"), *cells])
         table.row_labels.append(str(name))
     return table
 

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.analysis.report.model import (Cell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
+from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
                                            label, runs_cell, shown_keys)
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS
@@ -15,20 +15,20 @@ from harness.results.stats import mean_t_interval
 from harness.results.store import group_cells, metric_values
 
 
-def _quality_cell(group: Sequence[Mapping], metric: str) -> tuple[Cell, float | None]:
+def _quality_cell(group: Sequence[Mapping], metric: str) -> tuple[TableCell, float | None]:
     """One cell of the quality table and the mean behind it (None when there is no value)."""
     values = metric_values(group, metric)
     if not values:
         failed = not any(r["status"] == "ok" for r in group)
-        return Cell("failed" if failed else "—"), None
+        return TableCell("failed" if failed else "—"), None
     mean, half = mean_t_interval(values)
     if half is not None:
-        return Cell(f"{fmt_quality(mean)} ± {fmt_quality(half)}"), mean
+        return TableCell(f"{fmt_quality(mean)} ± {fmt_quality(half)}"), mean
     ci = next((r["metrics"].get(f"{metric}_ci") for r in group
                if r["status"] == "ok" and r["metrics"].get(f"{metric}_ci")), None)
     if ci:
-        return Cell(f"{fmt_quality(mean)} [{fmt_quality(ci[0])}, {fmt_quality(ci[1])}]", mark="†"), mean
-    return Cell(fmt_quality(mean)), mean
+        return TableCell(f"{fmt_quality(mean)} [{fmt_quality(ci[0])}, {fmt_quality(ci[1])}]", mark="†"), mean
+    return TableCell(fmt_quality(mean)), mean
 
 
 def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequence[str],
@@ -45,7 +45,7 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
                   "", [*shown, "ok runs", *(name for _, name in columns)], label_cols=len(shown))
     pooled = {key: pooled_sample_columns(g) for key, g in groups.items()}
     no_per_sample = [label(k) for k, p in pooled.items() if p is None and metric_values(groups[k], "cer")]
-    metric_cells: dict[str, list[Cell]] = {}
+    metric_cells: dict[str, list[TableCell]] = {}
     comparisons: list[tuple[str, int, int]] = []  # (metric, row, best row): one family per table
     for metric, _ in columns:
         made = [_quality_cell(group, metric) for group in groups.values()]
@@ -66,7 +66,7 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
             cells = metric_cells[metric]
             cells[i].mark = (cells[i].mark + "*").lstrip()
     for i, (key, group) in enumerate(groups.items()):
-        row = [Cell(label((key[j],))) for j in idx] + [runs_cell(group)]
+        row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group)]
         row += [metric_cells[m][i] for m, _ in columns]
         table.rows.append(row)
         table.row_runs.append([r["run_id"] for r in group])
@@ -104,24 +104,24 @@ def cost_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequ
                   "in brackets; one value when one seed. Bold: best per column. Memory is the peak "
                   "over processes; MFU against the machine's measured matmul peak.",
                   [*shown, "ok runs", *(name for _, name in columns)], label_cols=len(shown))
-    per_metric: dict[str, list[Cell]] = {}
+    per_metric: dict[str, list[TableCell]] = {}
     for metric, _ in columns:
         cells, medians = [], []
         for group in groups.values():
             values = metric_values(group, metric)
             if not values:
                 failed = not any(r["status"] == "ok" for r in group)
-                cells.append(Cell("failed" if failed else "—"))
+                cells.append(TableCell("failed" if failed else "—"))
                 medians.append(None)
                 continue
             med, text = _median_range(values)
-            cells.append(Cell(text))
+            cells.append(TableCell(text))
             medians.append(med)
         for i in best_index(medians, metric):
             cells[i].bold = True
         per_metric[metric] = cells
     for i, (key, group) in enumerate(groups.items()):
-        row = [Cell(label((key[j],))) for j in idx] + [runs_cell(group)]
+        row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group)]
         table.rows.append(row + [per_metric[m][i] for m, _ in columns])
         table.row_runs.append([r["run_id"] for r in group])
         table.row_labels.append(label(key))
@@ -154,9 +154,9 @@ def parity_tables(docs: Sequence[Mapping], number: int) -> list[Table]:
                       ["setting", *frameworks, "differs"], label_cols=1 + len(frameworks) + 1)
             for row in sorted(diff, key=lambda r: (not r.get("differs"), str(r.get("setting")))):
                 values = row.get("values") or {}
-                t.rows.append([Cell(str(row.get("setting"))),
-                               *(Cell(_fmt_setting(values.get(f, "—"))) for f in frameworks),
-                               Cell("yes" if row.get("differs") else "no", bold=bool(row.get("differs")))])
+                t.rows.append([TableCell(str(row.get("setting"))),
+                               *(TableCell(_fmt_setting(values.get(f, "—"))) for f in frameworks),
+                               TableCell("yes" if row.get("differs") else "no", bold=bool(row.get("differs")))])
                 t.row_runs.append([doc_label])
                 t.row_labels.append(str(row.get("setting")))
             tables.append(t)
@@ -167,8 +167,8 @@ def parity_tables(docs: Sequence[Mapping], number: int) -> list[Table]:
                       f"largest absolute loss difference first. {summary}.",
                       ["factor", "max |Δloss|", "final-loss gap"])
             for row in sorted(ablation, key=lambda r: -(r.get("max_abs_dloss") or 0.0)):
-                t.rows.append([Cell(str(row.get("factor"))), Cell(fmt_number(row.get("max_abs_dloss"))),
-                               Cell(fmt_number(row.get("final_loss_gap")))])
+                t.rows.append([TableCell(str(row.get("factor"))), TableCell(fmt_number(row.get("max_abs_dloss"))),
+                               TableCell(fmt_number(row.get("final_loss_gap")))])
                 t.row_runs.append([doc_label])
                 t.row_labels.append(str(row.get("factor")))
             tables.append(t)
@@ -231,16 +231,16 @@ def levers_table(records: Sequence[Mapping], keys: Sequence[str], number: int) -
             failed = not any(r["status"] == "ok" for r in lrecs)
 
             def shown_value(median):
-                return Cell("failed" if failed else fmt_cost(median) if median is not None else "—")
+                return TableCell("failed" if failed else fmt_cost(median) if median is not None else "—")
 
             second_cells = []
             if second:
                 s = metric_values(lrecs, second)
                 second_cells = [shown_value(statistics.median(s) if s else None)]
-            table.rows.append([*(Cell(label((other_key[others.index(k)],))) for k in shown),
-                               Cell(str(lever), bold=lever == "baseline"), runs_cell(lrecs),
-                               shown_value(m_med), Cell(_ratio(m_med, base_mem)), *second_cells,
-                               shown_value(t_med), Cell(_ratio(t_med, base_tput))])
+            table.rows.append([*(TableCell(label((other_key[others.index(k)],))) for k in shown),
+                               TableCell(str(lever), bold=lever == "baseline"), runs_cell(lrecs),
+                               shown_value(m_med), TableCell(_ratio(m_med, base_mem)), *second_cells,
+                               shown_value(t_med), TableCell(_ratio(t_med, base_tput))])
             table.row_runs.append([r["run_id"] for r in lrecs])
             table.row_labels.append(f"{label(other_key)}/{lever}")
     return table
