@@ -34,13 +34,13 @@ def tiny_model_dir() -> Path:
     trained model is enough and keeps `make test` independent of the committed checkpoint.
     """
     from harness.errors import UserError
-    from harness.tinymodel.build import ASSET_DIR, BuildPlan, CACHE_DIR, build, tiny_checkpoint
+    from harness.tinymodel.build import ASSET_DIR, BuildPlan, CACHE_DIR, build_tiny_model, tiny_checkpoint
 
     try:
         return tiny_checkpoint()
     except UserError:
         if (ASSET_DIR / "config.json").is_file():  # committed by an earlier recipe: same architecture
             return ASSET_DIR
-        path, _ = build(BuildPlan(card="synthdocs-mini", steps=30, random_pages=100, label_pages=100), out_dir=CACHE_DIR / "test-quick",
+        path, _ = build_tiny_model(BuildPlan(card="synthdocs-mini", steps=30, random_pages=100, label_pages=100), out_dir=CACHE_DIR / "test-quick",
                         progress=False, eval_every=0, quality_samples=4)
         return path

@@ -19,7 +19,7 @@ MINI = "synthdocs-mini"
 
 @pytest.fixture(scope="module")
 def mini_build(tmp_path_factory):
-    return data.build(data.load_card(MINI), tmp_path_factory.mktemp("mini") / "build")
+    return data.build_dataset(data.load_card(MINI), tmp_path_factory.mktemp("mini") / "build")
 
 
 # ---- check digits (expected values from published examples) -------------------------------------
@@ -57,7 +57,7 @@ def test_documents_fit_the_model_and_fields_are_verbatim(kind):
     allowed = set(string.printable) - set("\t\r\n\x0b\x0c")
     checked_ids = 0
     for _ in range(300):
-        doc = docgen.generate(kind, rng)
+        doc = docgen.generate_document(kind, rng)
         assert doc.kind == kind
         assert 3 <= len(doc.lines) <= 8
         for line in doc.lines:
@@ -82,7 +82,7 @@ def test_dates_come_in_all_four_formats():
     seen = set()
     rng = np.random.default_rng(0)
     for _ in range(200):
-        date = docgen.generate("invoice", rng).fields["date"]
+        date = docgen.generate_document("invoice", rng).fields["date"]
         matched = [name for name, pat in patterns.items() if re.match(pat, date)]
         assert len(matched) == 1, date
         seen.update(matched)
@@ -100,8 +100,8 @@ def test_format_helpers_by_hand():
 
 
 def test_generation_is_deterministic():
-    a = [docgen.generate(k, np.random.default_rng(5)) for k in docgen.KINDS]
-    b = [docgen.generate(k, np.random.default_rng(5)) for k in docgen.KINDS]
+    a = [docgen.generate_document(k, np.random.default_rng(5)) for k in docgen.KINDS]
+    b = [docgen.generate_document(k, np.random.default_rng(5)) for k in docgen.KINDS]
     assert a == b
 
 
@@ -165,7 +165,7 @@ def _all_bytes(root):
 
 def test_build_is_byte_identical_and_matches_the_card(mini_build, tmp_path):
     card = data.load_card(MINI)
-    again = data.build(card, tmp_path / "again")
+    again = data.build_dataset(card, tmp_path / "again")
     assert again.checksum == mini_build.checksum == card.checksum
     assert _all_bytes(again.path) == _all_bytes(mini_build.path)
     assert mini_build.counts == {"pretrain": 64, "train": 32, "validation": 8, "test": 16}
@@ -179,10 +179,10 @@ def test_build_is_byte_identical_and_matches_the_card(mini_build, tmp_path):
 
 def test_second_build_is_reused_unless_forced(mini_build):
     card = data.load_card(MINI)
-    reused = data.build(card, mini_build.path)
+    reused = data.build_dataset(card, mini_build.path)
     assert reused.reused and reused.checksum == mini_build.checksum
     assert reused.counts == mini_build.counts
-    forced = data.build(card, mini_build.path, force=True)
+    forced = data.build_dataset(card, mini_build.path, force=True)
     assert not forced.reused and forced.checksum == mini_build.checksum
 
 
@@ -190,7 +190,7 @@ def test_checksum_mismatch_fails_and_keeps_old_output(tmp_path):
     path = _write_card(tmp_path, checksum="0" * 64, splits={"test": 2})
     out = tmp_path / "out"
     with pytest.raises(UserError, match="expects 0000.*Pillow.*FreeType.*checksum: null"):
-        data.build(data.load_card(path), out)
+        data.build_dataset(data.load_card(path), out)
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
@@ -200,9 +200,9 @@ def test_null_checksum_builds_and_refuses_foreign_directory(tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("precious")
     with pytest.raises(UserError, match="refusing to replace"):
-        data.build(card, foreign)
+        data.build_dataset(card, foreign)
     assert (foreign / "notes.txt").read_text() == "precious"
-    info = data.build(card, tmp_path / "out")
+    info = data.build_dataset(card, tmp_path / "out")
     assert len(info.checksum) == 64 and info.counts == {"test": 2}
 
 

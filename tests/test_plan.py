@@ -394,7 +394,7 @@ def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir
     """A memory-suite record -> the planner's per-process estimate next to the measured peak."""
     import json as _json
 
-    from harness.planner.validate import format_rows, validate
+    from harness.planner.validate import format_rows, validate_against_runs
     from harness.config.spec import make_spec
 
     spec = make_spec({"train": {"batch_size": 4}, "distributed": {"zero_stage": 2}})
@@ -415,7 +415,7 @@ def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir
     }
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "memory-abc.json").write_text(_json.dumps(record))
-    rows = validate(tmp_path)
+    rows = validate_against_runs(tmp_path)
     assert len(rows) == 1 and rows[0]["lever"] == "zero2" and rows[0]["measured_mib"] == 200.0
     assert rows[0]["estimate_mib"] > 0 and rows[0]["ratio"] == rows[0]["estimate_mib"] / 200.0
     assert "est/meas" in format_rows(rows)
@@ -431,7 +431,7 @@ def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir
                                      "peak_anon_above_baseline_mib": 120.0, "gpu_max_allocated_mib": 30.0}]
     (tmp_path / "runs" / "memory-abc.json").unlink()
     (tmp_path / "runs" / "memory-gpu.json").write_text(_json.dumps(record))
-    (row,) = validate(tmp_path)
+    (row,) = validate_against_runs(tmp_path)
     assert (row["figure"], row["measured_mib"], row["host_measured_mib"]) == ("gpu_max_allocated_mib", 30.0, 120.0)
     assert row["estimate_mib"] == pytest.approx(sum(v for k, v in row["gpu_breakdown_mib"].items() if k != "total"))
     assert "host: est." in format_rows([row]) and "GPU max allocated" in format_rows([row])

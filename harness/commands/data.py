@@ -50,7 +50,7 @@ def run(args) -> int:
 
 def _build(args) -> int:
     card = data.load_card(args.card)
-    info = data.build(card, args.out, force=args.force)
+    info = data.build_dataset(card, args.out, force=args.force)
     counts = ", ".join(f"{split} {n}" for split, n in info.counts.items())
     verb = "reused existing build" if info.reused else f"built in {info.seconds:.1f} s"
     print(f"{card.name}: {verb}: {counts} documents")

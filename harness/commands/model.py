@@ -37,12 +37,12 @@ def run(args) -> int:
 def _build(args) -> int:
     import time
 
-    from harness.tinymodel.build import BuildPlan, ForgePaused, build
+    from harness.tinymodel.build import BuildPlan, ForgePaused, build_tiny_model
 
     t = time.perf_counter()
     plan = BuildPlan(preset=args.preset, seed=args.seed, steps=args.steps)
     try:
-        path, meta = build(plan, out_dir=args.out, force=args.force, resume=args.resume,
+        path, meta = build_tiny_model(plan, out_dir=args.out, force=args.force, resume=args.resume,
                            stop_after_minutes=args.stop_after, device=args.device)
     except ForgePaused as paused:
         print(paused)

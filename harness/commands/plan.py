@@ -167,9 +167,9 @@ def _table(title: str, labels: dict, values_gib: dict) -> list[str]:
 
 def run(args) -> int:
     if args.validate:
-        from harness.planner.validate import format_rows, validate
+        from harness.planner.validate import format_rows, validate_against_runs
 
-        rows = validate(args.validate)
+        rows = validate_against_runs(args.validate)
         print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
         return 0
     if not args.model:

@@ -190,7 +190,7 @@ def make_spec(*overrides: dict, source: str = "spec") -> dict:
     for override in overrides:
         spec = merge(spec, override, source=source)
     spec["lora"]["targets"] = _renamed_preset(spec["lora"]["targets"], source)
-    return validate(spec, source)
+    return validate_spec(spec, source)
 
 
 _warned_presets: set[str] = set()

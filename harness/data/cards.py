@@ -1,7 +1,7 @@
 """Dataset cards and their deterministic builds (rendered pages + JSONL), verified by checksum.
 
 A *card* (`datasets/<name>/card.yaml`) is data: generator, seed, render style, document kinds, split
-sizes and the sha256 of the expected build. `build(card)` renders it into a directory:
+sizes and the sha256 of the expected build. `build_dataset(card)` renders it into a directory:
 
     <out>/images/<split>/<id>.png
     <out>/<split>.<task>.jsonl        task in TASKS; the pretrain split only gets "transcribe"
@@ -203,7 +203,7 @@ def make_document(card: Card, split: str,
     seq = np.random.SeedSequence(entropy=card.seed, spawn_key=(_split_key(split), index))
     content_seq, render_seq = seq.spawn(2)  # content and look vary independently
     kind = card.kinds[index % len(card.kinds)]
-    doc = docgen.generate(kind, np.random.default_rng(content_seq))
+    doc = docgen.generate_document(kind, np.random.default_rng(content_seq))
     return doc, np.random.default_rng(render_seq)
 
 
@@ -337,4 +337,4 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 def ensure_built(name_or_card_path: str | os.PathLike) -> Path:
     """The build directory of a card (name or path), built and verified if needed."""
-    return build(load_card(name_or_card_path)).path
+    return build_dataset(load_card(name_or_card_path)).path

@@ -1,6 +1,6 @@
 """Content of the synthetic documents: text lines plus the named fields to extract from them.
 
-One call, `generate(kind, rng)`, returns a `Document`: 3 to 8 lines of printable ASCII, each at most
+One call, `generate_document(kind, rng)`, returns a `Document`: 3 to 8 lines of printable ASCII, each at most
 `render.MAX_LINE_CHARS` characters (the embedded model reads one 40-token row per line), and 3 to 5
 fields whose string values appear verbatim in those lines, so extraction is reading plus picking.
 

@@ -66,13 +66,13 @@ def evaluate(model_dir, samples: Sequence, *, adapter_dir=None, system: str | No
     from PIL import Image
 
     from harness.eval import metrics as scoring
-    from harness.eval.generation import generate, load_model
+    from harness.eval.generation import generate_answers, load_model
 
     if model is None:
         model, processor = load_model(model_dir, adapter_dir, device=device)
     images = [Image.open(s.image).convert("RGB") for s in samples]
     t0 = time.perf_counter()
-    answers = generate(model, processor, images, [s.prompt for s in samples], system=system,
+    answers = generate_answers(model, processor, images, [s.prompt for s in samples], system=system,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - t0
     refs = references(samples)

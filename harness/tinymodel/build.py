@@ -184,14 +184,14 @@ def reading_and_structure(model, processor, pages) -> dict:
     """CER of `read` and the `fill_json` scores on held-out pages: the two skills the forge teaches."""
     from harness.eval import metrics as metrics
     from harness.tinymodel.forge import READ_PROMPT, structured_items
-    from harness.eval.generation import generate
+    from harness.eval.generation import generate_answers
 
     images = [p.image for p in pages]
-    reads = generate(model, processor, images, [READ_PROMPT] * len(pages))
+    reads = generate_answers(model, processor, images, [READ_PROMPT] * len(pages))
     refs = [{"id": str(i), "text": "\n".join(p.lines)} for i, p in enumerate(pages)]
     read_scores = metrics.score(refs, [{"id": str(i), "prediction": r} for i, r in enumerate(reads)], n_boot=10)
     items = structured_items(pages)
-    fills = generate(model, processor, images, [prompt for prompt, _ in items], max_new_tokens=160)
+    fills = generate_answers(model, processor, images, [prompt for prompt, _ in items], max_new_tokens=160)
     return {"n": len(pages), "cer": read_scores["cer"], "exact_match": read_scores["exact_match"],
             **fill_json_scores(fills, [answer for _, answer in items])}
 
@@ -219,7 +219,7 @@ def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> 
     """Greedy CER/WER on test/transcribe, field F1 on test/extract (no adapter), fill_json scores."""
     from harness.data.samples import load_samples, split_file
     from harness.eval.evaluate import evaluate
-    from harness.eval.generation import generate, load_model
+    from harness.eval.generation import generate_answers, load_model
     from harness.tinymodel.forge import structured_items
 
     model, processor = load_model(model_dir)
@@ -231,7 +231,7 @@ def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> 
     t = time.perf_counter()
     pages = _test_pages(data_dir, max_samples)
     items = structured_items(pages)
-    fills = generate(model, processor, [p.image for p in pages], [prompt for prompt, _ in items], max_new_tokens=160)
+    fills = generate_answers(model, processor, [p.image for p in pages], [prompt for prompt, _ in items], max_new_tokens=160)
     out["fill_json"] = {"n": len(pages), **fill_json_scores(fills, [a for _, a in items]),
                         "eval_s": time.perf_counter() - t}
     return out

@@ -159,7 +159,7 @@ def reserved_keys() -> set[str]:
         from harness.data import docgen as docgen
 
         rng = np.random.default_rng(0)
-        _RESERVED_KEYS = {k for kind in docgen.KINDS for _ in range(200) for k in docgen.generate(kind, rng).fields}
+        _RESERVED_KEYS = {k for kind in docgen.KINDS for _ in range(200) for k in docgen.generate_document(kind, rng).fields}
     return _RESERVED_KEYS
 
 

@@ -44,7 +44,7 @@ def test_train_step_peft_batch8(benchmark, setup, rows):
 def test_generate_batch8(benchmark, setup, rows):
     from PIL import Image
 
-    from harness.eval.generation import generate
+    from harness.eval.generation import generate_answers
 
     model, processor = setup
     images = [Image.open(r["images"][0]).convert("RGB") for r in rows[:8]]
