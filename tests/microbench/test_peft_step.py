@@ -49,5 +49,5 @@ def test_generate_batch8(benchmark, setup, rows):
     model, processor = setup
     images = [Image.open(r["images"][0]).convert("RGB") for r in rows[:8]]
     prompts = [r["messages"][0]["content"] for r in rows[:8]]
-    out = benchmark(generate, model, processor, images, prompts, max_new_tokens=32, batch_size=8)
+    out = benchmark(generate_answers, model, processor, images, prompts, max_new_tokens=32, batch_size=8)
     assert len(out) == 8
