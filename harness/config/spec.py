@@ -141,7 +141,7 @@ def _check_number(value, key, source, *, low=None, integer=False, allow_none=Fal
         raise UserError(f"{source}: {key} must be {kind}{bound}, got {value!r}")
 
 
-def validate(spec: dict, source: str = "spec") -> dict:
+def validate_spec(spec: dict, source: str = "spec") -> dict:
     """Check types and choices of a fully merged spec; returns it unchanged."""
     _check_choice(spec["framework"], tuple(adapters.REGISTRY), "framework", source)
     _check_choice(spec["alignment"], ("aligned", "native"), "alignment", source)

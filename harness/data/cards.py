@@ -274,7 +274,7 @@ def _mismatch_message(card: Card, got: str, versions: dict) -> str:
             f"are expected, set 'checksum: null' in the card, rebuild, and paste the new checksum")
 
 
-def build(card: Card, out_dir: str | os.PathLike | None = None, force: bool = False) -> BuildInfo:
+def build_dataset(card: Card, out_dir: str | os.PathLike | None = None, force: bool = False) -> BuildInfo:
     """Render `card` into `out_dir` (default `<card dir>/build`) and verify its checksum.
 
     Instant when `out_dir` already holds a build of the same card content that matches the card's

@@ -409,7 +409,7 @@ def check_document(doc: Document) -> None:
         assert isinstance(value, str) and value and value in doc.text, (doc.kind, name, value)
 
 
-def generate(kind: str, rng: np.random.Generator) -> Document:
+def generate_document(kind: str, rng: np.random.Generator) -> Document:
     """A document of `kind` (one of KINDS) drawn from `rng`; checked before it is returned."""
     if kind not in _GENERATORS:
         raise ValueError(f"unknown document kind {kind!r}; known: {', '.join(KINDS)}")

@@ -24,7 +24,7 @@ def load_model(model_dir, adapter_dir=None, dtype="float32", device="cpu"):
     return model, processor
 
 
-def generate(model, processor, images: Sequence, prompts: Sequence[str], *, system: str | None = DEFAULT_SYSTEM,
+def generate_answers(model, processor, images: Sequence, prompts: Sequence[str], *, system: str | None = DEFAULT_SYSTEM,
              max_new_tokens: int = 320, batch_size: int = 16, progress=None) -> list[str]:
     """Greedy answers for (image, prompt) pairs, in order. `prompts` are user texts (`<image>` optional)."""
     import torch

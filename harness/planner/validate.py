@@ -50,7 +50,7 @@ def plan_input_for(record: dict, shape) -> PlanInput:
     )
 
 
-def validate(results: str | Path) -> list[dict]:
+def validate_against_runs(results: str | Path) -> list[dict]:
     rows = []
     for record in load_records(results):
         if record["status"] != "ok" or not record.get("train", {}).get("steps"):

@@ -92,7 +92,7 @@ class ForgePaused(Exception):
 EVAL_DOCS_DURING_TRAINING = 40  # test documents for the quality curve (each point costs ~15 s on 2 cores)
 
 
-def build(plan: BuildPlan, out_dir: Path | None = None, force: bool = False, progress: bool = True, *,
+def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool = False, progress: bool = True, *,
           resume: bool = False, stop_after_minutes: float | None = None, device: str = "cpu",
           eval_every: int = 1000, quality_samples: int = 200) -> tuple[Path, dict]:
     """Build (or reuse) the tiny checkpoint; returns its directory and its lorabench.json meta.
