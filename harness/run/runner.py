@@ -150,13 +150,16 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
 def record_cell(cell: Cell) -> dict:
     """What names the run in reports: framework, alignment, seed, and the suite's matrix keys.
 
-    A cell named by a `lever` (memory suite) keeps just that name: its spec overrides (zero
-    stage, batch, ...) are what the lever is, and would otherwise split the report's groups.
+    A cell named by a `lever` (memory suite) or a `control` keeps just that name: its spec overrides
+    (zero stage, batch, a harmful lr, ...) are what it is, and would otherwise split the report's
+    groups (and hide a control's reference cell).
     """
     spec = cell.spec
     base = {"framework": spec["framework"], "alignment": spec["alignment"], "seed": spec["train"]["seed"]}
     if "lever" in cell.key:
         return {**base, "lever": cell.key["lever"]}
+    if "control" in cell.key:  # likewise: its reference is the same cell without the control's overrides
+        return {**base, "control": cell.key["control"]}
     return {**base, **cell.key}
 
 
