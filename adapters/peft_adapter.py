@@ -110,8 +110,8 @@ class PeftAdapter:
         trainer.train()
         t_end = time.perf_counter()
         adapter_dir = out_dir / "adapter"
-        if trainer.is_world_process_zero():
-            trainer.model.save_pretrained(str(adapter_dir))
+        # on every rank: under ZeRO-3 the Trainer gathers the partitioned LoRA tensors before rank 0 writes
+        trainer.save_model(str(adapter_dir))
         effective.update(common.run_settings(trainer.args, recorder, system, label_mask))
         (out_dir / "training_args.json").write_text(trainer.args.to_json_string())
         (out_dir / "reproduce_peft.py").write_text(PEFT_SNIPPET.format(model=data.model_dir, data=data.train_jsonl,

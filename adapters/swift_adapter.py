@@ -126,8 +126,8 @@ class SwiftAdapter:
                 recorder = common.StepRecorder(trainer, hooks, on_begin=on_begin, mean_of_means=mean_of_means)
                 out = super().train(trainer)
                 t_end = time.perf_counter()
-                if trainer.is_world_process_zero():
-                    trainer.model.save_pretrained(str(out_dir / "adapter"))
+                # on every rank: under ZeRO-3 the trainer gathers the partitioned LoRA tensors first
+                trainer.save_model(str(out_dir / "adapter"))
                 system = self.template.template_meta.default_system if self.args.system is None else self.args.system
                 effective.update(common.run_settings(trainer.args, recorder, system, "answer"))
                 effective["swift.dataset_shuffle"] = self.args.dataset_shuffle

@@ -106,7 +106,7 @@ def test_a_run_that_did_not_train_is_recorded_as_failed(tmp_path, model_dir, min
     assert trained["training_check"]["lora_modules_moved"] == trained["training_check"]["lora_modules"] == 1
     assert trained["training_check"]["live_gradient_fraction"] == 1.0
     assert frozen["status"] == "failed"
-    assert frozen["error"] == "training did not happen: adapters did not change: all 1 LoRA modules equal their initial value"
+    assert frozen["error"] == "training check: adapters did not change: all 1 LoRA modules equal their initial value"
     assert frozen["training_check"]["max_change_norm"] == 0.0
 
 
@@ -125,3 +125,19 @@ def test_training_check_names_dead_gradients(tmp_path):
     assert block["max_change_norm"] == pytest.approx(0.5 * 6 ** 0.5)
     assert block["live_gradient_fraction"] == 0.25
     assert reason == "gradients were zero or not finite in 75% of the steps (4 logged)"
+
+
+def test_training_check_names_a_saved_tensor_that_is_not_the_trained_one(tmp_path):
+    """A deliberately broken save (a ZeRO-3 shard instead of the gathered tensor) is caught and named."""
+    import torch
+    from safetensors.torch import save_file
+
+    from harness.run import training_check
+
+    key = "base_model.model.m.lora_A.weight"
+    save_file({key: torch.ones(2, 3)}, str(tmp_path / "initial.safetensors"))
+    (tmp_path / "adapter").mkdir()
+    save_file({key: torch.ones(0, 3)}, str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    _, reason = training_check.check(tmp_path / "initial.safetensors", tmp_path / "adapter", [])
+    assert reason == ("the saved adapter is not the trained model: the saved adapter's m.lora_A.weight "
+                      "has shape (0, 3), the trained one (2, 3)")

@@ -118,7 +118,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                                                                  Path(rank0["adapter_dir"]), rank0["steps"])
     if not_trained:
         record["metrics"] = metrics
-        return done("failed", f"training did not happen: {not_trained}")
+        return done("failed", f"training check: {not_trained}")
     if spec["eval"]["enabled"]:
         res = run_worker("eval", work / "job.json", work / "worker.log", spec["timeout_s"], device=spec["device"],
                          poll=poll)

@@ -15,6 +15,10 @@ from pathlib import Path
 MIN_LIVE_GRADIENT_FRACTION = 0.5  # below this, most steps updated nothing (a few skipped fp16 steps are normal)
 
 
+class SavedAdapterMismatch(Exception):
+    """The saved adapter does not hold the tensors that were trained."""
+
+
 def _normalized(key: str) -> str:
     # PEFT writes base_model.model.<path>.lora_A.weight; snapshots may carry ".default." too
     key = key.replace("base_model.model.", "", 1) if key.startswith("base_model.model.") else key
@@ -38,6 +42,9 @@ def adapter_change(initial_file: Path, adapter_dir: Path) -> dict:
     for key in sorted(set(initial) & set(final)):
         if "lora_" not in key:
             continue
+        if final[key].shape != initial[key].shape:  # e.g. a ZeRO-3 shard saved instead of the gathered tensor
+            raise SavedAdapterMismatch(f"the saved adapter's {key} has shape {tuple(final[key].shape)}, "
+                                       f"the trained one {tuple(initial[key].shape)}")
         delta = (final[key].float() - initial[key].float()).norm().item()
         squared[_module_of(key)] = squared.get(_module_of(key), 0.0) + delta ** 2
     norms = {module: math.sqrt(value) for module, value in squared.items()}
@@ -57,7 +64,10 @@ def gradient_health(steps: list[dict]) -> dict:
 
 def check(initial_file: Path, adapter_dir: Path, steps: list[dict]) -> tuple[dict, str | None]:
     """(the record's `training_check` block, the reason the run did not train or None)."""
-    block = {**adapter_change(initial_file, adapter_dir), **gradient_health(steps)}
+    try:
+        block = {**adapter_change(initial_file, adapter_dir), **gradient_health(steps)}
+    except SavedAdapterMismatch as exc:
+        return gradient_health(steps), f"the saved adapter is not the trained model: {exc}"
     if block["lora_modules"] and not block["lora_modules_moved"]:
         return block, f"adapters did not change: all {block['lora_modules']} LoRA modules equal their initial value"
     fraction = block["live_gradient_fraction"]
