@@ -12,17 +12,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from adapters.common import normalize_key  # the key form of the initial snapshots
+
 MIN_LIVE_GRADIENT_FRACTION = 0.5  # below this, most steps updated nothing (a few skipped fp16 steps are normal)
 
 
 class SavedAdapterMismatch(Exception):
     """The saved adapter does not hold the tensors that were trained."""
-
-
-def _normalized(key: str) -> str:
-    # PEFT writes base_model.model.<path>.lora_A.weight; snapshots may carry ".default." too
-    key = key.replace("base_model.model.", "", 1) if key.startswith("base_model.model.") else key
-    return key.replace(".default.", ".")
 
 
 def _module_of(key: str) -> str:
@@ -36,8 +32,8 @@ def adapter_change(initial_file: Path, adapter_dir: Path) -> dict:
     """Norm of (trained - initial) per LoRA module, over the tensors both files hold."""
     from safetensors.torch import load_file
 
-    initial = {_normalized(k): v for k, v in load_file(str(initial_file)).items()}
-    final = {_normalized(k): v for k, v in load_file(str(Path(adapter_dir) / "adapter_model.safetensors")).items()}
+    initial = {normalize_key(k): v for k, v in load_file(str(initial_file)).items()}
+    final = {normalize_key(k): v for k, v in load_file(str(Path(adapter_dir) / "adapter_model.safetensors")).items()}
     squared: dict[str, float] = {}
     for key in sorted(set(initial) & set(final)):
         if "lora_" not in key:
