@@ -24,6 +24,7 @@ class TrainOutcome:
     train_s: float
     framework_args: Path | None = None  # the framework's own arguments as resolved (TrainingArguments, SftArguments)
     command_line: Path | None = None  # how to run the same training outside lorabench (a command or a script)
+    probe: Path | None = None  # the live model's logits and trainable tensors (adapters.common.save_probe)
 
 
 class Adapter(Protocol):

@@ -113,9 +113,40 @@ def lora_state(model) -> dict:
 
 
 def normalize_key(key: str) -> str:
-    # PEFT: base_model.model.<path>.lora_A.weight; keep <path>.lora_A.weight
+    # PEFT: base_model.model.<path>.lora_A.weight; keep <path>.lora_A.weight. A module trained in
+    # full lives at <path>.modules_to_save.default.<name> and is saved as <path>.<name>.
     key = key.replace("base_model.model.", "", 1) if key.startswith("base_model.model.") else key
-    return key.replace(".default.", ".")
+    return key.replace(".modules_to_save.default.", ".").replace(".default.", ".")
+
+
+PROBE_ROWS = 2  # training rows the round trip replays: enough to cover padding, cheap to store
+
+
+def save_probe(model, processor, rows: list[dict], system: str | None, path: Path) -> None:
+    """What the adapter round trip compares a reloaded adapter with, taken from the live model.
+
+    The trained model's logits on the first training rows (fp32, eval mode), the rows themselves,
+    and the name and full shape of every tensor that was trainable. Called on every rank: under
+    ZeRO-3 the forward gathers partitioned weights collectively; rank 0 writes the file.
+    """
+    import os
+
+    import torch
+
+    collate = ChatCollator(processor, system, "answer", max_length=1 << 30)
+    batch = collate(rows[:PROBE_ROWS])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    device = next(model.parameters()).device
+    trainable = {normalize_key(n): list(getattr(p, "ds_shape", p.shape))
+                 for n, p in model.named_parameters() if p.requires_grad}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
+    model.train(was_training)
+    if int(os.environ.get("RANK", "0")) == 0:
+        torch.save({"inputs": inputs, "logits": logits, "trainable": trainable, "rows": rows[:PROBE_ROWS],
+                    "system": system}, str(path))
 
 
 def save_lora_state(model, path: Path) -> str:
@@ -258,6 +289,25 @@ def batch_fingerprint(inputs) -> str:
     return h.hexdigest()[:12]
 
 
+def global_loss(rank_loss: float) -> float:
+    """The step's loss over all processes: the mean of the ranks' losses.
+
+    With `average_tokens_across_devices` each rank's loss is its token-loss sum over the global token
+    count, times the world size (so that DDP's gradient mean comes out right); the mean over ranks is
+    then the loss of the whole global batch, what one process with accumulation reports. Called on
+    every rank (a collective); one process returns its own loss unchanged.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rank_loss
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([rank_loss], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item()) / dist.get_world_size()
+
+
 class StepRecorder:
     """Exact per-step loss, lr, grad norm, tokens and time for any transformers Trainer.
 
@@ -311,7 +361,7 @@ class StepRecorder:
                     recorder.steps[-1]["grad_norm"] = float(logs["grad_norm"])
 
             def on_step_end(self, args, state, control, **kw):
-                rec = {"step": state.global_step, "loss": recorder._loss, "lr": recorder._lr, "grad_norm": None,
+                rec = {"step": state.global_step, "loss": global_loss(recorder._loss), "lr": recorder._lr, "grad_norm": None,
                        "tokens": recorder._tokens, "samples": recorder._samples,
                        "max_seq_len": recorder._padded_max, "image_tokens": recorder._image_tokens,
                        "seconds": time.perf_counter() - recorder._t0}

@@ -112,6 +112,7 @@ class PeftAdapter:
         adapter_dir = out_dir / "adapter"
         # on every rank: under ZeRO-3 the Trainer gathers the partitioned LoRA tensors before rank 0 writes
         trainer.save_model(str(adapter_dir))
+        common.save_probe(trainer.model, processor, rows, system, out_dir / "probe.pt")
         effective.update(common.run_settings(trainer.args, recorder, system, label_mask))
         (out_dir / "training_args.json").write_text(trainer.args.to_json_string())
         (out_dir / "reproduce_peft.py").write_text(PEFT_SNIPPET.format(model=data.model_dir, data=data.train_jsonl,
@@ -120,4 +121,5 @@ class PeftAdapter:
         return TrainOutcome(adapter_dir=adapter_dir, initial_adapter=initial, steps=recorder.steps,
                             effective=effective, setup_s=(recorder.first_step_at or t_end) - t0,
                             train_s=t_end - (recorder.first_step_at or t_end),
-                            framework_args=out_dir / "training_args.json", command_line=out_dir / "reproduce_peft.py")
+                            framework_args=out_dir / "training_args.json", command_line=out_dir / "reproduce_peft.py",
+                            probe=out_dir / "probe.pt")

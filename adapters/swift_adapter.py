@@ -35,10 +35,9 @@ def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list
 def sft_kwargs(spec: dict, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config,
                modules_to_save: list[str] = ()) -> dict:
     """The arguments lorabench passes to swift's sft pipeline (everything else is swift's default)."""
-    from adapters.swift_model import MODEL_TYPE
+    from adapters.swift_model import model_type_for
 
     t, o, s, lora = spec["train"], spec["optim"], spec["schedule"], spec["lora"]
-    is_tiny = (Path(data.model_dir) / "lorabench.json").exists()
     base = dict(
         model=str(data.model_dir), dataset=[str(data.train_jsonl)], tuner_type="lora",
         output_dir=str(out_dir / "swift"), add_version=False, check_model=False, report_to=["none"],
@@ -46,8 +45,8 @@ def sft_kwargs(spec: dict, data: TrainData, out_dir: Path, target_names: list[st
         seed=t["seed"], logging_steps=1, save_strategy="no", lora_rank=lora["r"], load_from_cache_file=False,
         deepspeed=deepspeed_config, dataset_num_proc=1,
     )
-    if is_tiny:
-        base["model_type"] = MODEL_TYPE
+    if model_type_for(data.model_dir):
+        base["model_type"] = model_type_for(data.model_dir)
     if spec["alignment"] == "native":
         return dict(**base, target_modules=["all-linear"])
     vision = any(".visual." in n for n in target_names)
@@ -129,6 +128,8 @@ class SwiftAdapter:
                 # on every rank: under ZeRO-3 the trainer gathers the partitioned LoRA tensors first
                 trainer.save_model(str(out_dir / "adapter"))
                 system = self.template.template_meta.default_system if self.args.system is None else self.args.system
+                common.save_probe(trainer.model, self.template.processor, common.read_jsonl(data.train_jsonl),
+                                  system or None, out_dir / "probe.pt")
                 effective.update(common.run_settings(trainer.args, recorder, system, "answer"))
                 effective["swift.dataset_shuffle"] = self.args.dataset_shuffle
                 effective["swift.use_logits_to_keep"] = self.args.use_logits_to_keep
@@ -141,7 +142,8 @@ class SwiftAdapter:
         first = result["first"] or result["end"]
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=result["steps"],
                             effective=result["effective"], setup_s=first - t0, train_s=result["end"] - first,
-                            framework_args=out_dir / "sft_args.json", command_line=out_dir / "swift_sft_command.sh")
+                            framework_args=out_dir / "sft_args.json", command_line=out_dir / "swift_sft_command.sh",
+                            probe=out_dir / "probe.pt")
 
 
 def _target_names(spec: dict, data: TrainData) -> tuple[list[str], list[str]]:

@@ -23,6 +23,13 @@ TEMPLATE_TYPE = "lorabench_tiny_qwen2_vl"
 _registered = False
 
 
+def model_type_for(model_dir) -> str | None:
+    """The swift model type to pass for `model_dir`: ours for the embedded tiny model, else swift's own guess."""
+    from pathlib import Path
+
+    return MODEL_TYPE if (Path(model_dir) / "lorabench.json").exists() else None
+
+
 def resize_for_grid(image, image_processor):
     """Resize to the processor's grid (multiples of patch x merge, within its pixel limits)."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize

@@ -96,10 +96,12 @@ class TorchAdapter:
             hooks.on_step(record)
         t_end = time.perf_counter()
         model.save_pretrained(str(out_dir / "adapter"))
+        common.save_probe(model, processor, rows, common.system_for(spec), out_dir / "probe.pt")
         effective.update(reference_settings(model, scheduler, sampler, collate, steps, fingerprints, micro_batch_sizes,
                                             t["loss_norm"]))
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=steps,
-                            effective=effective, setup_s=first_step_at - t0, train_s=t_end - first_step_at)
+                            effective=effective, setup_s=first_step_at - t0, train_s=t_end - first_step_at,
+                            probe=out_dir / "probe.pt")
 
 
 class TrainerOrderSampler:

@@ -41,6 +41,7 @@ def tiny_model_dir() -> Path:
     except UserError:
         if (ASSET_DIR / "config.json").is_file():  # committed by an earlier recipe: same architecture
             return ASSET_DIR
-        path, _ = build_tiny_model(BuildPlan(card="synthdocs-mini", steps=30, random_pages=100, label_pages=100), out_dir=CACHE_DIR / "test-quick",
+        path, _ = build_tiny_model(BuildPlan(card="synthdocs-mini", steps=30, random_pages=100, label_pages=100,
+                                                  instruction_steps=10), out_dir=CACHE_DIR / "test-quick",
                         progress=False, eval_every=0, quality_samples=4)
         return path

@@ -180,26 +180,46 @@ def accumulation_splits(global_batch: int) -> list[tuple[int, int]]:
     return [(b, global_batch // b) for b in range(global_batch, 0, -1) if global_batch % b == 0]
 
 
-def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, tolerance: float, progress=print) -> dict:
+MULTI_PROCESS_FRAMEWORKS = ("peft", "swift")  # the torch reference loop runs one process
+
+
+def world_splits(global_batch: int, framework: str, world_sizes: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(micro-batch, accumulation, processes) with one process at each accumulation, then the same
+    global batch over several processes without accumulation (for frameworks that run several)."""
+    splits = [(b, a, 1) for b, a in accumulation_splits(global_batch)]
+    if framework in MULTI_PROCESS_FRAMEWORKS:
+        splits += [(global_batch // w, 1, w) for w in world_sizes if w > 1 and global_batch % w == 0]
+    return splits
+
+
+def split_name(batch: int, accum: int, world: int) -> str:
+    return f"{batch}x{accum}" + (f" x{world}p" if world > 1 else "")
+
+
+def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, tolerance: float, progress=print,
+                       world_sizes: tuple[int, ...] = (2,)) -> dict:
     """Train each framework with the same global batch split several ways; the losses must not move.
 
     A loss normalised per micro-batch (the mean of micro-batch means) changes with the split as
     soon as samples differ in length, which the extraction targets do; a loss normalised per token
     over the whole accumulated batch does not. The sampler's order is the same permutation for every
-    split, so each optimizer step sees the same samples.
+    split, so each optimizer step sees the same samples. `world_sizes`: the global batch is also run
+    over that many processes with no accumulation (one process x accumulation 2 against 2 processes
+    x accumulation 1); the per-step loss of such a run is the mean over its ranks.
     """
     global_batch = base["train"]["batch_size"] * base["train"]["grad_accum"]
-    splits = accumulation_splits(global_batch)
-    if len(splits) < 2:
+    if len(accumulation_splits(global_batch)) < 2:
         raise UserError(f"global batch {global_batch} has a single split: use a batch x accumulation of 2 or more")
     results = []
     for fw in frameworks:
         losses = {}
-        for batch, accum in splits:
-            spec = make_spec(base, {"framework": fw, "train": {"batch_size": batch, "grad_accum": accum}})
-            progress(f"accumulation: {fw} {batch} x {accum} ...")
-            run = run_one(spec, out_dir / "accumulation" / f"{fw}-{batch}x{accum}", timeout_s=spec["timeout_s"])
-            losses[f"{batch}x{accum}"] = [st["loss"] for st in run["steps"]]
+        for batch, accum, world in world_splits(global_batch, fw, world_sizes):
+            spec = make_spec(base, {"framework": fw, "train": {"batch_size": batch, "grad_accum": accum},
+                                    "distributed": {"world_size": world}})
+            name = split_name(batch, accum, world)
+            progress(f"accumulation: {fw} {name} ...")
+            run = run_one(spec, out_dir / "accumulation" / f"{fw}-{name.replace(' ', '-')}", timeout_s=spec["timeout_s"])
+            losses[name] = [st["loss"] for st in run["steps"]]
         reference = next(iter(losses))
         for split, values in losses.items():
             gap = max((abs(a - b) for a, b in zip(values, losses[reference])), default=0.0)

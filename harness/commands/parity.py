@@ -17,6 +17,9 @@ def add_parser(parser) -> None:
                         help="max |Δloss| per step (default 1e-4; 1e-5 for --check accumulation)")
     parser.add_argument("--check", choices=["accumulation"],
                         help="accumulation: the same global batch split several ways must give the same losses")
+    parser.add_argument("--processes", type=int, default=2, metavar="N",
+                        help="with --check accumulation: also run the global batch over N processes without "
+                             "accumulation, for peft and swift (default 2; 1 skips it)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec key, e.g. --set lora.r=16 --set alignment=native")
     parser.add_argument("--ablate", action="store_true", help="revert one factor at a time to native values")
@@ -45,7 +48,8 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.check == "accumulation":
         tolerance = 1e-5 if args.tolerance is None else args.tolerance
-        doc = P.check_accumulation(base, frameworks, args.out, tolerance, progress=quiet)
+        doc = P.check_accumulation(base, frameworks, args.out, tolerance, progress=quiet,
+                                   world_sizes=(args.processes,))
         doc["seconds"] = time.perf_counter() - t0
         _save(args.out / "accumulation.json", doc)
         print(json.dumps(doc, default=str) if args.json else format_accumulation(doc))
@@ -100,10 +104,10 @@ def format_verdict(v: dict) -> str:
 
 def format_accumulation(doc: dict) -> str:
     out = [f"Accumulation invariance: global batch {doc['global_batch']} split as micro-batch x accumulation "
-           f"({doc['alignment']}, loss normalised by {doc['loss_norm']})", "",
-           f"{'framework':<10}{'split':>8}{'vs':>8}{'max |Δloss|':>14}  verdict"]
+           f"({doc['alignment']}, loss normalised by {doc['loss_norm']}); \"x2p\": over 2 processes", "",
+           f"{'framework':<10}{'split':>12}{'vs':>8}{'max |Δloss|':>14}  verdict"]
     for r in doc["rows"]:
-        out.append(f"{r['framework']:<10}{r['split']:>8}{r['reference']:>8}{r['max_abs_dloss']:>14.3g}  "
+        out.append(f"{r['framework']:<10}{r['split']:>12}{r['reference']:>8}{r['max_abs_dloss']:>14.3g}  "
                    f"{'same' if r['invariant'] else 'DIFFERS'}")
     out += ["", "INVARIANT" if doc["invariant"] else f"NOT INVARIANT: {doc['cause']} (tolerance {doc['tolerance']:g})"]
     return "\n".join(out)

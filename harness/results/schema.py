@@ -82,6 +82,7 @@ class RunRecord(TypedDict, total=False):
     effective_settings: dict  # rank 0's read-back settings
     train: dict  # steps (StepRecord list), warmup_steps_excluded, setup_s, train_s, adapter_dir, framework_args, command_line
     training_check: dict  # harness.run.training_check: how far the adapter moved, live gradient fraction
+    roundtrip: dict  # harness.run.roundtrip: the saved adapter reloaded by each loader vs the live model
     memory: dict  # world size, ZeRO settings, baseline and per-rank peaks
     eval: dict  # task, split, n, seconds, per_field, per_kind, system_prompt, predictions_file
     metrics: dict  # flat metric name -> number (names and directions: harness.results.metric_table)

@@ -124,6 +124,9 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                          poll=poll)
         if res.status != "ok":
             record["metrics"] = metrics
+            record["roundtrip"], roundtrip_failure = adapter_roundtrip(work, spec, poll)
+            if roundtrip_failure:  # an adapter that does not load fails the evaluation too: name the cause
+                return done("failed", f"adapter round trip: {roundtrip_failure}")
             return done(res.status, "evaluation: " + (res.error_tail or ""))
         ev = json.loads((work / "eval.json").read_text())
         record["eval"] = {k: ev[k] for k in ("task", "split", "n", "seconds", "per_field", "per_kind", "system_prompt")}
@@ -138,13 +141,43 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     else:
         record["eval"] = {"task": spec["task"], "split": spec["eval"]["split"], "n": 0, "seconds": 0.0,
                           "predictions_file": None}
+    record["roundtrip"], roundtrip_failure = adapter_roundtrip(work, spec, poll)
     from harness.run.memory_timeline import save_timeline
 
     record["memory"]["timeline_file"] = save_timeline(results_dir / "runs", cell.run_id, ranks,
                                                       work / "eval.memory.json")
     metrics["wall_s"] = time.perf_counter() - t0
     record["metrics"] = metrics
+    if roundtrip_failure:
+        return done("failed", f"adapter round trip: {roundtrip_failure}")
     return done("ok", None)
+
+
+def adapter_roundtrip(work: Path, spec: dict, poll) -> tuple[dict, str | None]:
+    """Reload the saved adapter through each framework's loader (harness.run.roundtrip).
+
+    The PEFT loader ran inside the evaluation worker; ms-swift's runs here in its own process.
+    A loader that crashes is a failed check with its error, not a failed suite.
+    """
+    from harness.run import roundtrip
+
+    if not (work / "probe.pt").is_file():
+        return {"ok": None, "cause": "not checked: the adapter wrote no probe of its live model", "loaders": {}}, None
+    blocks, t0 = {}, time.perf_counter()
+    for loader in ("peft", "swift"):
+        result_file = work / f"roundtrip.{loader}.json"
+        res = None
+        if not result_file.is_file():  # the evaluation worker has done the PEFT half when it ran
+            res = run_worker(f"roundtrip-{loader}", work / "job.json", work / "worker.log", spec["timeout_s"],
+                             device=spec["device"], poll=poll)
+        if result_file.is_file():
+            blocks[loader] = json.loads(result_file.read_text())
+        else:
+            last = [line for line in ((res and res.error_tail) or "no result written").splitlines() if line.strip()]
+            blocks[loader] = {"error": last[-1]}
+    summary, failure = roundtrip.summarise(blocks)
+    summary["seconds"] = time.perf_counter() - t0  # the separate loader processes (PEFT's is in eval's time)
+    return summary, failure
 
 
 def record_cell(cell: Cell) -> dict:

@@ -5,6 +5,8 @@ imported, so frameworks never share a process), measures the post-import memory 
 under the meters and writes `train.rank<R>.json`. `eval` runs in a fresh process that never imports
 a framework adapter: it loads the base model and the saved adapter itself and generates greedily
 on the test split with harness.eval.evaluate, the same code for every framework.
+`roundtrip-swift` reloads the saved adapter through ms-swift's loader (harness.run.roundtrip); the
+PEFT loader's half of that check runs in `eval`, whose merged model it hands to the evaluation.
 Progress goes to `progress.jsonl` in the run directory (the runner draws bars from it).
 """
 
@@ -81,7 +83,8 @@ def train(job: dict) -> int:
                       train_s=outcome.train_s, throughput=throughput(outcome.steps),
                       adapter_dir=str(outcome.adapter_dir), initial_adapter=str(outcome.initial_adapter),
                       framework_args=outcome.framework_args and str(outcome.framework_args),
-                      command_line=outcome.command_line and str(outcome.command_line))
+                      command_line=outcome.command_line and str(outcome.command_line),
+                      probe=outcome.probe and str(outcome.probe))
     _write_json(run_dir / f"train.rank{rank}.json", result)
     return 0
 
@@ -114,9 +117,22 @@ def evaluate(job: dict) -> int:
         with open(run_dir / "progress.jsonl", "a") as f:
             f.write(json.dumps({"event": "eval", "done": done[0], "total": len(samples)}) + "\n")
 
+    model = processor = None
+    probe = run_dir / "probe.pt"
+    if adapter_dir is not None and probe.is_file():
+        # the PEFT half of the adapter round trip; its merged model is the one evaluated
+        from harness.run.roundtrip import peft_roundtrip
+
+        block, model, processor = peft_roundtrip(Path(job["model_dir"]), adapter_dir, probe, device=spec["device"])
+        _write_json(run_dir / "roundtrip.peft.json", block)
+        if model is None:
+            from harness.errors import UserError
+
+            raise UserError(f"the saved adapter does not load: {block['error']}")
     result = evaluate_samples(job["model_dir"], samples, adapter_dir=adapter_dir,
                               system=system_prompt(trained.get("system_prompt")), device=spec["device"],
-                              max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress)
+                              max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress,
+                              model=model, processor=processor)
     result.write(run_dir)
     _write_json(run_dir / "eval.memory.json", meter.stop())
     summary: EvalSummary = {"task": spec["task"], "split": ev["split"], "n": len(samples), "seconds": result.seconds,
@@ -126,16 +142,41 @@ def evaluate(job: dict) -> int:
     return 0
 
 
+def roundtrip_swift(job: dict) -> int:
+    """The ms-swift half of the adapter round trip, in a process of its own."""
+    from harness.run.roundtrip import swift_roundtrip
+
+    run_dir = Path(job["run_dir"])
+    block = swift_roundtrip(Path(job["model_dir"]), run_dir / "adapter", run_dir / "probe.pt",
+                            device=job["spec"]["device"])
+    _write_json(run_dir / "roundtrip.swift.json", block)
+    return 0
+
+
+def roundtrip_peft(job: dict) -> int:
+    """The PEFT half of the round trip for a run without evaluation (else `eval` does it)."""
+    from harness.run.roundtrip import peft_roundtrip
+
+    run_dir = Path(job["run_dir"])
+    block, _, _ = peft_roundtrip(Path(job["model_dir"]), run_dir / "adapter", run_dir / "probe.pt",
+                                 device=job["spec"]["device"])
+    _write_json(run_dir / "roundtrip.peft.json", block)
+    return 0
+
+
+COMMANDS = {"train": train, "eval": evaluate, "roundtrip-peft": roundtrip_peft, "roundtrip-swift": roundtrip_swift}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in ("train", "eval"):
-        print("usage: python -m harness.run.worker train|eval JOB.json", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in COMMANDS:
+        print(f"usage: python -m harness.run.worker {'|'.join(COMMANDS)} JOB.json", file=sys.stderr)
         return 2
     job = json.loads(Path(argv[1]).read_text())
     from harness.errors import UserError
 
     try:
-        return train(job) if argv[0] == "train" else evaluate(job)
+        return COMMANDS[argv[0]](job)
     except UserError as exc:
         print(f"lorabench: error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,8 @@ a reader that never wrote JSON scored field F1 0.000 after 150 LoRA steps on `ex
 had also learnt to write JSON scored 0.234). After the curriculum each page gets one of these tasks:
 - `read`       "Read all text."                      -> the lines, joined by newlines;
 - `read_json`  "Read all lines as JSON."             -> {"l1":"<line 1>","l2":"<line 2>",...};
+- `read_kv`    "Read all lines as JSON, labels as keys." -> {"l1":"<line 1>","Born":"<value>",...}: a
+               "Label: value" line under its printed label, any other line under its number;
 - `fill_json`  'Fill JSON {"qa":"Born","zt":"line 2"}' -> {"qa":"<value after 'Born:'>","zt":"<line 2>"}
                keys are random words, each pointing at a printed label or at a line number;
 - `ask`        'What is "Born"?' / 'What is line 2?'   -> the value / the line.
@@ -48,9 +50,10 @@ from harness.chat import DEFAULT_SYSTEM, build_answer, build_prompt
 from harness.data.pages import MAX_LINE_CHARS, PRESETS as RENDER_PRESETS, render_page
 
 RANDOM_CHARS = string.ascii_letters + string.digits + string.punctuation + "     "
-TASKS = ("read", "read_json", "fill_json", "ask")
+TASKS = ("read", "read_json", "read_kv", "fill_json", "ask")
 READ_PROMPT = "Read all text."
 READ_JSON_PROMPT = "Read all lines as JSON."
+READ_KV_PROMPT = "Read all lines as JSON, labels as keys."
 MAX_LABEL_CHARS = 14  # "Given names" is the longest printed label of the documents
 
 
@@ -91,6 +94,18 @@ def labelled_pairs(lines) -> tuple[tuple[str, str], ...]:
             seen.add(label)
             pairs.append((label, value))
     return tuple(pairs)
+
+
+def labelled_lines(page: "Page") -> dict[str, str]:
+    """The page as {printed label: value} for its labelled lines and {"l<i>": line} for the others."""
+    pairs, out = dict(page.labelled), {}
+    for i, line in enumerate(page.lines):
+        label, _, value = line.partition(": ")
+        if label in pairs and pairs[label] == value and label not in out:
+            out[label] = value
+        else:
+            out[f"l{i + 1}"] = line
+    return out
 
 
 def _clean(chars) -> str:
@@ -192,6 +207,8 @@ def make_task(task: str, page: Page, rnd: random.Random) -> tuple[str, str]:
     if task == "read_json":
         return READ_JSON_PROMPT, json.dumps({f"l{i + 1}": line for i, line in enumerate(page.lines)},
                                             separators=(",", ":"))
+    if task == "read_kv":
+        return READ_KV_PROMPT, json.dumps(labelled_lines(page), separators=(",", ":"))
     if task == "fill_json":
         targets = _targets(page, rnd, rnd.randint(1, 4))
         keys = []
@@ -230,11 +247,13 @@ class CtcHead:
     def _hook(self, module, inputs, output):
         self.captured = output if not isinstance(output, tuple) else output[0]
 
-    def loss(self, row_targets: list[list[int]]):
+    def loss(self, row_targets: list[list[int]], probe_only: bool = False):
+        """CTC loss of the rows; `probe_only` trains the head alone (no gradient into the vision tower)."""
         import torch
         import torch.nn.functional as F
 
-        feats = self.captured.reshape(len(row_targets), self.tokens_per_row, -1)
+        captured = self.captured.detach() if probe_only else self.captured
+        feats = captured.reshape(len(row_targets), self.tokens_per_row, -1)
         log_probs = F.log_softmax(self.linear(feats), dim=-1).transpose(0, 1)  # (T, N, C)
         device = log_probs.device
         targets = torch.tensor([t for row in row_targets for t in row], dtype=torch.long, device=device)
@@ -273,12 +292,14 @@ def lr_at(step: int, cfg: ForgeConfig) -> float:
 def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", on_step=None,
              on_eval=None, eval_every: int = 0, state_path: Path | None = None, resume: bool = False,
              checkpoint_every_s: float = 300.0, stop_after_s: float | None = None,
-             state_extra: dict | None = None) -> dict:
+             state_extra: dict | None = None, ctc_probe_steps: int = 0) -> dict:
     """Train to `cfg.steps`; returns a summary with `"finished": False` when stopped early.
 
     `state_path`: where the whole training state (weights, CTC head, optimizer, RNGs, step, log) is
     saved every `checkpoint_every_s` seconds and when stopping early; `resume=True` continues from it.
     `on_eval(model, step)` runs every `eval_every` steps and at the end; its dicts form the curve.
+    `ctc_probe_steps`: for a stage that continues a trained model with a fresh CTC head, the head
+    trains alone for these first steps, so its random start sends no noise into the vision tower.
     """
     import torch
 
@@ -351,7 +372,7 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", o
         enc = encode_batch(processor, items).to(device)
         out = model(**enc)
         row_targets = [tok(line, add_special_tokens=False).input_ids for p in pages for line in p.lines]
-        ctc_loss = ctc.loss(row_targets)
+        ctc_loss = ctc.loss(row_targets, probe_only=step <= ctc_probe_steps)
         loss = out.loss + cfg.ctc_weight * ctc_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

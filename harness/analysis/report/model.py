@@ -98,6 +98,15 @@ def runs_cell(group: Sequence[Mapping]) -> TableCell:
     return TableCell(f"{ok}/{len(group)}")
 
 
+def roundtrip_cell(group: Sequence[Mapping]) -> TableCell:
+    """Runs whose saved adapter, reloaded by every loader, matched the live model (harness.run.roundtrip)."""
+    checked = [r["roundtrip"] for r in group if (r.get("roundtrip") or {}).get("ok") is not None]
+    if not checked:
+        return TableCell("—")
+    passed = sum(bool(b["ok"]) for b in checked)
+    return TableCell(f"{passed}/{len(checked)}", bold=passed < len(checked))
+
+
 def shown_keys(records: Sequence[Mapping], keys: Sequence[str]) -> list[str]:
     """Cell keys worth a column: framework and alignment always, others only when they vary."""
     shown = []

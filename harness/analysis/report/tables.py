@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
-                                           label, runs_cell, shown_keys)
+                                           label, roundtrip_cell, runs_cell, shown_keys)
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS
 from harness.results.stats import mean_t_interval
@@ -42,7 +42,7 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
     idx = [keys.index(k) for k in shown]
     keys_list = list(groups)
     table = Table("quality", f"Table {number}. Quality per cell",
-                  "", [*shown, "ok runs", *(name for _, name in columns)], label_cols=len(shown))
+                  "", [*shown, "ok runs", "round trip", *(name for _, name in columns)], label_cols=len(shown))
     pooled = {key: pooled_sample_columns(g) for key, g in groups.items()}
     no_per_sample = [label(k) for k, p in pooled.items() if p is None and metric_values(groups[k], "cer")]
     metric_cells: dict[str, list[TableCell]] = {}
@@ -66,12 +66,15 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
             cells = metric_cells[metric]
             cells[i].mark = (cells[i].mark + "*").lstrip()
     for i, (key, group) in enumerate(groups.items()):
-        row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group)]
+        row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group), roundtrip_cell(group)]
         row += [metric_cells[m][i] for m, _ in columns]
         table.rows.append(row)
         table.row_runs.append([r["run_id"] for r in group])
         table.row_labels.append(label(key))
-    caption = ("Mean over ok seeds ± 95% t-interval half-width over seeds. Bold: best per column "
+    caption = ("Round trip: runs whose saved adapter, reloaded in a fresh process through PEFT's and "
+               "ms-swift's loaders, gave the trained model's logits (max |Δ| ≤ 1e-5, fp32) with every trained "
+               "tensor saved and equal merged greedy output (bold when one failed). "
+               "Mean over ok seeds ± 95% t-interval half-width over seeds. Bold: best per column "
                "(CER/WER lower is better, F1/exact match higher). "
                f"*: differs from the bold cell at p < {SIGNIFICANCE_P} after Holm's correction for "
                f"all {n_tests} comparisons this table makes, paired bootstrap over test samples "

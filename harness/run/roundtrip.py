@@ -1,0 +1,159 @@
+"""Is the saved adapter the model that was trained? Reload it in a fresh process and compare.
+
+Adapters that behave like the base model once served elsewhere, tensors trained in full that a
+ZeRO stage did not save, a loader that maps keys differently: none of these shows in the training
+loss. Every run's adapter is therefore reloaded, after training, into a fresh base model in a
+fresh process, by each framework's own loading path:
+- `peft`:  `PeftModel.from_pretrained` (the evaluation worker, which never imports a trainer);
+- `swift`: `Swift.from_pretrained` on the model from swift's own loader, what `swift infer
+  --adapters` runs (its own process: importing swift patches transformers).
+Both frameworks save PEFT's format with the same key names, so an adapter trained by one loads in
+the other as is; no key mapping is applied, and the comparison below would name any difference.
+
+Against the probe the training process took from the live model (adapters.common.save_probe):
+- logits on the probe rows within LOGIT_TOLERANCE (fp32);
+- every tensor that was trainable is in the saved files, with its shape (a missing one is named);
+- the merged model (`merge_and_unload`) gives the same greedy answers as the unmerged one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+LOGIT_TOLERANCE = {"float32": 1e-5, "bfloat16": 5e-2, "float16": 5e-2}  # fp32 is the check; half precision is noise
+GREEDY_TOKENS = 48
+
+
+def saved_tensors(adapter_dir: Path) -> dict[str, list[int]]:
+    """Name (normalised as the probe's) -> shape of every tensor in the saved adapter."""
+    from safetensors import safe_open
+
+    from adapters.common import normalize_key
+
+    out = {}
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            out[normalize_key(key)] = list(f.get_slice(key).get_shape())
+    return out
+
+
+def missing_tensors(trainable: dict[str, list[int]], saved: dict[str, list[int]]) -> list[str]:
+    """Trainable tensors absent from the saved files, or saved with another shape (a ZeRO shard)."""
+    problems = []
+    for name, shape in sorted(trainable.items()):
+        if name not in saved:
+            problems.append(f"{name} (not saved)")
+        elif list(saved[name]) != list(shape):
+            problems.append(f"{name} (saved shape {saved[name]}, trained {shape})")
+    return problems
+
+
+def load_probe(path: Path) -> dict:
+    import torch
+
+    return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
+def logits_difference(model, probe: dict) -> float:
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(**{k: v.to(device) for k, v in probe["inputs"].items()}).logits.float().cpu()
+    if logits.shape != probe["logits"].shape:
+        return math.inf
+    return float((logits - probe["logits"]).abs().max())
+
+
+def greedy_answers(model, processor, probe: dict) -> list[str]:
+    from PIL import Image
+
+    from harness.eval.generation import generate_answers
+
+    rows = probe["rows"]
+    images = [Image.open(r["images"][0]).convert("RGB") for r in rows]
+    return generate_answers(model, processor, images, [r["messages"][0]["content"] for r in rows],
+                            system=probe["system"], max_new_tokens=GREEDY_TOKENS)
+
+
+def loader_block(difference: float, dtype: str, probe: dict, saved: dict[str, list[int]]) -> dict:
+    tolerance = LOGIT_TOLERANCE.get(dtype, LOGIT_TOLERANCE["float32"])
+    missing = missing_tensors(probe["trainable"], saved)
+    return {"max_abs_logit_diff": difference, "tolerance": tolerance, "missing": missing,
+            "tensors_checked": len(probe["trainable"]), "ok": difference <= tolerance and not missing}
+
+
+def peft_roundtrip(model_dir: Path, adapter_dir: Path, probe_path: Path, device: str = "cpu"):
+    """(block, merged model, processor): the PEFT loader's check; the merged model is what eval uses."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    probe = load_probe(probe_path)
+    dtype = str(probe["logits"].dtype).replace("torch.", "")
+    processor = AutoProcessor.from_pretrained(str(model_dir))
+    processor.tokenizer.padding_side = "left"
+    base = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
+    saved = saved_tensors(adapter_dir)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    except Exception as exc:  # e.g. a module trained in full whose weights were not saved
+        return {**loader_block(math.inf, dtype, probe, saved), "error": f"{type(exc).__name__}: {exc}"}, None, processor
+    block = loader_block(logits_difference(model, probe), dtype, probe, saved)
+    with model.disable_adapter():  # how far the adapter moves the logits: a zero here would prove nothing
+        block["adapter_effect"] = logits_difference(model, probe)
+    unmerged = greedy_answers(model, processor, probe)
+    merged_model = model.merge_and_unload().eval()
+    merged = greedy_answers(merged_model, processor, probe)
+    block["merged_greedy_equal"] = merged == unmerged
+    if not block["merged_greedy_equal"]:
+        block["ok"] = False
+        block["merged_greedy_diff"] = [{"unmerged": a, "merged": b} for a, b in zip(unmerged, merged) if a != b]
+    return block, merged_model, processor
+
+
+def swift_roundtrip(model_dir: Path, adapter_dir: Path, probe_path: Path, device: str = "cpu") -> dict:
+    """The ms-swift loader's check; run in a process of its own (swift patches transformers)."""
+    import torch
+    from swift.model import get_model_processor
+    from swift.tuners import Swift
+
+    from adapters.swift_model import model_type_for, register
+
+    probe = load_probe(probe_path)
+    dtype = str(probe["logits"].dtype).replace("torch.", "")
+    model_type = model_type_for(model_dir)
+    if model_type:
+        register()
+    base, _ = get_model_processor(str(model_dir), torch_dtype=torch.float32, model_type=model_type,
+                                  download_model=False)
+    saved = saved_tensors(adapter_dir)
+    try:
+        model = Swift.from_pretrained(base.to(device), str(adapter_dir)).eval()
+    except Exception as exc:
+        return {**loader_block(math.inf, dtype, probe, saved), "error": f"{type(exc).__name__}: {exc}"}
+    return loader_block(logits_difference(model, probe), dtype, probe, saved)
+
+
+def summarise(blocks: dict[str, dict]) -> tuple[dict, str | None]:
+    """(the record's `roundtrip` block, the cause of a failure or None)."""
+    failures = []
+    for loader, block in blocks.items():
+        if block.get("missing"):
+            shown = ", ".join(block["missing"][:3]) + (f" and {len(block['missing']) - 3} more"
+                                                       if len(block["missing"]) > 3 else "")
+            failures.append(f"{loader} loader: trained tensors missing from the saved adapter: {shown}")
+        if block.get("error"):
+            failures.append(f"{loader} loader: {block['error']}")
+            continue
+        if block["max_abs_logit_diff"] > block["tolerance"]:
+            failures.append(f"{loader} loader: logits differ from the trained model's by "
+                            f"{block['max_abs_logit_diff']:.3g} (> {block['tolerance']:g})")
+        if block.get("merged_greedy_equal") is False:
+            failures.append(f"{loader} loader: the merged model's greedy answers differ from the adapter's")
+    worst = max((b.get("max_abs_logit_diff", math.inf) for b in blocks.values()), default=None)
+    effect = blocks.get("peft", {}).get("adapter_effect")
+    summary = {"loaders": blocks, "max_abs_logit_diff": worst, "adapter_effect": effect, "ok": not failures and bool(blocks),
+               "cause": "; ".join(failures) or None}
+    return summary, summary["cause"]
