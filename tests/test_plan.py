@@ -11,6 +11,7 @@ import pytest
 from harness import planner as P
 from harness.cli import main
 from harness.errors import UserError
+from harness.paths import REPO_ROOT
 
 GIB = 2**30
 
@@ -252,7 +253,7 @@ def test_search_returns_the_largest_fitting_length_per_batch():
 # --- shipped shapes ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, well_known", [("qwen2-vl-2b", 2.21e9), ("qwen2-vl-7b", 8.29e9),
-                                              ("minicpm-v-2_6", 8.1e9)])
+                                              ("minicpm-v-2_6", 8.1e9), ("minicpm-v-4_6", 1.3e9)])
 def test_shipped_shapes_match_well_known_totals(name, well_known):
     shape = P.builtin_shape(name)
     assert shape.total_params == pytest.approx(well_known, rel=0.03)
@@ -260,12 +261,42 @@ def test_shipped_shapes_match_well_known_totals(name, well_known):
     assert shape.image_tokens.default_per_sample > 0
 
 
-@pytest.mark.parametrize("name", ["qwen2-vl-2b", "qwen2-vl-7b"])
-def test_qwen_shape_files_equal_the_builder_on_their_source_fields(name):
+def _source_config(shape: P.Shape) -> dict:
+    """The config.json a shipped shape was counted from: its source fields (the Qwen2-VL files keep
+    the text keys at the top level, as older saves did)."""
+    fields = dict(shape.source["fields"])
+    if "model_type" in fields:
+        return fields
+    vision, tied = fields.pop("vision_config"), fields.pop("tie_word_embeddings")
+    return {"model_type": "qwen2_vl", "text_config": fields, "vision_config": vision, "tie_word_embeddings": tied}
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl-2b", "qwen2-vl-7b", "qwen3-vl-2b", "minicpm-v-4_6"])
+def test_shape_files_are_the_meta_device_count_of_their_source_config(name, tmp_path):
+    """Every shipped shape but MiniCPM-V 2.6 (remote code) is shape_from_hf_config's output for its
+    source fields: the model built on the meta device, nothing counted by hand."""
+    pytest.importorskip("transformers")
     shipped = P.builtin_shape(name)
-    f = dict(shipped.source["fields"])
-    vision, tied = f.pop("vision_config"), f.pop("tie_word_embeddings")
-    assert P.qwen2_vl_shape(name, f, vision, tied, {}) == shipped  # source is excluded from ==
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(_source_config(shipped)))
+    assert P.shape_from_hf_config(tmp_path / name) == shipped  # source is excluded from ==
+
+
+def test_new_shape_files_load_with_their_parts():
+    qwen3 = P.builtin_shape("qwen3-vl-2b")
+    assert (qwen3.language_model.layers, qwen3.vision.layers, qwen3.vocab, qwen3.tied_embeddings) == \
+        (28, 24, 151_936, True)
+    assert qwen3.image_tokens.spatial_merge == 2 and "(H/32)" in qwen3.image_tokens.formula  # 16 px patches
+    # the merger and the three DeepStack mergers are the projector
+    assert {l.name.split(".")[0] for l in qwen3.projector.linears} == {"merger", "deepstack_merger_list"}
+    minicpm = P.builtin_shape("minicpm-v-4_6")
+    assert minicpm.language_model.layers == 24 and minicpm.vision.layers == 27
+    # hybrid LM: every layer has the MLP; 18 Gated-DeltaNet layers x 5 and 6 attention layers x 4 linears apart
+    assert [l.name for l in minicpm.language_model.block_linears] == ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert len(minicpm.language_model.linears) == 18 * 5 + 6 * 4
+    assert minicpm.image_tokens.vision_groups(640) == (1024, 10)  # 64 tokens per 448 px slice, 16x merged
+    for shape in (qwen3, minicpm):
+        assert shape.source["fields_from"] and shape.source["counted"]
 
 
 def test_minicpm_shape_parts():
@@ -319,8 +350,84 @@ def test_shape_from_hf_config_counts_like_the_real_model(tmp_path):
 
 def test_shape_from_hf_config_refuses_other_models(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    with pytest.raises(UserError, match="only 'qwen2_vl'"):
+    with pytest.raises(UserError, match="model_type 'llava' is not supported; the planner reads 'qwen2_vl'"):
         P.shape_from_hf_config(tmp_path)
+    with pytest.raises(UserError, match="no such file"):
+        P.shape_from_hf_config(tmp_path / "missing")
+
+
+# Small configs of each supported architecture, written as config.json only (no weights)
+_TEXT = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+SMALL_CONFIGS = {
+    "qwen2_vl": {"text_config": _TEXT, "vision_config": dict(depth=2, embed_dim=16, num_heads=2, hidden_size=32,
+                                                             patch_size=4)},
+    "qwen2_5_vl": {"text_config": _TEXT, "vision_config": dict(depth=2, hidden_size=16, intermediate_size=24,
+                                                               num_heads=2, out_hidden_size=32, patch_size=4,
+                                                               fullatt_block_indexes=[1])},
+    "qwen3_vl": {"text_config": dict(_TEXT, head_dim=8),
+                 "vision_config": dict(depth=3, hidden_size=16, intermediate_size=24, num_heads=2, out_hidden_size=32,
+                                       patch_size=4, num_position_embeddings=16, deepstack_visual_indexes=[0, 2]),
+                 "tie_word_embeddings": True},
+    "minicpmv4_6": {"text_config": dict(_TEXT, model_type="qwen3_5_text", head_dim=8, linear_key_head_dim=8,
+                                        linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                                        tie_word_embeddings=True),
+                    "vision_config": dict(hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                                          num_attention_heads=2, image_size=56, patch_size=14),
+                    "insert_layer_id": 1, "tie_word_embeddings": True},
+}
+
+
+@pytest.mark.parametrize("model_type", list(SMALL_CONFIGS))
+def test_hf_config_counts_are_the_meta_models_own(model_type, tmp_path):
+    """--model DIR: the shape's total, per-part and per-preset LoRA counts equal what the model
+    transformers builds from the same config.json on the meta device holds."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, **SMALL_CONFIGS[model_type]}))
+    shape = P.shape_from_hf_config(tmp_path)
+    with torch.device("meta"):
+        model = transformers.AutoModelForImageTextToText.from_config(transformers.AutoConfig.from_pretrained(tmp_path))
+    arch = P.HF_ARCHITECTURES[model_type]
+
+    def under(name, roots):
+        return any(name == r or name.startswith(r + ".") for r in roots)
+
+    def part(name):
+        return ("projector" if under(name, arch.projector) else "vision" if under(name, (arch.vision,))
+                else "language_model" if under(name, arch.language_model) else None)
+
+    counts = {"projector": 0, "vision": 0, "language_model": 0}
+    for name, p in model.named_parameters():
+        counts[part(name)] += p.numel()
+    assert shape.total_params == sum(p.numel() for p in model.parameters()) == sum(counts.values())
+    assert (shape.vision.params, shape.projector.params, shape.language_model.params) == \
+        (counts["vision"], counts["projector"], counts["language_model"])
+    assert min(counts.values()) > 0
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+
+    def lora(wanted):
+        return sum(4 * (m.in_features + m.out_features) for n, m in linears if part(n) in wanted)
+
+    assert {name: shape.lora_params(target_set, 4) for name, target_set in P.TARGET_PRESETS.items()} == {
+        "lm-linear": lora({"language_model"}), "lm+vision-linear": lora({"language_model", "vision"}),
+        "every-linear": lora({"language_model", "vision", "projector"})}
+    text = model.config.get_text_config()
+    assert (shape.language_model.hidden, shape.language_model.layers, shape.vocab) == \
+        (text.hidden_size, text.num_hidden_layers, text.vocab_size)
+    assert shape.tied_embeddings == (model_type in ("qwen3_vl", "minicpmv4_6"))
+    assert shape.image_tokens.default_per_sample > 0
+
+
+def test_cli_model_dir_prints_the_parts(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_vl", **SMALL_CONFIGS["qwen3_vl"]}))
+    assert main(["plan", "--model", str(tmp_path), "--json"]) == 0
+    params = json.loads(capsys.readouterr().out)["params"]
+    assert params["total"] == params["vision"] + params["projector"] + params["language_model"]
+    assert params["lora_by_targets"]["lm-linear"] < params["lora_by_targets"]["every-linear"]
+    assert main(["plan", "--model", str(tmp_path)]) == 0
+    assert "parameters: vision tower" in capsys.readouterr().out
 
 
 # --- DeepSpeed cross-check --------------------------------------------------------------------------
@@ -388,6 +495,55 @@ def test_cli_unknown_model_exits_2(capsys):
 def test_cli_invalid_combination_exits_2(capsys):
     assert main(["plan", "--model", "qwen2-vl-2b", "--zero", "2", "--offload-params"]) == 2
     assert "offload_params needs ZeRO stage 3" in capsys.readouterr().err
+
+
+def test_cli_plans_each_cell_of_a_suite(capsys):
+    from harness.config.suite import load_suite
+
+    suite = REPO_ROOT / "harness" / "suites" / "default.yaml"
+    _, cells = load_suite(suite)
+    assert main(["plan", "--spec", str(suite), "--image-tokens", "200"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 + len(cells)  # a header, then one line per cell
+    assert all("lm-linear" in line and "batch 4 x 1024 tokens (200 image)" in line and "fits on 1 x 24 GiB" in line
+               for line in lines[1:])
+    assert main(["plan", "--spec", str(suite), "--image-tokens", "200", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    first = out["cells"][0]["inputs"]
+    assert len(out["cells"]) == len(cells)
+    # the suite's defaults: LoRA r 16 on the LM, batch 4, fp32, no ZeRO, one process, vision frozen
+    assert (first["lora_r"], first["targets"], first["micro_batch_size"], first["precision"], first["zero_stage"],
+            first["world_size"], first["freeze_vision"], first["max_length"] + first["image_tokens"]) == \
+        (16, "lm", 4, "fp32", 0, 1, True, 1024)
+
+
+def test_cli_plans_a_single_spec_like_the_same_flags(capsys):
+    from harness.commands.plan import _spec_model_dir
+
+    spec = REPO_ROOT / "harness" / "suites" / "parity.yaml"
+    assert main(["plan", "--spec", str(spec), "--image-tokens", "300", "--json"]) == 0
+    from_spec = json.loads(capsys.readouterr().out)
+    assert from_spec["spec"] == str(spec)
+    model = str(_spec_model_dir("tiny"))  # the spec's model: tiny
+    from_flags = ["plan", "--model", model, "--batch", "2", "--max-length", "724", "--image-tokens", "300",
+                  "--lora-r", "8", "--lora-dropout", "0", "--precision", "fp32", "--no-grad-ckpt", "--json"]
+    assert main(from_flags) == 0
+    assert json.loads(capsys.readouterr().out)["gpu_gib"] == from_spec["gpu_gib"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--spec", "no/such/spec.yaml"], "no such file: no/such/spec.yaml"),
+    (["--spec", str(REPO_ROOT / "harness" / "suites" / "parity.yaml"), "--batch", "2"],
+     "--batch and --spec both set the set-up"),
+    (["--spec", "BAD"], "unknown key 'train.batchsize'"),
+])
+def test_cli_spec_errors_are_one_line(argv, message, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny\ntrain: {batchsize: 2}\n")
+    argv = [str(bad) if a == "BAD" else a for a in argv]
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
 
 
 def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir):

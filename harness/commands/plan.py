@@ -3,15 +3,20 @@
     lorabench plan --model minicpm-v-2_6 --gpus 3 --gpu-mem 24 --zero 3 --offload-optimizer \
         --offload-params --precision bf16 --batch 1 --max-length 2048 --search
 
+    lorabench plan --model path/to/checkpoint --gpus 2 --zero 2     # a local Hugging Face checkpoint
+    lorabench plan --spec harness/suites/default.yaml                # the runs a spec or suite describes
+
 Prints the breakdown per GPU and for the node's CPU RAM, the verdict line, and with --search the
 largest max_length that fits for each batch size. --json prints the same as one JSON object.
 --deepspeed-config FILE plans for the user's own DeepSpeed JSON (stage, offloads, buffer sizes).
+--spec plans a run spec (the same breakdown) or a suite (one line per cell) from its own settings.
 Formulas and assumptions: docs/plan.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -40,14 +45,31 @@ CPU_LABELS = {
 }
 
 
+# The set-up flags a spec also sets, with their defaults for --model (None in argparse, so that a
+# flag given next to --spec can be told from its default).
+SETUP_DEFAULTS = {"gpus": 1, "batch": 1, "max_length": 2048, "lora_r": 8, "lora_dropout": 0.05,
+                  "targets": "lm-linear", "freeze_vision": True, "grad_ckpt": True}
+SETUP_FLAGS = {"model": "--model", "gpus": "--gpus", "batch": "--batch", "max_length": "--max-length",
+               "lora_r": "--lora-r", "lora_dropout": "--lora-dropout", "targets": "--targets",
+               "freeze_vision": "--[no-]freeze-vision", "grad_ckpt": "--[no-]grad-ckpt", "zero": "--zero",
+               "precision": "--precision", "deepspeed_config": "--deepspeed-config",
+               "offload_optimizer": "--offload-optimizer", "offload_params": "--offload-params"}
+
+
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validate", metavar="RESULTS",
                         help="compare estimates with the peak memory measured by the runs in RESULTS "
                              "(e.g. results/runs/memory) instead of planning")
     parser.add_argument("--model",
-                        help=f"{' | '.join(planner.BUILTIN_SHAPES)} | path to a shape JSON | "
-                             "path to a Hugging Face Qwen2-VL model directory (its config.json)")
-    parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (world size)")
+                        help=f"{' | '.join(planner.BUILTIN_SHAPES)} | path to a shape JSON | path to a local "
+                             "Hugging Face checkpoint directory (its config.json; model_type "
+                             f"{', '.join(planner.HF_ARCHITECTURES)}; no weights needed)")
+    parser.add_argument("--spec", metavar="SPEC.yaml",
+                        help="plan what a lorabench run spec or suite file describes: model, batch, "
+                             "train.max_length (text + image tokens), LoRA r/targets/dropout, precision, "
+                             "ZeRO stage, offloads, world size, freeze_vision, checkpointing; a suite plans "
+                             "each cell on one line")
+    parser.add_argument("--gpus", type=int, help="number of GPUs (world size; default 1)")
     parser.add_argument("--gpu-mem", type=float, default=24.0, help="memory per GPU, GiB")
     parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None,
                         help="DeepSpeed ZeRO stage (default 0; its buffers are ms-swift's templates)")
@@ -60,19 +82,20 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "and --offload-*")
     parser.add_argument("--precision", choices=tuple(planner.PRECISIONS), default=None,
                         help="default bf16, or what --deepspeed-config enables")
-    parser.add_argument("--batch", type=int, default=1, help="micro batch size per GPU")
-    parser.add_argument("--max-length", type=int, default=2048, help="text tokens per sample")
+    parser.add_argument("--batch", type=int, help="micro batch size per GPU (default 1)")
+    parser.add_argument("--max-length", type=int, help="text tokens per sample (default 2048)")
     parser.add_argument("--image-tokens", type=int, default=None,
                         help="LM tokens from images per sample (default: the model's)")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-dropout", type=float, default=0.05)
-    parser.add_argument("--targets", choices=list(planner.SPEC_TARGETS), default="lm-linear",
-                        help="lm-linear: LM linears (ms-swift's all-linear); lm+vision-linear: plus ViT blocks; "
-                             "every-linear: plus the projector (PEFT's all-linear); old names still read")
-    parser.add_argument("--freeze-vision", action=argparse.BooleanOptionalAction, default=True,
-                        help="--no-freeze-vision trains the ViT and projector in full")
-    parser.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True,
-                        help="gradient checkpointing")
+    parser.add_argument("--lora-r", type=int, help="default 8")
+    parser.add_argument("--lora-dropout", type=float, help="default 0.05")
+    parser.add_argument("--targets", choices=list(planner.SPEC_TARGETS),
+                        help="lm-linear (default): LM linears (ms-swift's all-linear); lm+vision-linear: plus "
+                             "the vision tower's; every-linear: plus the projector (PEFT's all-linear); old "
+                             "names still read")
+    parser.add_argument("--freeze-vision", action=argparse.BooleanOptionalAction, default=None,
+                        help="--no-freeze-vision trains the ViT and projector in full (default: frozen)")
+    parser.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
+                        help="gradient checkpointing (default on)")
     parser.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=True,
                         help="FlashAttention/SDPA (no stored s x s scores); --no-flash-attn: eager")
     parser.add_argument("--search", action="store_true",
@@ -113,16 +136,133 @@ def deepspeed_settings(args, shape: planner.Shape) -> dict:
 
 def build_input(args) -> planner.PlanInput:
     shape = resolve_shape(args.model)
+    flags = {k: SETUP_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in SETUP_DEFAULTS}
     try:
         return planner.PlanInput(
-            shape=shape, lora_r=args.lora_r, targets=planner.SPEC_TARGETS[args.targets],
-            freeze_vision=args.freeze_vision, micro_batch_size=args.batch,
-            max_length=args.max_length, image_tokens=args.image_tokens,
-            grad_checkpointing=args.grad_ckpt, flash_attention=args.flash_attn,
-            lora_dropout=args.lora_dropout, world_size=args.gpus, gpu_mem_gib=args.gpu_mem,
+            shape=shape, lora_r=flags["lora_r"], targets=planner.SPEC_TARGETS[flags["targets"]],
+            freeze_vision=flags["freeze_vision"], micro_batch_size=flags["batch"],
+            max_length=flags["max_length"], image_tokens=args.image_tokens,
+            grad_checkpointing=flags["grad_ckpt"], flash_attention=args.flash_attn,
+            lora_dropout=flags["lora_dropout"], world_size=flags["gpus"], gpu_mem_gib=args.gpu_mem,
             **deepspeed_settings(args, shape))
     except ValueError as exc:
         raise UserError(f"{args.deepspeed_config}: {exc}" if args.deepspeed_config else str(exc)) from None
+
+
+# --- --spec: a run spec or a suite ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SpecPlan:
+    """One spec (or suite cell) planned: `inputs` and `plan`, or the reason it was not."""
+
+    label: str
+    spec: dict
+    inputs: planner.PlanInput | None = None
+    plan: planner.Plan | None = None
+    capped: bool = False  # the model's default image tokens were cut to fit train.max_length
+    error: str | None = None
+
+
+def _spec_model_dir(name: str) -> Path:
+    """A spec's `model` as a checkpoint directory; for "tiny" without a build for this code version,
+    the committed checkpoint (only its config.json is read: the architecture is what counts)."""
+    from harness.run.job import resolve_model_dir
+
+    try:
+        return resolve_model_dir(name)
+    except UserError:
+        from harness.tinymodel.build import ASSET_DIR
+
+        if name != "tiny" or not (ASSET_DIR / "config.json").is_file():
+            raise
+        return ASSET_DIR
+
+
+def load_spec_plans(path: str, args) -> tuple[str | None, list[SpecPlan]]:
+    """(suite name or None, one SpecPlan per spec): a single run spec, or every cell of a suite.
+    The LM sequence is the spec's train.max_length, the collator's cap on text + image tokens:
+    every sample at the cap, with --image-tokens or the model's default image tokens (cut to
+    max_length - 1 when the default does not fit)."""
+    from harness.config.spec import load_yaml, make_spec
+    from harness.config.suite import SUITE_KEYS, load_suite
+
+    doc = load_yaml(path)
+    if set(doc) & set(SUITE_KEYS):
+        suite, cells = load_suite(path)
+        specs = [(" ".join(f"{k}={v}" for k, v in cell.key.items()) or cell.run_id, cell.spec) for cell in cells]
+    else:
+        suite, specs = None, [(str(path), make_spec(doc, source=str(path)))]
+    shapes: dict[str, planner.Shape] = {}
+    out = []
+    for label, spec in specs:
+        if spec["model"] not in shapes:
+            shapes[spec["model"]] = planner.shape_from_hf_config(_spec_model_dir(spec["model"]))
+        shape, seq = shapes[spec["model"]], spec["train"]["max_length"]
+        image, capped = args.image_tokens, False
+        if image is None:
+            image = shape.image_tokens.default_per_sample
+            capped = image >= seq
+            image = min(image, seq - 1)
+        elif image >= seq:
+            raise UserError(f"--image-tokens {image} leaves no text tokens in train.max_length {seq} ({label})")
+        try:
+            inputs = planner.plan_input_from_spec(spec, shape, max_length=seq - image, image_tokens=image,
+                                                  gpu_mem_gib=args.gpu_mem, flash_attention=args.flash_attn)
+        except ValueError as exc:
+            if suite is None:
+                raise UserError(f"{path}: {exc}") from None
+            out.append(SpecPlan(label, spec, error=str(exc)))
+            continue
+        out.append(SpecPlan(label, spec, inputs, planner.estimate(inputs), capped))
+    return suite, out
+
+
+def _spec_flags_given(args) -> list[str]:
+    """The set-up flags on the command line (store_true flags when on; the others when not None)."""
+    return [flag for key, flag in SETUP_FLAGS.items()
+            if (getattr(args, key) if key.startswith("offload_") else getattr(args, key) is not None)]
+
+
+def _cell_line(sp: SpecPlan) -> str:
+    if sp.error:
+        return f"{sp.label}: not planned: {sp.error}"
+    p, plan = sp.inputs, sp.plan
+    offload = "+".join(x for x, on in (("optimizer", p.offload_optimizer), ("params", p.offload_params)) if on)
+    vision = "" if p.freeze_vision else ", ViT + projector trained"
+    return (f"{sp.label}: {p.shape.name}, LoRA r={p.lora_r} {sp.spec['lora']['targets']}{vision}, "
+            f"ZeRO-{p.zero_stage}{' offload ' + offload if offload else ''}, {p.precision}, {p.world_size} GPU"
+            f"{'s' if p.world_size > 1 else ''}, batch {p.micro_batch_size} x {p.lm_seq_len} tokens "
+            f"({p.image_tokens_per_sample} image), checkpointing {'on' if p.grad_checkpointing else 'off'}: "
+            f"{plan.gpu_total_gib:.2f} GiB per GPU, {planner.verdict(plan)}")
+
+
+def run_spec(args) -> int:
+    given = _spec_flags_given(args)
+    if given:
+        raise UserError(f"{', '.join(given)} and --spec both set the set-up: the spec decides it "
+                        "(drop the flag or change the spec)")
+    suite, plans = load_spec_plans(args.spec, args)
+    if suite is None or len(plans) == 1:
+        sp = plans[0]
+        if sp.error:
+            raise UserError(f"{args.spec}: {sp.error}")
+        header = [f"spec {args.spec}" + (f" (suite {suite}, cell {sp.label})" if suite else "")
+                  + f": train.max_length {sp.inputs.lm_seq_len} = text + image tokens"
+                  + (" (the model's default image tokens cut to fit)" if sp.capped else "")]
+        return print_plan(args, sp.inputs, sp.plan, header, {"spec": args.spec})
+    if args.search or args.deepspeed_check:
+        raise UserError(f"--search and --deepspeed-check plan one set-up; {args.spec} has {len(plans)} cells: "
+                        "plan one with a single spec (or --model)")
+    if args.json:
+        cells = [{"cell": sp.label, "error": sp.error} if sp.error else {"cell": sp.label, **sp.plan.to_dict()}
+                 for sp in plans]
+        print(json.dumps({"spec": args.spec, "suite": suite, "cells": cells}, indent=1))
+        return 0
+    capped = any(sp.capped for sp in plans)
+    print("\n".join([f"{args.spec} (suite {suite}): {len(plans)} cells, per-GPU estimate with every sample at "
+                      "train.max_length" + (" (the model's default image tokens cut to fit)" if capped else "")]
+                     + [_cell_line(sp) for sp in plans]))
+    return 0
 
 
 # the zero_optimization keys the ZeRO buffer term reads, per stage
@@ -137,8 +277,11 @@ def _describe(p: planner.PlanInput, plan: planner.Plan, deepspeed_file: str | No
             f"LoRA r={p.lora_r} on {p.targets} ({n['lora'] / 1e6:.1f} M params)")
     vision = "vision frozen" if p.freeze_vision else f"ViT + projector trained ({n['trained_base'] / 1e6:.0f} M)"
     offload = [x for x, on in (("optimizer", p.offload_optimizer), ("params", p.offload_params)) if on]
+    by_targets = ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in n["lora_by_targets"].items())
     return [
         f"{p.shape.name} ({n['total'] / 1e9:.2f} B params): {what}, {vision}",
+        f"parameters: vision tower {n['vision'] / 1e6:.1f} M, projector {n['projector'] / 1e6:.1f} M, "
+        f"language model {n['language_model'] / 1e6:.1f} M; LoRA r={p.lora_r}: {by_targets}",
         f"ZeRO-{p.zero_stage}, offload: {', '.join(offload) or 'none'}, {p.precision}, "
         f"{p.world_size} GPU{'s' if p.world_size > 1 else ''}",
         f"sequence: {p.max_length} text + {p.image_tokens_per_sample} image tokens = {p.lm_seq_len}, "
@@ -172,15 +315,22 @@ def run(args) -> int:
         rows = validate_against_runs(args.validate)
         print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
         return 0
+    if args.spec:
+        return run_spec(args)
     if not args.model:
-        raise UserError("plan needs --model (or --validate RESULTS)")
+        raise UserError("plan needs --model or --spec (or --validate RESULTS)")
     inputs = build_input(args)
-    plan = planner.estimate(inputs)
+    return print_plan(args, inputs, planner.estimate(inputs))
+
+
+def print_plan(args, inputs: planner.PlanInput, plan: planner.Plan, header: list[str] = (),
+               extra: dict | None = None) -> int:
+    """The breakdown of one set-up (text, or --json), with --search and --deepspeed-check."""
     rows = planner.search_fits(inputs) if args.search else None
     check = planner.deepspeed_crosscheck(inputs) if args.deepspeed_check else None
 
     if args.json:
-        out = plan.to_dict()
+        out = {**(extra or {}), **plan.to_dict()}
         if rows is not None:
             out["search"] = rows
         if check is not None:
@@ -188,7 +338,7 @@ def run(args) -> int:
         print(json.dumps(out, indent=1))
         return 0
 
-    lines = _describe(inputs, plan, args.deepspeed_config) + [""]
+    lines = list(header) + _describe(inputs, plan, args.deepspeed_config) + [""]
     lines += _table("per GPU", GPU_LABELS, plan.gpu_gib)
     d = plan.details
     lines.append(f"  (activations + transient without checkpointing {d['activations_no_ckpt_gib']:.2f} GiB, "

@@ -1,7 +1,8 @@
 """The memory planner (`lorabench plan`): will a LoRA fine-tuning run of a real VLM fit in GPU memory?
 
 Modules, one idea each:
-- `shape`: model shapes (a model's architecture as numbers) and their JSON files;
+- `shape`: model shapes (a model's architecture as numbers), their JSON files, and a Hugging Face
+  checkpoint's config.json counted on the meta device;
 - `memory`: the estimate (`estimate(PlanInput) -> Plan`) and its answers (`fits`, `verdict`,
   `search_fits`);
 - `deepspeed_check`: DeepSpeed's own estimators next to ours;
@@ -18,19 +19,21 @@ from harness.planner.deepspeed_config import DeepSpeedSetup, read_deepspeed_conf
 from harness.planner.memory import (
     CUDA_CONTEXT_GIB, DEFAULT_BATCH_GRID, DEFAULT_MAX_LENGTH_GRID, FRAGMENTATION_FACTOR, GIB,
     LOGITS_BYTES_PER_ELEMENT, PRECISIONS, PROCESS_BASELINE_CPU_GIB, Plan, PlanInput,
-    decoder_block_bytes_per_token, estimate, fits, linear_input_bytes_per_token, search_fits, verdict,
-    vit_block_bytes_per_token, zero_buffer_bytes, zero_section)
+    decoder_block_bytes_per_token, estimate, fits, linear_input_bytes_per_token, plan_input_from_spec, search_fits,
+    verdict, vit_block_bytes_per_token, zero_buffer_bytes, zero_section)
 from harness.planner.shape import (
-    BUILTIN_SHAPES, SHAPES_DIR, SPEC_TARGETS, TARGET_SETS, ImageTokens, Linear, Shape, Tower, builtin_shape,
-    load_shape, qwen2_vl_image_tokens, qwen2_vl_shape, shape_from_dict, shape_from_hf_config,
-    shape_to_dict)
+    BUILTIN_SHAPES, HF_ARCHITECTURES, SHAPES_DIR, SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, ImageTokens, Linear,
+    Shape, Tower, builtin_shape, load_shape, qwen2_vl_image_tokens, shape_from_dict, shape_from_hf_config,
+    shape_from_model, shape_to_dict)
 
 __all__ = [
     "BUILTIN_SHAPES", "CUDA_CONTEXT_GIB", "DEFAULT_BATCH_GRID", "DEFAULT_MAX_LENGTH_GRID",
-    "FRAGMENTATION_FACTOR", "GIB", "LOGITS_BYTES_PER_ELEMENT", "PRECISIONS", "PROCESS_BASELINE_CPU_GIB",
-    "SHAPES_DIR", "SPEC_TARGETS", "TARGET_SETS", "DeepSpeedSetup", "ImageTokens", "Linear", "Plan", "PlanInput", "Shape", "Tower",
+    "FRAGMENTATION_FACTOR", "GIB", "HF_ARCHITECTURES", "LOGITS_BYTES_PER_ELEMENT", "PRECISIONS",
+    "PROCESS_BASELINE_CPU_GIB", "SHAPES_DIR", "SPEC_TARGETS", "TARGET_PRESETS", "TARGET_SETS", "DeepSpeedSetup",
+    "ImageTokens", "Linear", "Plan", "PlanInput", "Shape", "Tower",
     "builtin_shape", "decoder_block_bytes_per_token", "deepspeed_cold_estimate", "deepspeed_crosscheck",
-    "estimate", "fits", "linear_input_bytes_per_token", "load_shape", "qwen2_vl_image_tokens",
-    "qwen2_vl_shape", "search_fits", "shape_from_dict", "shape_from_hf_config", "shape_to_dict",
-    "read_deepspeed_config", "verdict", "vit_block_bytes_per_token", "zero_buffer_bytes", "zero_section",
+    "estimate", "fits", "linear_input_bytes_per_token", "load_shape", "plan_input_from_spec",
+    "qwen2_vl_image_tokens", "search_fits", "shape_from_dict", "shape_from_hf_config", "shape_from_model",
+    "shape_to_dict", "read_deepspeed_config", "verdict", "vit_block_bytes_per_token", "zero_buffer_bytes",
+    "zero_section",
 ]

@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from harness.planner.deepspeed_config import DEEPSPEED_DEFAULTS
-from harness.planner.shape import TARGET_SETS, Shape, Tower
+from harness.planner.shape import SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, Shape, Tower
 from harness.run.distributed import ModelSize, zero_optimization
 
 GIB = 2**30
@@ -100,6 +100,27 @@ class PlanInput:
         return self.max_length + self.image_tokens_per_sample
 
 
+def plan_input_from_spec(spec: Mapping, shape: Shape, *, max_length: int, image_tokens: int | None,
+                         **overrides) -> PlanInput:
+    """The set-up a lorabench run spec (harness.config.spec) describes: LoRA r, targets preset and
+    dropout, micro batch (train.batch_size), precision, gradient checkpointing, freeze_vision, ZeRO
+    stage (none: 0) and offloads, world size. `max_length` is text tokens (the LM sequence adds
+    `image_tokens`). `overrides` set any other PlanInput field. ValueError for what the planner does
+    not model (lora.targets as a list of module names) or an invalid combination."""
+    lora, train, dist = spec["lora"], spec["train"], spec["distributed"]
+    targets = lora["targets"]
+    if not (isinstance(targets, str) and targets in SPEC_TARGETS):
+        raise ValueError(f"lora.targets {targets!r}: the planner models the presets only "
+                         f"({', '.join(TARGET_PRESETS)})")
+    fields = dict(
+        shape=shape, lora_r=lora["r"], targets=SPEC_TARGETS[targets], lora_dropout=lora["dropout"],
+        freeze_vision=train["freeze_vision"], micro_batch_size=train["batch_size"], max_length=max_length,
+        image_tokens=image_tokens, grad_checkpointing=train["grad_checkpointing"], precision=train["precision"],
+        zero_stage=dist["zero_stage"] or 0, offload_optimizer=dist["offload_optimizer"],
+        offload_params=dist["offload_params"], world_size=dist["world_size"])
+    return PlanInput(**(fields | overrides))
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """An estimate. `gpu_bytes` and `cpu_bytes` are ordered breakdowns; `params` counts parameters.
@@ -150,10 +171,11 @@ def decoder_block_bytes_per_token(t: Tower, w: int, linear_input_bytes: int) -> 
     per token, with flash/SDPA attention. Korthikanti et al. 2022's per-layer count (34 sbh bytes for a
     GPT block) redone for this block with frozen base weights:
     - 2 RMSNorms upcast to fp32 and keep that fp32 input: 2 x 4h;
-    - SDPA keeps Q, K, V and its output: w (h + 2 h_kv + h) (GQA: K, V stay h_kv wide);
+    - SDPA keeps Q, K, V and its output: w (h_q + 2 h_kv + h_q) (GQA: K, V stay h_kv wide; h_q =
+      heads x head_dim, the hidden size h unless the config sets head_dim apart);
     - SwiGLU keeps gate output (SiLU input), SiLU output and up output: w 3I;
     - frozen linears keep nothing; inputs of LoRA'd (or trained) linears: `linear_input_bytes`."""
-    return 2 * 4 * t.hidden + w * (2 * t.hidden + 2 * t.kv_dim) + w * 3 * t.intermediate + linear_input_bytes
+    return 2 * 4 * t.hidden + w * (2 * t.q_dim + 2 * t.kv_dim) + w * 3 * t.intermediate + linear_input_bytes
 
 
 def vit_block_bytes_per_token(t: Tower, w: int, linear_input_bytes: int) -> int:
@@ -174,11 +196,15 @@ def linear_input_bytes_per_token(t: Tower, mode: str, w: int, lora_input_bytes: 
     input (shared by q/k/v), the attention output, the MLP input (shared by gate/up), the MLP
     intermediate = 3h + I. mode 'lora': PEFT casts each LoRA layer's input to the adapter dtype
     (and applies dropout) separately, so every LoRA'd linear keeps its own copy: lora_input_bytes
-    per input feature. mode 'frozen': a frozen linear keeps nothing (only its weight is needed)."""
+    per input feature, for the block's linears and, spread over the blocks, the tower's other
+    linears (those only some blocks have, e.g. a hybrid LM's two attention kinds; none in the
+    Qwen2-VL and MiniCPM-V 2.6 towers). mode 'frozen': a frozen linear keeps nothing (only its
+    weight is needed)."""
     if mode == "full":
         return w * (3 * t.hidden + t.intermediate)
     if mode == "lora":
-        return lora_input_bytes * sum(l.in_features for l in t.block_linears)
+        outer = _ceil_div(sum(l.in_features for l in t.linears), t.layers) if t.layers else 0
+        return lora_input_bytes * (sum(l.in_features for l in t.block_linears) + outer)
     return 0
 
 
@@ -192,13 +218,13 @@ def _tower_activations(t: Tower, per_token: int, seq: int, batch: int, w: int, f
                        ckpt: bool) -> _TowerActivations:
     """Checkpointing keeps each block's input (w*s*b*h) and recomputes one block at a time.
     Without flash/SDPA (eager), attention also keeps the fp32 softmax and its 16-bit copy,
-    (4 + w) a s^2 b, and K, V are repeated to all heads: + w 2 (h - h_kv) per token."""
+    (4 + w) a s^2 b, and K, V are repeated to all heads: + w 2 (h_q - h_kv) per token."""
     if not t.layers or not seq:
         return _TowerActivations(0, 0)
     tokens = seq * batch
     full_block = tokens * per_token
     if not flash:
-        full_block += (4 + w) * t.heads * seq * seq * batch + tokens * w * 2 * (t.hidden - t.kv_dim)
+        full_block += (4 + w) * t.heads * seq * seq * batch + tokens * w * 2 * (t.q_dim - t.kv_dim)
     if ckpt:
         return _TowerActivations(stored=t.layers * tokens * t.hidden * w, recompute=full_block)
     return _TowerActivations(stored=t.layers * full_block, recompute=0)
@@ -341,7 +367,11 @@ def estimate(inputs: PlanInput) -> Plan:
     cpu["total"] = sum(cpu.values())
 
     params = {"total": total, "frozen": frozen, "lora": lora, "trained_base": trained_base,
-              "trainable": trainable, "largest_module": shape.largest_module_params}
+              "trainable": trainable, "largest_module": shape.largest_module_params,
+              "vision": shape.vision.params, "projector": shape.projector.params,
+              "language_model": shape.language_model.params,
+              "lora_by_targets": {name: shape.lora_params(target_set, p.lora_r)
+                                  for name, target_set in TARGET_PRESETS.items()}}
     no_ckpt, ckpt = activations(False), activations(True)
     details = {
         "zero_config": zero,

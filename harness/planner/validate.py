@@ -24,30 +24,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.planner.memory import PlanInput, estimate
-from harness.planner.shape import SPEC_TARGETS, shape_from_hf_config
+from harness.planner.memory import PlanInput, estimate, plan_input_from_spec
+from harness.planner.shape import shape_from_hf_config
 from harness.results.store import load_records
 
 MIB = 1024 * 1024
-# a spec's lora.targets preset (current and former names) -> the planner's target set
 
 
 def plan_input_for(record: dict, shape) -> PlanInput:
-    spec, steps = record["spec"], record["train"]["steps"]
-    dist, train = spec["distributed"], spec["train"]
+    """The record's spec as planner input, for the batch that set the peak: the longest padded
+    sequence the run saw and its average image tokens per sample; no CUDA context, no
+    fragmentation, GPU memory unbounded (the measured peak is compared, not a verdict)."""
+    steps = record["train"]["steps"]
     seq = max(s.get("max_seq_len", 0) for s in steps)
     samples = sum(s["samples"] for s in steps)
     image_per_sample = round(sum(s.get("image_tokens", 0) for s in steps) / max(1, samples))
-    targets = SPEC_TARGETS.get(spec["lora"]["targets"], "lm")
-    return PlanInput(
-        shape=shape, lora_r=spec["lora"]["r"], targets=targets, freeze_vision=train["freeze_vision"],
-        micro_batch_size=train["batch_size"], max_length=max(1, seq - image_per_sample),
-        image_tokens=image_per_sample, grad_checkpointing=train["grad_checkpointing"], flash_attention=True,
-        precision=train["precision"], lora_dropout=spec["lora"]["dropout"], zero_stage=dist["zero_stage"] or 0,
-        offload_optimizer=dist["offload_optimizer"], offload_params=dist["offload_params"],
-        world_size=dist["world_size"], gpu_mem_gib=1e6, cuda_context_gib=0.0, fragmentation_factor=1.0,
-        adapter_fp32=True if train["precision"] == "fp32" else None,
-    )
+    return plan_input_from_spec(record["spec"], shape, max_length=max(1, seq - image_per_sample),
+                                image_tokens=image_per_sample, gpu_mem_gib=1e6, cuda_context_gib=0.0,
+                                fragmentation_factor=1.0)
 
 
 def validate_against_runs(results: str | Path) -> list[dict]:
