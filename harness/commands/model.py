@@ -14,7 +14,9 @@ def add_parser(parser) -> None:
     b.add_argument("--preset", default="tiny", choices=["tiny"])
     b.add_argument("--out", type=Path, help="output directory (default: the cache under .cache/models)")
     b.add_argument("--force", action="store_true", help="rebuild even when a matching checkpoint exists")
-    b.add_argument("--steps", type=int, help="pre-training steps (default: the recipe's)")
+    b.add_argument("--steps", type=int, help="reading-stage steps (default: the recipe's)")
+    b.add_argument("--instruction-steps", type=int,
+                   help="instruction-stage steps (default: the recipe's; 0 builds the reading stage only)")
     b.add_argument("--resume", action="store_true", help="continue an interrupted or paused build from its saved state")
     b.add_argument("--stop-after", type=float, metavar="MINUTES",
                    help="pause after this many minutes (state saved; continue with --resume): build in parts")
@@ -40,7 +42,7 @@ def _build(args) -> int:
     from harness.tinymodel.build import BuildPlan, ForgePaused, build_tiny_model
 
     t = time.perf_counter()
-    plan = BuildPlan(preset=args.preset, seed=args.seed, steps=args.steps)
+    plan = BuildPlan(preset=args.preset, seed=args.seed, steps=args.steps, instruction_steps=args.instruction_steps)
     try:
         path, meta = build_tiny_model(plan, out_dir=args.out, force=args.force, resume=args.resume,
                            stop_after_minutes=args.stop_after, device=args.device)

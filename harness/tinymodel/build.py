@@ -353,6 +353,7 @@ def write_model_card(path: Path, meta: dict) -> None:
         "the value after each printed label or the line, under random keys) and `ask` (`What is \"Born\"?`). "
         "The `extract` task of the benchmark (its prompt, its field names, which label feeds which field) is never "
         "seen here: that is what LoRA has to learn.", "",
+        *_instruction_stage_lines(meta),
         "## Measured base quality (greedy, test split, no adapter)", "",
         "| task | n | CER | WER | exact match | field F1 | JSON valid |", "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -364,21 +365,50 @@ def write_model_card(path: Path, meta: dict) -> None:
         lines += ["", f"`fill_json` on {fj['n']} test pages (one schema of 1-4 random keys each): whole object right "
                   f"{fj['fill_json_exact']:.3f}, values right {fj['fill_json_value_accuracy']:.3f}, valid JSON "
                   f"{fj['fill_json_valid']:.3f}."]
-    curve = pre.get("curve") or []
-    if curve:
+    kv = q.get("read_kv")
+    if kv:
+        lines += ["", f"`read_kv` on {kv['n']} test pages: whole object exactly right {kv['exact']:.3f}."]
+    stages = [("reading stage", pre.get("curve") or [], 0.0)]
+    if meta.get("instruction"):
+        reading_minutes = pre["seconds"] / 60
+        stages.append(("instruction stage", meta["instruction"]["pretrain"].get("curve") or [], reading_minutes))
+    if any(curve for _, curve, _ in stages):
         lines += ["", "## Quality against pre-training time", "",
-                  f"Measured during the build on the first {curve[0]['n']} test documents (greedy):", "",
-                  "| step | minutes | read CER | read exact | fill_json exact | fill_json values |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {c['step']:,} | {c['minutes']:.0f} | {c['cer']:.4f} | {c['exact_match']:.2f} | "
-                  f"{c['fill_json_exact']:.2f} | {c['fill_json_value_accuracy']:.2f} |" for c in curve]
-    lines += ["", f"Build time: {meta['build_s']:.0f} s. Key: `{meta['key'][:16]}`. "
+                  f"Measured during the build on the first {EVAL_DOCS_DURING_TRAINING} test documents (greedy); "
+                  "minutes count from the start of the reading stage:", "",
+                  "| stage | step | minutes | read CER | read exact | read_kv exact | fill_json exact | fill_json values |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, curve, offset in stages:
+            lines += [f"| {name} | {c['step']:,} | {offset + c['minutes']:.0f} | {c['cer']:.4f} | {c['exact_match']:.2f} | "
+                      f"{_fmt(c.get('read_kv_exact'))} | {c['fill_json_exact']:.2f} | {c['fill_json_value_accuracy']:.2f} |"
+                      for c in curve]
+    minutes = pre["seconds"] / 60 + (meta["instruction"]["pretrain"]["seconds"] / 60 if meta.get("instruction") else 0)
+    lines += ["", f"Pre-training time, all stages: {minutes:.0f} min. Key: `{meta['key'][:16]}`. "
               f"Weights sha256: `{meta.get('checksum', '')[:16]}`.", "",
               "## Limits", "",
               "Pages must be drawn on the 16 px token grid (one line per row, at most 32 characters, the `easy` "
               "style); the model reads nothing else. Reproduce the figures above with "
               "`lorabench model eval <this directory> --task transcribe` (and `--task extract`).", ""]
     (path / "README.md").write_text("\n".join(lines))
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _instruction_stage_lines(meta: dict) -> list[str]:
+    stage = meta.get("instruction")
+    if not stage:
+        return []
+    f, pre = stage["forge"], stage["pretrain"]
+    mix = ", ".join(f"{t} {w:.0%}" for t, w in f["task_weights"])
+    return [
+        f"Instruction stage, continuing the reading stage's weights: {pre['steps']:,} steps in "
+        f"{pre['seconds'] / 60:.0f} min, AdamW lr {f['lr']} ({f['warmup_steps']} warm-up steps, the same decay), a "
+        f"fresh CTC head trained alone for its first {meta.get('ctc_probe_steps', 0)} steps, tasks drawn as {mix}. "
+        "The new task `read_kv` (`Read all lines as JSON, labels as keys.`) writes each `Label: value` line under its "
+        "printed label and any other line under its number (`{\"l1\":\"NATIONAL ID CARD\",\"Surname\":\"BROWN\",...}`): "
+        "the page's own labels, not the `extract` schema's field names.", ""]
 
 
 class _Bar:

@@ -42,7 +42,7 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
     idx = [keys.index(k) for k in shown]
     keys_list = list(groups)
     table = Table("quality", f"Table {number}. Quality per cell",
-                  "", [*shown, "ok runs", "round trip", *(name for _, name in columns)], label_cols=len(shown))
+                  "", [*shown, "ok runs", *(name for _, name in columns), "round trip"], label_cols=len(shown))
     pooled = {key: pooled_sample_columns(g) for key, g in groups.items()}
     no_per_sample = [label(k) for k, p in pooled.items() if p is None and metric_values(groups[k], "cer")]
     metric_cells: dict[str, list[TableCell]] = {}
@@ -66,8 +66,8 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
             cells = metric_cells[metric]
             cells[i].mark = (cells[i].mark + "*").lstrip()
     for i, (key, group) in enumerate(groups.items()):
-        row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group), roundtrip_cell(group)]
-        row += [metric_cells[m][i] for m, _ in columns]
+        row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group)]
+        row += [metric_cells[m][i] for m, _ in columns] + [roundtrip_cell(group)]
         table.rows.append(row)
         table.row_runs.append([r["run_id"] for r in group])
         table.row_labels.append(label(key))
