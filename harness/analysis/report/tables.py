@@ -53,10 +53,10 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
         best = best_index(means, metric)
         for i in best:
             cells[i].bold = True
-        if len(best) == 1:
-            (b,) = best
+        if best:  # tied best cells (aligned frameworks agree to 1e-6) are all bold; the first is the reference
+            b = min(best)
             comparisons += [(metric, i, b) for i, key in enumerate(keys_list)
-                            if i != b and means[i] is not None
+                            if i not in best and means[i] is not None
                             and pooled[keys_list[b]] is not None and pooled[key] is not None]
         metric_cells[metric] = cells
     adjusted, n_tests, n_boot = holm_pvalues([(pooled[keys_list[b]], pooled[keys_list[i]], metric)
