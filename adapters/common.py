@@ -258,20 +258,25 @@ def model_settings(model) -> dict:
             drop = module.lora_dropout["default"]
             dropout.add(float(drop.p) if isinstance(drop, torch.nn.Dropout) else 0.0)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    vision_trainable = sum(p.numel() for n, p in trainable if ".visual." in n and "lora_" not in n)
+    vision_trainable = sum(_numel(p) for n, p in trainable if ".visual." in n and "lora_" not in n)
     one = lambda s: sorted(s)[0] if len(s) == 1 else sorted(s)  # noqa: E731
     return {
         "lora.n_targets": len(targets),
         "lora.targets_sha": hashlib.sha256("\n".join(sorted(targets)).encode()).hexdigest()[:16],
         "lora.targets_vision": sum(1 for t in targets if ".visual." in t),
         "lora.r": one(r), "lora.alpha": one(alpha), "lora.scaling": one(scaling), "lora.dropout": one(dropout),
-        "trainable_params": sum(p.numel() for _, p in trainable),
-        "total_params": sum(p.numel() for _, p in model.named_parameters()),
-        "trainable_non_lora_params": sum(p.numel() for n, p in trainable if "lora_" not in n),
+        "trainable_params": sum(_numel(p) for _, p in trainable),
+        "total_params": sum(_numel(p) for _, p in model.named_parameters()),
+        "trainable_non_lora_params": sum(_numel(p) for n, p in trainable if "lora_" not in n),
         "vision_full_weights_trainable": vision_trainable,
         "dtype": str(next(p for p in model.parameters()).dtype).replace("torch.", ""),
         "grad_checkpointing": bool(getattr(_base(model), "is_gradient_checkpointing", False)),
     }
+
+
+def _numel(param) -> int:
+    """Elements of a parameter; under ZeRO-3 the local tensor is an empty shard, `ds_numel` the whole."""
+    return getattr(param, "ds_numel", None) or param.numel()
 
 
 def _base(model):
