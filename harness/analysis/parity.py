@@ -75,6 +75,10 @@ def run_one(spec: dict, run_dir: Path, timeout_s: float = 900) -> dict:
         raise UserError(f"{spec['framework']} run {result.status}: {(result.error_tail or '').strip().splitlines()[-1:]}"
                         f" (log: {run_dir / 'worker.log'})")
     out = json.loads((run_dir / "train.rank0.json").read_text())
+    ran_as, asked = out["effective"].get("world_size"), spec["distributed"]["world_size"]
+    if ran_as is not None and ran_as != asked:
+        raise UserError(f"{spec['framework']} was asked for {asked} processes and ran as a world of {ran_as} "
+                        f"(its processes trained independently; log: {run_dir / 'worker.log'})")
     out["job"] = job
     return out
 

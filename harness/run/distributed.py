@@ -179,15 +179,18 @@ def deepspeed_config_file(spec: dict, out_dir) -> str | None:
     return str(path)
 
 
-def enable_cpu_deepspeed_data_parallel() -> None:
-    """Make accelerate treat a multi-process DeepSpeed run on the CPU as distributed.
+def enable_cpu_data_parallel() -> None:
+    """Make accelerate treat a multi-process run on the CPU as distributed.
 
     Measured (accelerate 1.15, transformers 5.19): with DeepSpeed and no CUDA, accelerate's
     `PartialState._prepare_backend` finds no backend and sets `num_processes = 1`, while DeepSpeed
     itself joins the process group. Training then runs, ZeRO partitions and reduces across ranks, but
     every rank reads the *same* batches (no distributed sampler): the global batch is not
-    batch x world_size. Giving accelerate gloo for that case restores data parallelism. It is a
-    no-op with CUDA, with one process, and with `use_cpu` (plain DDP on gloo already works).
+    batch x world_size. Without DeepSpeed, ms-swift (which does not pass `use_cpu`) is worse off:
+    each process trains alone as a world of one (measured by the accumulation check: its step loss
+    over 2 processes differed by 0.15 from 1 process with accumulation 2). Giving accelerate gloo
+    for these cases restores data parallelism. It is a no-op with CUDA, with one process, and with
+    `use_cpu` (plain DDP on gloo already works).
     """
     import accelerate.state as state
     from accelerate.utils import DistributedType

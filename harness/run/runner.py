@@ -114,6 +114,12 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                "gpu_max_reserved_mib": _gpu_max(ranks, "max_reserved_mib"),
                "meter_overhead_fraction": max(r["memory"]["meter_overhead_fraction"] for r in ranks)}
     metrics["mfu"] = _mfu(metrics["train_tokens_per_s"], rank0, env.get("matmul_peak_gflops"))
+    ran_as = rank0["effective"].get("world_size")
+    if ran_as is not None and ran_as != world:
+        # each process trained alone (the framework never joined the process group): not the run asked for
+        record["metrics"] = metrics
+        return done("failed", f"asked for {world} processes, the framework ran as a world of {ran_as}: "
+                              "its processes trained independently")
     record["training_check"], not_trained = training_check.check(Path(rank0["initial_adapter"]),
                                                                  Path(rank0["adapter_dir"]), rank0["steps"])
     if not_trained:

@@ -61,10 +61,10 @@ def train(job: dict) -> int:
                           MASTER_PORT=str(free_port()))
     rank = int(os.environ.get("RANK", "0"))
     dist = spec["distributed"]
-    if spec["device"] == "cpu" and dist["zero_stage"] is not None and dist["world_size"] > 1:
-        from harness.run.distributed import enable_cpu_deepspeed_data_parallel
+    if spec["device"] == "cpu" and dist["world_size"] > 1:
+        from harness.run.distributed import enable_cpu_data_parallel
 
-        enable_cpu_deepspeed_data_parallel()
+        enable_cpu_data_parallel()
     torch.manual_seed(spec["train"]["seed"])
     adapter = adapters.get(spec["framework"])
     _import_framework(spec["framework"])  # so the baseline includes the framework's own imports
