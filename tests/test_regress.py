@@ -246,3 +246,16 @@ def test_history_orders_commits_and_plots(tmp_path, capsys):
     mean_f1 = sum(r["metrics"]["field_f1"] for r in records) / 2
     assert f"{mean_f1:.4f}" in lines[0]
     assert out.read_bytes()[:4] == b"\x89PNG" and out.with_suffix(".pdf").exists()
+
+
+def test_metrics_filter_judges_only_the_named_metrics(suite, capsys, tmp_path):
+    """Two checkouts on a busy machine: memory the same, time worse; `--metrics` judges memory alone."""
+    current = _copy_with(suite["records"], tmp_path, _shift("wall_s", factor=3.0))
+    code, _, _ = _regress_json(capsys, suite["baseline"], current)
+    assert code == 1
+    code, result, _ = _regress_json(capsys, suite["baseline"], current, "--metrics",
+                                    "peak_anon_above_baseline_mib,peak_anon_mib")
+    assert code == 0 and {r["metric"] for r in result["rows"]} <= {"peak_anon_above_baseline_mib", "peak_anon_mib", None}
+    assert main(["regress", "--baseline", str(suite["baseline"]), "--current", str(current),
+                 "--metrics", "peak_anon_mib,nonsense"]) == 2
+    assert "unknown metric 'nonsense'" in capsys.readouterr().err

@@ -23,9 +23,24 @@ def add_parser(parser) -> None:
                         help='text: an aligned table (default); json: {"regressed", "rows", "warnings"}; '
                              "markdown: a table for CI job summaries")
     parser.add_argument("--json", action="store_true", help="the same as --format json")
+    parser.add_argument("--metrics", metavar="NAME[,NAME]",
+                        help="compare only these metrics (e.g. peak_anon_above_baseline_mib,peak_anon_mib: memory "
+                             "alone, when the two runs' timings are not comparable); whole-cell verdicts stay")
     parser.add_argument("--threshold", action="append", default=[], metavar="METRIC=FRACTION",
                         help="override a threshold, e.g. field_f1=0.03 (absolute for quality metrics) "
                              "or peak_rss_mib=0.2 (a fraction of the baseline for the others); repeatable")
+
+
+def only_metrics(result: dict, names: list[str]) -> dict:
+    """The comparison restricted to `names` (rows of other metrics dropped, the verdict recomputed)."""
+    from harness.analysis.regress import REGRESSION_VERDICTS
+    from harness.results.metric_table import METRICS
+
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise UserError(f"--metrics: unknown metric {unknown[0]!r} (known: {', '.join(METRICS)})")
+    rows = [r for r in result["rows"] if r["metric"] is None or r["metric"] in names]
+    return {**result, "rows": rows, "regressed": any(r["verdict"] in REGRESSION_VERDICTS for r in rows)}
 
 
 def run(args) -> int:
@@ -40,6 +55,8 @@ def run(args) -> int:
     if not current:
         raise UserError(f"{args.current}: no run records in the current results")
     result = compare_to_baseline(baseline, current, thresholds)
+    if args.metrics:
+        result = only_metrics(result, args.metrics.split(","))
     for line in result["warnings"]:
         print(f"lorabench: warning: {line}", file=sys.stderr)
     output = "json" if args.json else args.format
