@@ -1,8 +1,8 @@
 """The memory planner (`lorabench plan`): will a LoRA fine-tuning run of a real VLM fit in GPU memory?
 
 Modules, one idea each:
-- `shape`: model shapes (a model's architecture as numbers), their JSON files, and a Hugging Face
-  checkpoint's config.json counted on the meta device;
+- `shape`: model shapes (a model's architecture as numbers) and their JSON files;
+- `hf_shape`: a Hugging Face checkpoint's config.json as a shape, counted on the meta device;
 - `memory`: the estimate (`estimate(PlanInput) -> Plan`) and its answers (`fits`, `verdict`,
   `search_fits`);
 - `deepspeed_check`: DeepSpeed's own estimators next to ours;
@@ -22,9 +22,9 @@ from harness.planner.memory import (
     decoder_block_bytes_per_token, estimate, fits, linear_input_bytes_per_token, plan_input_from_spec, search_fits,
     verdict, vit_block_bytes_per_token, zero_buffer_bytes, zero_section)
 from harness.planner.shape import (
-    BUILTIN_SHAPES, HF_ARCHITECTURES, SHAPES_DIR, SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, ImageTokens, Linear,
-    Shape, Tower, builtin_shape, load_shape, qwen2_vl_image_tokens, shape_from_dict, shape_from_hf_config,
-    shape_from_model, shape_to_dict)
+    BUILTIN_SHAPES, SHAPES_DIR, SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, ImageTokens, Linear,
+    Shape, Tower, builtin_shape, load_shape, qwen2_vl_image_tokens, shape_from_dict, shape_to_dict)
+from harness.planner.hf_shape import HF_ARCHITECTURES, shape_from_hf_config, shape_from_model
 
 __all__ = [
     "BUILTIN_SHAPES", "CUDA_CONTEXT_GIB", "DEFAULT_BATCH_GRID", "DEFAULT_MAX_LENGTH_GRID",

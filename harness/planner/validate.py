@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.planner.memory import PlanInput, estimate, plan_input_from_spec
-from harness.planner.shape import shape_from_hf_config
+from harness.planner.hf_shape import shape_from_hf_config
 from harness.results.store import load_records
 
 MIB = 1024 * 1024

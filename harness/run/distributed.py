@@ -118,7 +118,7 @@ def model_size_of(model_dir: str | Path) -> ModelSize:
     """Hidden size and parameter count of a checkpoint, from its config.json (nothing is loaded).
     The count comes from the planner's shape of the architecture; None where it has none."""
     from harness.errors import UserError
-    from harness.planner.shape import shape_from_hf_config
+    from harness.planner.hf_shape import shape_from_hf_config
 
     path = Path(model_dir)
     config = json.loads((path / "config.json" if path.is_dir() else path).read_text())
