@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-fast benchmark report regress parity memory memory-gpu microbench model data clean
+.PHONY: help setup test test-fast benchmark report regress parity memory memory-gpu minicpmv microbench model data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ regress: setup  ## compare RESULTS against the committed baseline
 parity: setup model  ## prove peft, swift and torch aligned on the example spec, then the ablation table
 	$(VENV)/bin/lorabench parity harness/suites/parity.yaml --out $(RESULTS)/parity
 	$(VENV)/bin/lorabench parity harness/suites/parity.yaml --ablate --out $(RESULTS)/parity
+
+minicpmv: setup  ## MiniCPM-V: swift defaults vs the official recipe vs the HF recipe (suite, profile ablation, report)
+	$(VENV)/bin/lorabench model build --family minicpmv
+	$(VENV)/bin/lorabench run harness/suites/minicpmv.yaml --resume
+	$(VENV)/bin/lorabench parity harness/suites/parity-minicpmv.yaml --steps 8 --ablate --profiles swift-default,minicpmv-official --out results/runs/minicpmv/parity
+	$(VENV)/bin/lorabench report results/runs/minicpmv
 
 memory: setup model  ## run the memory-levers suite (DeepSpeed ZeRO, offload, 2 processes)
 	$(VENV)/bin/lorabench run harness/suites/memory.yaml --resume

@@ -16,16 +16,15 @@ import re
 import time
 from pathlib import Path
 
-from harness.chat import DEFAULT_SYSTEM, build_answer, build_prompt
-
-LM_PREFIX = "model.language_model."
-VISION_PREFIX = "model.visual."
-PROJECTOR_PREFIX = "model.visual.merger."
+from harness import archs
+from harness.chat import answer_prefix_setting, build_answer, build_prompt, prompt_arch
 
 
 # The `lora.targets` presets. Each says which Linear layers it covers, so none reads like PEFT's
 # `all-linear` (which includes the vision tower) or ms-swift's (which, with freeze_vit, does not).
-TARGET_PRESETS = ("lm-linear", "lm+vision-linear", "every-linear")
+TARGET_PRESETS = ("lm-linear", "lm-attention", "lm+vision-linear", "every-linear")
+# lm-attention: the language model's attention projections only (MiniCPM-V's official LoRA regex)
+ATTENTION_PROJECTIONS = re.compile(r"\.self_attn\.(q_proj|k_proj|v_proj|o_proj)$")
 # Names the presets had before; they keep working (the spec loader warns once per name).
 RENAMED_TARGET_PRESETS = {"lm": "lm-linear", "lm+vision": "lm+vision-linear", "all-linear": "every-linear"}
 
@@ -41,8 +40,9 @@ def resolve_targets(model, targets) -> list[str]:
     """Full names of the Linear modules that get LoRA, in model order.
 
     lm-linear: every Linear of the language model (ms-swift's all-linear with its default
-    freeze_vit; not lm_head: tied to the embeddings here);
-    lm+vision-linear: also the vision tower's blocks (not the projector);
+    freeze_vit; not lm_head: the output layer);
+    lm-attention: the language model's attention projections q/k/v/o (MiniCPM-V's official recipe);
+    lm+vision-linear: also the vision tower's (not the projector's);
     every-linear: PEFT's all-linear, every Linear but the output layer (vision tower and projector too);
     a list: module names, or suffixes matched on dotted boundaries (e.g. "q_proj").
     The old preset names (lm, lm+vision, all-linear) mean the same as their new ones.
@@ -50,12 +50,15 @@ def resolve_targets(model, targets) -> list[str]:
     import torch
 
     targets = canonical_targets(targets)
+    arch = archs.for_model(model)
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
     if targets == "lm-linear":
-        return [n for n in linears if n.startswith(LM_PREFIX)]
+        return [n for n in linears if n.startswith(arch.lm_prefix)]
+    if targets == "lm-attention":
+        return [n for n in linears if n.startswith(arch.lm_prefix) and ATTENTION_PROJECTIONS.search(n)]
     if targets == "lm+vision-linear":
-        return [n for n in linears if n.startswith(LM_PREFIX) or
-                (n.startswith(VISION_PREFIX) and not n.startswith(PROJECTOR_PREFIX))]
+        return [n for n in linears if n.startswith(arch.lm_prefix) or
+                (arch.is_vision(n) and not arch.is_projector(n))]
     if targets == "every-linear":
         return linears
     wanted = list(targets)
@@ -75,10 +78,25 @@ def targets_regex(names: list[str]) -> str:
 PEFT_INIT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
+def full_modules(model, spec: dict) -> list[str]:
+    """Modules trained in full (PEFT's and swift's `modules_to_save`): the vision tower when
+    `train.freeze_vision` is false, and `lora.modules_to_save` (exact names or dotted suffixes)."""
+    names = [n for n, _ in model.named_modules() if n]
+    chosen = [] if spec["train"]["freeze_vision"] else vision_modules_to_save(model)
+    for wanted in spec["lora"]["modules_to_save"]:
+        hits = [n for n in names if n == wanted or n.endswith("." + wanted)]
+        if not hits:
+            from harness.errors import UserError
+
+            raise UserError(f"lora.modules_to_save {wanted!r} matches no module of the model")
+        chosen += [n for n in hits if n not in chosen]
+    return chosen
+
+
 def vision_modules_to_save(model) -> list[str]:
     """The vision tower without its projector, as whole modules: trained in full when
     `train.freeze_vision` is false (PEFT's and swift's `modules_to_save`, so both do the same)."""
-    return [n for n, _ in model.named_modules() if re.fullmatch(r"model\.visual\.(patch_embed|blocks\.\d+)", n)]
+    return archs.for_model(model).vision_full_modules(n for n, _ in model.named_modules())
 
 
 def lora_config(spec: dict, target_names: list[str], modules_to_save: list[str] | None = None):
@@ -122,7 +140,7 @@ def normalize_key(key: str) -> str:
 PROBE_ROWS = 2  # training rows the round trip replays: enough to cover padding, cheap to store
 
 
-def save_probe(model, processor, rows: list[dict], system: str | None, path: Path) -> None:
+def save_probe(model, processor, rows: list[dict], system: str | None, path: Path, arch=None) -> None:
     """What the adapter round trip compares a reloaded adapter with, taken from the live model.
 
     The trained model's logits on the first training rows (fp32, eval mode), the rows themselves,
@@ -133,7 +151,8 @@ def save_probe(model, processor, rows: list[dict], system: str | None, path: Pat
 
     import torch
 
-    collate = ChatCollator(processor, system, "answer", max_length=1 << 30)
+    arch = arch or archs.for_model(model)  # the prompt format the run trained with
+    collate = ChatCollator(processor, system, "answer", max_length=1 << 30, arch=arch)
     batch = collate(rows[:PROBE_ROWS])
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     device = next(model.parameters()).device
@@ -146,7 +165,7 @@ def save_probe(model, processor, rows: list[dict], system: str | None, path: Pat
     model.train(was_training)
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save({"inputs": inputs, "logits": logits, "trainable": trainable, "rows": rows[:PROBE_ROWS],
-                    "system": system}, str(path))
+                    "system": system, "answer_prefix": answer_prefix_setting(arch)}, str(path))
 
 
 def save_lora_state(model, path: Path) -> str:
@@ -171,8 +190,14 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def system_for(spec: dict) -> str | None:
-    return DEFAULT_SYSTEM if spec["train"]["system_prompt"] == "default" else None
+def chat_arch(model, spec: dict) -> archs.Arch:
+    """The model family's chat format as the spec trains it (`train.answer_prefix`)."""
+    return prompt_arch(archs.for_model(model), spec["train"]["answer_prefix"])
+
+
+def system_for(spec: dict, arch: archs.Arch = archs.DEFAULT) -> str | None:
+    """The system prompt of `train.system_prompt`: "default" is the family's template default."""
+    return arch.default_system if spec["train"]["system_prompt"] == "default" else None
 
 
 class ChatCollator:
@@ -183,14 +208,16 @@ class ChatCollator:
     Right padding, like swift's training template.
     """
 
-    def __init__(self, processor, system: str | None, label_mask: str, max_length: int):
+    def __init__(self, processor, system: str | None, label_mask: str, max_length: int,
+                 arch: archs.Arch = archs.DEFAULT):
         self.processor = processor
         self.system = system
         self.label_mask = label_mask
         self.max_length = max_length
+        self.arch = arch
         tok = processor.tokenizer
         self.pad_id = tok.pad_token_id
-        self.image_pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
+        self.image_pad_id = tok.convert_tokens_to_ids(arch.image_token)
 
     def __call__(self, rows: list[dict]):
         from PIL import Image
@@ -201,7 +228,7 @@ class ChatCollator:
         for row in rows:
             user = row["messages"][0]["content"]
             answer = build_answer(row["messages"][1]["content"])
-            texts.append(build_prompt(user, system=self.system) + answer)
+            texts.append(build_prompt(user, system=self.system, arch=self.arch) + answer)
             answer_lens.append(len(tok(answer, add_special_tokens=False).input_ids))
             images.append(Image.open(row["images"][0]).convert("RGB"))
         enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt",
@@ -258,12 +285,13 @@ def model_settings(model) -> dict:
             drop = module.lora_dropout["default"]
             dropout.add(float(drop.p) if isinstance(drop, torch.nn.Dropout) else 0.0)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    vision_trainable = sum(_numel(p) for n, p in trainable if ".visual." in n and "lora_" not in n)
+    arch = archs.for_model(model)
+    vision_trainable = sum(_numel(p) for n, p in trainable if arch.is_vision(n) and "lora_" not in n)
     one = lambda s: sorted(s)[0] if len(s) == 1 else sorted(s)  # noqa: E731
     return {
         "lora.n_targets": len(targets),
         "lora.targets_sha": hashlib.sha256("\n".join(sorted(targets)).encode()).hexdigest()[:16],
-        "lora.targets_vision": sum(1 for t in targets if ".visual." in t),
+        "lora.targets_vision": sum(1 for t in targets if arch.is_vision(t)),
         "lora.r": one(r), "lora.alpha": one(alpha), "lora.scaling": one(scaling), "lora.dropout": one(dropout),
         "trainable_params": sum(_numel(p) for _, p in trainable),
         "total_params": sum(_numel(p) for _, p in model.named_parameters()),
@@ -395,7 +423,7 @@ def step_fingerprints(steps: list[dict], batch_fingerprints: list[str]) -> dict:
     }
 
 
-def run_settings(args, recorder: StepRecorder, system, label_mask) -> dict:
+def run_settings(args, recorder: StepRecorder, system, label_mask, arch: archs.Arch = archs.DEFAULT) -> dict:
     """Settings of the loop itself, from the Trainer's live arguments and the recorded steps."""
     return {
         "grad_accum": args.gradient_accumulation_steps,
@@ -412,6 +440,7 @@ def run_settings(args, recorder: StepRecorder, system, label_mask) -> dict:
         **step_fingerprints(recorder.steps, recorder.fingerprints),
         "system_prompt": "default" if system else "none",
         "label_mask": label_mask,
+        "answer_prefix": answer_prefix_setting(arch),
         "deepspeed_zero_stage": (args.hf_deepspeed_config.config.get("zero_optimization", {}).get("stage")
                                  if getattr(args, "hf_deepspeed_config", None) else None),
     }

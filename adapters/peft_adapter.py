@@ -13,6 +13,7 @@ from pathlib import Path
 
 from adapters import common
 from adapters.base import Hooks, TrainData, TrainOutcome
+from harness import archs
 
 PRECISION_ARGS = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}}
 
@@ -52,6 +53,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments, set_seed
 
 from adapters.common import ChatCollator, read_jsonl
+from harness import archs
 
 out = Path({out!r})
 args = TrainingArguments(**{{k: v for k, v in json.loads((out / "training_args.json").read_text()).items()
@@ -61,7 +63,7 @@ processor = AutoProcessor.from_pretrained({model!r})
 model = AutoModelForImageTextToText.from_pretrained({model!r}, dtype=torch.float32)
 lora = json.loads((out / "adapter" / "adapter_config.json").read_text())
 model = get_peft_model(model, LoraConfig(**{{k: v for k, v in lora.items() if k in LoraConfig.__dataclass_fields__}}))
-collator = ChatCollator(processor, {system!r}, {label_mask!r}, {max_length!r})
+collator = ChatCollator(processor, {system!r}, {label_mask!r}, {max_length!r}, archs.for_model(model))
 Trainer(model=model, args=args, train_dataset=read_jsonl(Path({data!r})), data_collator=collator).train()
 """
 
@@ -82,18 +84,19 @@ class PeftAdapter:
         processor = AutoProcessor.from_pretrained(str(data.model_dir))
         # fp32 master weights; fp16/bf16 run as autocast mixed precision through the Trainer
         model = AutoModelForImageTextToText.from_pretrained(str(data.model_dir), dtype=torch.float32)
+        arch = archs.for_model(model) if native else common.chat_arch(model, spec)
         if native:
             config = LoraConfig(r=spec["lora"]["r"], target_modules="all-linear", task_type="CAUSAL_LM")
         else:
-            unfrozen = [] if spec["train"]["freeze_vision"] else common.vision_modules_to_save(model)
+            unfrozen = common.full_modules(model, spec)
             config = common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"]), unfrozen)
         model = get_peft_model(model, config)
         if spec["train"]["grad_checkpointing"] and not native:
             model.enable_input_require_grads()
         rows = common.read_jsonl(data.train_jsonl)
-        system = common.DEFAULT_SYSTEM if native else common.system_for(spec)
+        system = arch.default_system if native else common.system_for(spec, arch)
         label_mask = "all" if native else spec["train"]["label_mask"]
-        collator = common.ChatCollator(processor, system, label_mask, spec["train"]["max_length"])
+        collator = common.ChatCollator(processor, system, label_mask, spec["train"]["max_length"], arch)
         args = training_args(spec, out_dir, deepspeed_config_file(spec, out_dir))
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
         effective: dict = {}
@@ -112,8 +115,8 @@ class PeftAdapter:
         adapter_dir = out_dir / "adapter"
         # on every rank: under ZeRO-3 the Trainer gathers the partitioned LoRA tensors before rank 0 writes
         trainer.save_model(str(adapter_dir))
-        common.save_probe(trainer.model, processor, rows, system, out_dir / "probe.pt")
-        effective.update(common.run_settings(trainer.args, recorder, system, label_mask))
+        common.save_probe(trainer.model, processor, rows, system, out_dir / "probe.pt", arch)
+        effective.update(common.run_settings(trainer.args, recorder, system, label_mask, arch))
         (out_dir / "training_args.json").write_text(trainer.args.to_json_string())
         (out_dir / "reproduce_peft.py").write_text(PEFT_SNIPPET.format(model=data.model_dir, data=data.train_jsonl,
                                                                        out=out_dir, system=system, label_mask=label_mask,

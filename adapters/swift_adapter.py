@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
 from adapters import common
 from adapters.base import Hooks, TrainData, TrainOutcome
+from harness import archs
 
 SWIFT_INIT = {"kaiming": "true", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -49,7 +51,7 @@ def sft_kwargs(spec: dict, data: TrainData, out_dir: Path, target_names: list[st
         base["model_type"] = model_type_for(data.model_dir)
     if spec["alignment"] == "native":
         return dict(**base, target_modules=["all-linear"])
-    vision = any(".visual." in n for n in target_names)
+    vision = any(archs.for_dir(data.model_dir).is_vision(n) for n in target_names)
     return dict(
         **base, target_regex=common.targets_regex(target_names), lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"], init_weights=SWIFT_INIT[lora["init"]], use_rslora=lora["rslora"],
@@ -63,16 +65,19 @@ def sft_kwargs(spec: dict, data: TrainData, out_dir: Path, target_names: list[st
         truncation_strategy="right",  # as the harness collator: cut the answer's tail, never drop a sample
         freeze_vit=not vision and t["freeze_vision"], freeze_aligner=True, modules_to_save=list(modules_to_save),
         average_tokens_across_devices=True,
+        # swift writes MiniCPM-V's empty thinking block before every answer unless told not to
+        add_non_thinking_prefix=t["answer_prefix"] == "template",
     )
 
 
-def swift_command_line(kwargs: dict) -> str:
-    """`swift sft ...` with the same arguments: what a user runs to reproduce the run outside lorabench."""
+def swift_command_line(kwargs: dict, env: dict | None = None) -> str:
+    """`swift sft ...` with the same arguments (and environment): what a user runs to reproduce the
+    run outside lorabench."""
     import shlex
 
     from adapters import swift_model
 
-    parts = ["swift", "sft"]
+    parts = [f"{k}={v}" for k, v in (env or {}).items()] + ["swift", "sft"]
     if kwargs.get("model_type") == swift_model.MODEL_TYPE:  # the tiny model is registered from a file
         parts += ["--custom_register_path", str(Path(swift_model.__file__).resolve())]
     for key, value in kwargs.items():
@@ -91,7 +96,7 @@ class SwiftAdapter:
     name = "swift"
 
     def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
-        from adapters.swift_model import register
+        from adapters.swift_model import register, template_env
 
         from harness.run.distributed import deepspeed_config_file
 
@@ -100,13 +105,15 @@ class SwiftAdapter:
         from swift.pipelines import SwiftSft
 
         target_names, unfrozen = None, []
-        if spec["alignment"] == "aligned":
+        if spec["alignment"] != "native":
             target_names, unfrozen = _target_names(spec, data)
         kwargs = sft_kwargs(spec, data, out_dir, target_names, deepspeed_config_file(spec, out_dir), unfrozen)
         from swift.arguments import SftArguments
 
+        env = template_env(data.model_dir)
+        os.environ.update(env)  # read by swift's template when it is built
         args = SftArguments(**kwargs)
-        (out_dir / "swift_sft_command.sh").write_text(swift_command_line(kwargs) + "\n")
+        (out_dir / "swift_sft_command.sh").write_text(swift_command_line(kwargs, env) + "\n")
         native = spec["alignment"] == "native"
         result: dict = {}
         initial = out_dir / "initial_adapter.safetensors"
@@ -127,10 +134,15 @@ class SwiftAdapter:
                 t_end = time.perf_counter()
                 # on every rank: under ZeRO-3 the trainer gathers the partitioned LoRA tensors first
                 trainer.save_model(str(out_dir / "adapter"))
-                system = self.template.template_meta.default_system if self.args.system is None else self.args.system
+                meta = self.template.template_meta
+                system = meta.default_system if self.args.system is None else self.args.system
+                # the answer prefix swift's template wrote, read back from the template
+                wrote_prefix = meta.is_thinking and self.template.add_non_thinking_prefix
+                arch = dataclasses.replace(archs.for_model(trainer.model),
+                                           answer_prefix=meta.non_thinking_prefix if wrote_prefix else "")
                 common.save_probe(trainer.model, self.template.processor, common.read_jsonl(data.train_jsonl),
-                                  system or None, out_dir / "probe.pt")
-                effective.update(common.run_settings(trainer.args, recorder, system, "answer"))
+                                  system or None, out_dir / "probe.pt", arch)
+                effective.update(common.run_settings(trainer.args, recorder, system, "answer", arch))
                 effective["swift.dataset_shuffle"] = self.args.dataset_shuffle
                 effective["swift.use_logits_to_keep"] = self.args.use_logits_to_keep
                 (out_dir / "sft_args.json").write_text(json.dumps(dataclasses.asdict(self.args), indent=1,
@@ -155,5 +167,5 @@ def _target_names(spec: dict, data: TrainData) -> tuple[list[str], list[str]]:
     config = AutoConfig.from_pretrained(str(data.model_dir))
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
-    unfrozen = [] if spec["train"]["freeze_vision"] else common.vision_modules_to_save(model)
+    unfrozen = common.full_modules(model, spec)
     return common.resolve_targets(model, spec["lora"]["targets"]), unfrozen

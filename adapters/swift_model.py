@@ -24,10 +24,33 @@ _registered = False
 
 
 def model_type_for(model_dir) -> str | None:
-    """The swift model type to pass for `model_dir`: ours for the embedded tiny model, else swift's own guess."""
+    """The swift model type to pass for `model_dir`: ours for the embedded tiny Qwen2-VL, else None
+    (swift's own, found from config.json: the tiny MiniCPM-V uses swift's minicpmv4_6 as it is)."""
     from pathlib import Path
 
-    return MODEL_TYPE if (Path(model_dir) / "lorabench.json").exists() else None
+    from harness import archs
+
+    embedded = (Path(model_dir) / "lorabench.json").exists()
+    return MODEL_TYPE if embedded and archs.for_dir(model_dir) is archs.QWEN2_VL else None
+
+
+def template_env(model_dir) -> dict[str, str]:
+    """Environment variables swift's template must see for `model_dir` to encode as the checkpoint says.
+
+    swift's MiniCPM-V 4.6 / 4.7 templates take the visual-token downsample mode from the
+    DOWNSAMPLE_MODE environment variable (default "16x") and hand it to the processor and to the
+    model's forward, overriding the checkpoint's config.json. A checkpoint made for "4x" (the tiny
+    MiniCPM-V) would silently train with a quarter of its image tokens; this returns the config's mode.
+    """
+    import json
+    from pathlib import Path
+
+    from harness import archs
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if archs.for_model_type(config.get("model_type", "")) in (archs.MINICPMV4_6, archs.MINICPMV4_7):
+        return {"DOWNSAMPLE_MODE": config.get("downsample_mode", "16x")}
+    return {}
 
 
 def resize_for_grid(image, image_processor):

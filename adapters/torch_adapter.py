@@ -13,6 +13,7 @@ from pathlib import Path
 
 from adapters import common
 from adapters.base import Hooks, TrainData, TrainOutcome
+from harness import archs
 
 MAX_GRAD_NORM = 1.0  # what transformers.Trainer clips to by default
 
@@ -35,7 +36,7 @@ class TorchAdapter:
         set_seed(t["seed"])  # before loading: LoRA init draws from this state
         processor = AutoProcessor.from_pretrained(str(data.model_dir))
         model = AutoModelForImageTextToText.from_pretrained(str(data.model_dir), dtype=torch.float32)
-        unfrozen = [] if t["freeze_vision"] else common.vision_modules_to_save(model)
+        unfrozen = common.full_modules(model, spec)
         model = get_peft_model(model, common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"]),
                                                          unfrozen))
         if t["grad_checkpointing"]:
@@ -58,7 +59,8 @@ class TorchAdapter:
         effective["scheduler"] = type(scheduler).__name__
 
         rows = common.read_jsonl(data.train_jsonl)
-        collate = common.ChatCollator(processor, common.system_for(spec), t["label_mask"], t["max_length"])
+        arch = common.chat_arch(model, spec)
+        collate = common.ChatCollator(processor, common.system_for(spec, arch), t["label_mask"], t["max_length"], arch)
         sampler = TrainerOrderSampler(len(rows), t["batch_size"], t["data_seed"])
         micro_batches = iter(sampler)
         hooks.on_train_begin()
@@ -96,7 +98,7 @@ class TorchAdapter:
             hooks.on_step(record)
         t_end = time.perf_counter()
         model.save_pretrained(str(out_dir / "adapter"))
-        common.save_probe(model, processor, rows, common.system_for(spec), out_dir / "probe.pt")
+        common.save_probe(model, processor, rows, common.system_for(spec, arch), out_dir / "probe.pt", arch)
         effective.update(reference_settings(model, scheduler, sampler, collate, steps, fingerprints, micro_batch_sizes,
                                             t["loss_norm"]))
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=steps,
@@ -161,5 +163,6 @@ def reference_settings(model, scheduler, sampler: TrainerOrderSampler, collate, 
         "average_tokens_across_devices": loss_norm == "tokens",
         **common.step_fingerprints(steps, fingerprints),
         "system_prompt": "default" if collate.system else "none", "label_mask": collate.label_mask,
+        "answer_prefix": common.answer_prefix_setting(collate.arch),
         "deepspeed_zero_stage": None,
     }

@@ -45,3 +45,22 @@ def tiny_model_dir() -> Path:
                                                   instruction_steps=10), out_dir=CACHE_DIR / "test-quick",
                         progress=False, eval_every=0, quality_samples=4)
         return path
+
+
+@pytest.fixture(scope="session")
+def tiny_minicpmv_dir() -> Path:
+    """The tiny MiniCPM-V: the built one when present, else a quick build (mechanics, not quality)."""
+    from harness.errors import UserError
+    from harness.tinymodel.build import FAMILIES, BuildPlan, CACHE_DIR, build_tiny_model, tiny_checkpoint
+
+    try:
+        return tiny_checkpoint(BuildPlan(family="minicpmv"))
+    except UserError:
+        asset = FAMILIES["minicpmv"][1]
+        if (asset / "config.json").is_file():  # committed by an earlier recipe: same architecture
+            return asset
+        path, _ = build_tiny_model(BuildPlan(family="minicpmv", card="synthdocs-mini", steps=12, random_pages=40,
+                                             label_pages=40, instruction_steps=4),
+                                   out_dir=CACHE_DIR / "test-quick-minicpmv", progress=False, eval_every=0,
+                                   quality_samples=4)
+        return path

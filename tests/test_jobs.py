@@ -38,7 +38,7 @@ def test_users_own_directory_of_jsonl(mini_dataset, tmp_path):
 def test_missing_split_and_model_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match=r"has no test\.extract\.jsonl"):
         split_file(tmp_path, "test", "extract")
-    with pytest.raises(UserError, match="not 'tiny' and not a checkpoint directory"):
+    with pytest.raises(UserError, match="not an embedded model .tiny, tiny-minicpmv. and not a checkpoint directory"):
         resolve_model_dir(str(tmp_path / "nope"))
 
 

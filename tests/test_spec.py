@@ -87,7 +87,7 @@ def test_suite_rejects_unknown_keys(tmp_path):
 
 def test_shipped_suites_load(repo_root):
     for path in sorted((repo_root / "harness" / "suites").glob("*.yaml")):
-        if path.name == "parity.yaml":
+        if path.name.startswith("parity"):  # run specs for `lorabench parity`, not suites
             make_spec(__import__("yaml").safe_load(path.read_text()))
         else:
             name, cells = load_suite(path)
@@ -118,11 +118,15 @@ def test_torch_reference_reads_its_settings_from_the_live_objects():
     sampler = TrainerOrderSampler(8, 2, data_seed=7)
     next(iter(sampler))
 
+    from harness.archs import MINICPMV4_6
+    from harness.chat import prompt_arch
+
     class Collator:
-        system, label_mask = None, "all"
+        system, label_mask, arch = None, "all", prompt_arch(MINICPMV4_6, "none")
 
     steps = [{"step": 1, "loss": 1.0, "lr": 1e-3, "samples": 4}]
     got = reference_settings(model, scheduler, sampler, Collator(), steps, ["a", "b"], [2, 2], "tokens")
     assert got["precision"] == "bf16" and got["system_prompt"] == "none" and got["label_mask"] == "all"
+    assert got["answer_prefix"] == "none"  # read from the collator's prompt format
     assert got["grad_accum"] == 2 and got["batch_size"] == 2 and got["global_batch"] == 4
     assert got["lr_schedule"] == "cosine" and got["warmup_steps"] == 3 and got["data_seed"] == 7

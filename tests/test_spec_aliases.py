@@ -107,7 +107,7 @@ def test_new_preset_names_do_not_warn(capsys):
 
 
 def test_unknown_preset_lists_the_new_names():
-    with pytest.raises(UserError, match="lora.targets must be one of lm-linear, lm.vision-linear, every-linear"):
+    with pytest.raises(UserError, match="lora.targets must be one of lm-linear, lm-attention, lm.vision-linear, every-linear"):
         make_spec({"lora": {"targets": "everything"}})
 
 
@@ -132,6 +132,7 @@ def test_resolve_targets_reads_old_and_new_names():
             self.model.visual.merger = torch.nn.Module()
             self.model.visual.merger.mlp = torch.nn.Linear(2, 2)
             self.lm_head = torch.nn.Linear(2, 2)
+            self.config = __import__("types").SimpleNamespace(model_type="qwen2_vl")  # the family, for the map
 
     model = Tiny()
     lm = ["model.language_model.q_proj"]

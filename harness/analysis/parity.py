@@ -179,6 +179,87 @@ def ablate(base: dict, out_dir: Path, tolerance: float, factors=None, progress=p
     return sorted(rows, key=lambda r: -r["max_abs_dloss"])
 
 
+# The factors two named profiles can differ in, each a group of spec keys that move together.
+PROFILE_FACTORS: dict[str, tuple[str, ...]] = {
+    "targets": ("lora.targets",), "rank": ("lora.r",), "alpha": ("lora.alpha",), "dropout": ("lora.dropout",),
+    "modules trained in full": ("lora.modules_to_save", "train.freeze_vision"),
+    "lr": ("optim.lr",), "weight_decay": ("optim.weight_decay",), "betas": ("optim.betas",),
+    "schedule": ("schedule.type", "schedule.warmup_steps"),
+    "batch x accumulation": ("train.batch_size", "train.grad_accum"), "loss_norm": ("train.loss_norm",),
+    "grad_checkpointing": ("train.grad_checkpointing",), "precision": ("train.precision",),
+    "data_order": ("train.data_order",), "label_mask": ("train.label_mask",),
+    "answer_prefix": ("train.answer_prefix",), "system_prompt": ("train.system_prompt",),
+    "deepspeed": ("distributed.zero_stage",),
+}
+
+
+def _get(spec: dict, dotted: str):
+    section, key = dotted.split(".")
+    return spec[section][key]
+
+
+def _override(keys: tuple[str, ...], source: dict) -> dict:
+    out: dict = {}
+    for dotted in keys:
+        section, key = dotted.split(".")
+        out.setdefault(section, {})[key] = copy.deepcopy(_get(source, dotted))
+    return out
+
+
+def ablate_profiles(base: dict, first: str, second: str, out_dir: Path, progress=print) -> dict:
+    """Why two named profiles train differently: `first` on its own framework, then `first` with one
+    factor at a time set to `second`'s value, ranked by how far that factor alone moves the loss
+    curve; and `second` on its own framework and on `first`'s (the framework's share, ~0 when aligned).
+
+    Runs whose settings the framework cannot take (e.g. labels on every token in swift) are rows with
+    the reason instead of numbers."""
+    from harness.config.profiles import HOME_FRAMEWORK, PROFILES
+
+    for name in (first, second):
+        if name not in PROFILES:
+            raise UserError(f"unknown profile {name!r} (valid: {', '.join(PROFILES)})")
+    home = HOME_FRAMEWORK[first]
+    spec_a = make_spec(base, {"alignment": first, "framework": home})
+    spec_b = make_spec(base, {"alignment": second, "framework": HOME_FRAMEWORK[second]})
+    progress(f"profile {first} on {home} ...")
+    run_a = run_one(spec_a, out_dir / first, timeout_s=spec_a["timeout_s"])
+    losses_a = [s["loss"] for s in run_a["steps"]]
+
+    def compare(label: str, spec: dict, values) -> dict:
+        row = {"factor": label, "values": values}
+        progress(f"ablation {label}: {spec['framework']} ...")
+        try:
+            run = run_one(spec, out_dir / label.replace(" ", "_"), timeout_s=spec["timeout_s"])
+        except UserError as exc:
+            return {**row, "error": str(exc)}
+        losses = [s["loss"] for s in run["steps"]]
+        n = min(len(losses), len(losses_a))
+        return {**row, "max_abs_dloss": max((abs(losses[i] - losses_a[i]) for i in range(n)), default=0.0),
+                "final_loss": losses[-1] if losses else None, "final_loss_gap": losses[-1] - losses_a[-1]}
+
+    rows = []
+    for factor, keys in PROFILE_FACTORS.items():
+        if all(_get(spec_a, k) == _get(spec_b, k) for k in keys):
+            continue
+        values = {first: [_get(spec_a, k) for k in keys], second: [_get(spec_b, k) for k in keys]}
+        try:
+            spec = make_spec(merge(spec_a, _override(keys, spec_b)), {"alignment": "aligned", "framework": home})
+        except UserError as exc:
+            rows.append({"factor": factor, "values": values, "error": f"not expressible on {home}: {exc}"})
+            continue
+        rows.append(compare(factor, spec, values))
+    ranked = sorted(rows, key=lambda r: -(r.get("max_abs_dloss") if r.get("max_abs_dloss") is not None else -1))
+    totals = [compare(f"{second} on {HOME_FRAMEWORK[second]}", spec_b, None)]
+    if HOME_FRAMEWORK[second] != home:
+        try:
+            on_home = make_spec(base, {"alignment": second, "framework": home})
+            totals.append(compare(f"{second} on {home}", on_home, None))
+        except UserError as exc:
+            totals.append({"factor": f"{second} on {home}", "error": f"not expressible on {home}: {exc}"})
+    return {"first": first, "second": second, "framework": home, "steps": spec_a["train"]["steps"],
+            "first_final_loss": losses_a[-1] if losses_a else None, "factors": ranked, "totals": totals}
+
+
 def accumulation_splits(global_batch: int) -> list[tuple[int, int]]:
     """Every (micro-batch, accumulation steps) whose product is the global batch, largest micro-batch first."""
     return [(b, global_batch // b) for b in range(global_batch, 0, -1) if global_batch % b == 0]

@@ -11,6 +11,8 @@ from harness.errors import UserError
 def add_parser(parser) -> None:
     sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="build and pre-train the tiny model (cached; instant when built)")
+    b.add_argument("--family", default="qwen2vl", choices=["qwen2vl", "minicpmv"],
+                   help="qwen2vl: the `tiny` model (Qwen2-VL architecture); minicpmv: `tiny-minicpmv` (MiniCPM-V 4.6)")
     b.add_argument("--preset", default="tiny", choices=["tiny"])
     b.add_argument("--out", type=Path, help="output directory (default: the cache under .cache/models)")
     b.add_argument("--force", action="store_true", help="rebuild even when a matching checkpoint exists")
@@ -23,7 +25,7 @@ def add_parser(parser) -> None:
     b.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     b.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("eval", help="score a checkpoint (optionally with a LoRA adapter) on a test split")
-    e.add_argument("model_dir", help="checkpoint directory, or 'tiny'")
+    e.add_argument("model_dir", help="checkpoint directory, or an embedded model: 'tiny', 'tiny-minicpmv'")
     e.add_argument("--task", choices=["transcribe", "extract"], default="transcribe")
     e.add_argument("--adapter", type=Path, help="a PEFT-format adapter directory to apply")
     e.add_argument("--dataset", default="synthdocs", help="card name/path or a directory of JSONL files")
@@ -42,7 +44,7 @@ def _build(args) -> int:
     from harness.tinymodel.build import BuildPlan, ForgePaused, build_tiny_model
 
     t = time.perf_counter()
-    plan = BuildPlan(preset=args.preset, seed=args.seed, steps=args.steps, instruction_steps=args.instruction_steps)
+    plan = BuildPlan(family=args.family, preset=args.preset, seed=args.seed, steps=args.steps, instruction_steps=args.instruction_steps)
     try:
         path, meta = build_tiny_model(plan, out_dir=args.out, force=args.force, resume=args.resume,
                            stop_after_minutes=args.stop_after, device=args.device)

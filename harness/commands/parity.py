@@ -24,6 +24,9 @@ def add_parser(parser) -> None:
                         help="override a spec key, e.g. --set lora.r=16 --set alignment=native")
     parser.add_argument("--ablate", action="store_true", help="revert one factor at a time to native values")
     parser.add_argument("--factors", help="comma-separated subset of ablation factors")
+    parser.add_argument("--profiles", metavar="A,B",
+                        help="with --ablate: rank the factors that make named profile A train differently from B "
+                             "(e.g. swift-default,minicpmv-official)")
     parser.add_argument("--out", type=Path, default=Path("results/runs/parity"), help="where runs and parity.json go")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
@@ -55,6 +58,17 @@ def run(args) -> int:
         print(json.dumps(doc, default=str) if args.json else format_accumulation(doc))
         return 0 if doc["invariant"] else 1
     args.tolerance = 1e-4 if args.tolerance is None else args.tolerance
+    if args.profiles and not args.ablate:
+        raise UserError("--profiles goes with --ablate")
+    if args.ablate and args.profiles:
+        names = [n.strip() for n in args.profiles.split(",") if n.strip()]
+        if len(names) != 2:
+            raise UserError(f"--profiles takes two profile names, got {args.profiles!r}")
+        doc = P.ablate_profiles(base, names[0], names[1], args.out / "profiles", progress=quiet)
+        doc["seconds"] = time.perf_counter() - t0
+        _save(args.out / "profile_ablation.json", doc)
+        print(json.dumps(doc, default=str) if args.json else format_profile_ablation(doc))
+        return 0
     if args.ablate:
         factors = args.factors.split(",") if args.factors else None
         rows = P.ablate(base, args.out / "ablation", args.tolerance, factors, progress=quiet)
@@ -121,4 +135,24 @@ def format_ablation(rows: list[dict]) -> str:
         out.append(f"{r['factor']:<20}{r['max_abs_dloss']:>14.3g}{r['final_loss_gap']:>12.3g}  {vals}")
         if r["note"]:
             out.append(f"{'':<20}  note: {r['note']}")
+    return "\n".join(out)
+
+
+def format_profile_ablation(doc: dict) -> str:
+    a, b = doc["first"], doc["second"]
+    out = [f"Why {a} and {b} train differently: {a} on {doc['framework']} ({doc['steps']} steps, final loss "
+           f"{_fmt(doc['first_final_loss'])}), with one factor at a time set to {b}'s value; largest effect first", "",
+           f"{'factor':<26}{'max |Δloss|':>13}{'final Δ':>11}  {a} -> {b}"]
+    for r in doc["factors"]:
+        values = f"{_fmt(r['values'][a])} -> {_fmt(r['values'][b])}"
+        if "error" in r:
+            out.append(f"{r['factor']:<26}{'—':>13}{'—':>11}  {values}  ({r['error']})")
+        else:
+            out.append(f"{r['factor']:<26}{r['max_abs_dloss']:>13.3g}{r['final_loss_gap']:>+11.3g}  {values}")
+    out += ["", "All of the second profile at once:"]
+    for r in doc["totals"]:
+        if "error" in r:
+            out.append(f"  {r['factor']:<34} ({r['error']})")
+        else:
+            out.append(f"  {r['factor']:<34} max |Δloss| {r['max_abs_dloss']:.3g}, final Δ {r['final_loss_gap']:+.3g}")
     return "\n".join(out)

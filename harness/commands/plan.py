@@ -164,18 +164,19 @@ class SpecPlan:
 
 
 def _spec_model_dir(name: str) -> Path:
-    """A spec's `model` as a checkpoint directory; for "tiny" without a build for this code version,
+    """A spec's `model` as a checkpoint directory; for an embedded model without a build for this code version,
     the committed checkpoint (only its config.json is read: the architecture is what counts)."""
     from harness.run.job import resolve_model_dir
 
     try:
         return resolve_model_dir(name)
     except UserError:
-        from harness.tinymodel.build import ASSET_DIR
+        from harness.tinymodel.build import EMBEDDED_MODELS, FAMILIES
 
-        if name != "tiny" or not (ASSET_DIR / "config.json").is_file():
+        asset = FAMILIES[EMBEDDED_MODELS[name]][1] if name in EMBEDDED_MODELS else None
+        if asset is None or not (asset / "config.json").is_file():
             raise
-        return ASSET_DIR
+        return asset
 
 
 def load_spec_plans(path: str, args) -> tuple[str | None, list[SpecPlan]]:

@@ -21,6 +21,7 @@ import yaml
 
 import adapters
 from adapters.common import RENAMED_TARGET_PRESETS, TARGET_PRESETS  # noqa: F401 (the presets' one home)
+from harness.config.profiles import PROFILES, apply_profile
 from harness.errors import UserError
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
@@ -30,12 +31,19 @@ LOSS_NORMS = ("tokens", "mean_of_means")
 DATA_ORDERS = ("sampler", "swift_shuffle")
 SYSTEM_PROMPTS = ("default", "none")
 LABEL_MASKS = ("answer", "all")  # loss on the answer only, or on every non-pad, non-image token
+ANSWER_PREFIXES = ("template", "none")
+ALIGNMENTS = ("aligned", "native", *PROFILES)
+# Keys added after records existed: while a key holds this value, spec_hash leaves it out, so a spec
+# that does not use it keeps the hash (and the run id) it had before the key existed.
+HASH_NEUTRAL = {("lora", "modules_to_save"): [], ("train", "answer_prefix"): "template"}
 
 # Every key a spec may hold, with its default. Comments say why a default is what it is.
 DEFAULTS: dict[str, Any] = {
     "framework": "peft",
-    "alignment": "aligned",  # aligned: every knob below applies identically; native: framework defaults
-    "model": "tiny",  # "tiny" = the embedded model, or a local checkpoint directory
+    # aligned: every knob below applies identically; native: each framework's library defaults; or a named
+    # profile (harness.config.profiles: swift-default, peft-default, minicpmv-official) that sets its factors
+    "alignment": "aligned",
+    "model": "tiny",  # an embedded model ("tiny": Qwen2-VL, "tiny-minicpmv": MiniCPM-V 4.6) or a checkpoint directory
     "dataset": "synthdocs",  # a card name, a card path, or a directory of <split>.<task>.jsonl files
     "task": "extract",  # transcribe | extract
     "lora": {
@@ -45,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
         "dropout": 0.0,  # 0 keeps runs deterministic and comparable; swift's native default is 0.05
         "init": "kaiming",  # PEFT's default (A kaiming-uniform, B zero)
         "rslora": False,
+        # modules trained in full besides LoRA (names or dotted suffixes, e.g. embed_tokens, model.merger);
+        # the vision tower's are added by train.freeze_vision: false
+        "modules_to_save": [],
     },
     "optim": {
         "lr": 5e-4,
@@ -68,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
         "data_order": "sampler",  # sampler: Trainer's shuffled sampler only; swift_shuffle: swift's pre-shuffle too
         "system_prompt": "default",
         "label_mask": "answer",
+        # template: the family's unsupervised answer prefix (MiniCPM-V's empty thinking block, as swift writes
+        # it); none: the answer right after the assistant header (MiniCPM-V's own fine-tuning scripts)
+        "answer_prefix": "template",
         "max_train_samples": None,  # None = the whole train split
     },
     "distributed": {"world_size": 1, "zero_stage": None, "offload_optimizer": False, "offload_params": False},
@@ -144,7 +158,7 @@ def _check_number(value, key, source, *, low=None, integer=False, allow_none=Fal
 def validate_spec(spec: dict, source: str = "spec") -> dict:
     """Check types and choices of a fully merged spec; returns it unchanged."""
     _check_choice(spec["framework"], tuple(adapters.REGISTRY), "framework", source)
-    _check_choice(spec["alignment"], ("aligned", "native"), "alignment", source)
+    _check_choice(spec["alignment"], ALIGNMENTS, "alignment", source)
     _check_choice(spec["task"], ("transcribe", "extract"), "task", source)
     lora, optim, sched, train, dist = spec["lora"], spec["optim"], spec["schedule"], spec["train"], spec["distributed"]
     if isinstance(lora["targets"], str):
@@ -170,6 +184,14 @@ def validate_spec(spec: dict, source: str = "spec") -> dict:
     _check_choice(train["data_order"], DATA_ORDERS, "train.data_order", source)
     _check_choice(train["system_prompt"], SYSTEM_PROMPTS, "train.system_prompt", source)
     _check_choice(train["label_mask"], LABEL_MASKS, "train.label_mask", source)
+    _check_choice(train["answer_prefix"], ANSWER_PREFIXES, "train.answer_prefix", source)
+    if not (isinstance(lora["modules_to_save"], list) and all(isinstance(m, str) for m in lora["modules_to_save"])):
+        raise UserError(f"{source}: lora.modules_to_save must be a list of module names, got {lora['modules_to_save']!r}")
+    aligned = spec["alignment"] != "native"
+    if aligned and train["label_mask"] == "all" and spec["framework"] == "swift":
+        raise UserError(f"{source}: train.label_mask=all cannot run on swift (its templates supervise the answer only)")
+    if aligned and train["data_order"] == "swift_shuffle" and spec["framework"] != "swift":
+        raise UserError(f"{source}: train.data_order=swift_shuffle is swift's own pre-shuffle: framework swift only")
     _check_number(dist["world_size"], "distributed.world_size", source, low=1, integer=True)
     if dist["zero_stage"] is not None:
         _check_choice(dist["zero_stage"], (0, 1, 2, 3), "distributed.zero_stage", source)
@@ -190,7 +212,8 @@ def make_spec(*overrides: dict, source: str = "spec") -> dict:
     for override in overrides:
         spec = merge(spec, override, source=source)
     spec["lora"]["targets"] = _renamed_preset(spec["lora"]["targets"], source)
-    return validate_spec(spec, source)
+    _check_choice(spec["alignment"], ALIGNMENTS, "alignment", source)
+    return validate_spec(apply_profile(spec, merge), source)
 
 
 _warned_presets: set[str] = set()
@@ -208,6 +231,10 @@ def _renamed_preset(targets, source: str):
 
 
 def spec_hash(spec: dict) -> str:
+    spec = copy.deepcopy(spec)
+    for (section, key), neutral in HASH_NEUTRAL.items():
+        if spec.get(section, {}).get(key, neutral) == neutral:
+            spec.get(section, {}).pop(key, None)
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

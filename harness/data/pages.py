@@ -101,3 +101,29 @@ def render_page(lines: list[str], style: RenderStyle, rng: np.random.Generator) 
     if style.noise:
         rgb = rgb + rng.normal(0.0, style.noise, size=rgb.shape)
     return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def fit_canvas(image, canvas: tuple[int, int] | None):
+    """`image` padded with white at the right and bottom to `canvas` (width, height); unchanged when
+    `canvas` is None or the image already has its size. A model whose processor resizes every image
+    to one area (MiniCPM-V without slicing) keeps the 16 px grid only on its canvas."""
+    if canvas is None or image.size == tuple(canvas):
+        return image
+    width, height = canvas
+    if image.size[0] > width or image.size[1] > height:
+        raise ValueError(f"a {image.size[0]}x{image.size[1]} image is larger than the model's {width}x{height} canvas")
+    out = Image.new("RGB", (width, height), "white")
+    out.paste(image.convert("RGB"), (0, 0))
+    return out
+
+
+def image_canvas(model_dir) -> tuple[int, int] | None:
+    """The canvas an embedded checkpoint reads its pages on (its lorabench.json), or None."""
+    import json
+    from pathlib import Path
+
+    try:
+        canvas = json.loads((Path(model_dir) / "lorabench.json").read_text()).get("image_canvas")
+    except (OSError, ValueError):
+        return None
+    return tuple(canvas) if canvas else None

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from harness.chat import DEFAULT_SYSTEM
+from harness.chat import TEMPLATE_DEFAULT
 
 
 @dataclasses.dataclass
@@ -37,8 +37,9 @@ class EvalResult:
 
 
 def system_prompt(setting: str | None) -> str | None:
-    """The system turn for a `system_prompt` setting as recorded in effective settings."""
-    return None if setting == "none" else DEFAULT_SYSTEM
+    """The system turn for a `system_prompt` setting as recorded in effective settings ("default":
+    the model family's template default)."""
+    return None if setting == "none" else TEMPLATE_DEFAULT
 
 
 def references(samples: Sequence) -> list[dict]:
@@ -54,7 +55,7 @@ def references(samples: Sequence) -> list[dict]:
     return refs
 
 
-def evaluate(model_dir, samples: Sequence, *, adapter_dir=None, system: str | None = DEFAULT_SYSTEM,
+def evaluate(model_dir, samples: Sequence, *, adapter_dir=None, system=TEMPLATE_DEFAULT, answer_prefix: str = "template",
              device: str = "cpu", max_new_tokens: int = 320, batch_size: int = 16, n_boot: int = 1000,
              progress: Callable[[int], None] | None = None, model=None, processor=None) -> EvalResult:
     """Generate greedily for `samples` on the base model (+ adapter) and score the answers.
@@ -65,14 +66,16 @@ def evaluate(model_dir, samples: Sequence, *, adapter_dir=None, system: str | No
     """
     from PIL import Image
 
+    from harness.data.pages import fit_canvas, image_canvas
     from harness.eval import metrics as scoring
     from harness.eval.generation import generate_answers, load_model
 
     if model is None:
         model, processor = load_model(model_dir, adapter_dir, device=device)
-    images = [Image.open(s.image).convert("RGB") for s in samples]
+    canvas = image_canvas(model_dir)
+    images = [fit_canvas(Image.open(s.image).convert("RGB"), canvas) for s in samples]
     t0 = time.perf_counter()
-    answers = generate_answers(model, processor, images, [s.prompt for s in samples], system=system,
+    answers = generate_answers(model, processor, images, [s.prompt for s in samples], system=system, answer_prefix=answer_prefix,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - t0
     refs = references(samples)

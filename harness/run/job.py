@@ -7,26 +7,56 @@ every framework reads (id, messages, images): swift, PEFT and the reference read
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+from harness.data.pages import image_canvas
 from harness.data.samples import PROMPTS, load_samples, resolve_dataset_dir, split_file
 from harness.errors import UserError
 from harness.results.store import write_text_atomic
 
 
 def resolve_model_dir(name: str) -> Path:
-    if name == "tiny":
-        from harness.tinymodel.build import tiny_checkpoint
+    from harness.tinymodel.build import EMBEDDED_MODELS, BuildPlan, tiny_checkpoint
 
-        return tiny_checkpoint()
+    if name in EMBEDDED_MODELS:
+        return tiny_checkpoint(BuildPlan(family=EMBEDDED_MODELS[name]))
     path = Path(name)
     if not (path / "config.json").is_file():
-        raise UserError(f"model {name!r}: not 'tiny' and not a checkpoint directory with a config.json")
+        raise UserError(f"model {name!r}: not an embedded model ({', '.join(EMBEDDED_MODELS)}) and not a "
+                        "checkpoint directory with a config.json")
     return path
 
 
-def write_train_file(source: Path, dest: Path, task: str, max_samples: int | None) -> int:
-    """Validate the split with the shared loader, then write rows with absolute image paths."""
+def canvas_copy(image_path: Path, canvas: tuple[int, int]) -> Path:
+    """The image padded to a model's canvas, written once under .cache/canvas (keyed by the source's
+    path, size and mtime), so every framework reads the very same file."""
+    import hashlib
+
+    from PIL import Image
+
+    from harness.data.pages import fit_canvas
+    from harness.paths import CACHE_DIR
+
+    stat = image_path.stat()
+    key = hashlib.sha256(f"{image_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    dest = CACHE_DIR / "canvas" / f"{canvas[0]}x{canvas[1]}" / f"{key}.png"
+    if not dest.is_file():
+        try:
+            padded = fit_canvas(Image.open(image_path).convert("RGB"), canvas)
+        except ValueError as exc:
+            raise UserError(f"{image_path}: {exc}") from None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(f".{os.getpid()}.tmp.png")
+        padded.save(tmp)
+        tmp.replace(dest)
+    return dest
+
+
+def write_train_file(source: Path, dest: Path, task: str, max_samples: int | None,
+                     canvas: tuple[int, int] | None = None) -> int:
+    """Validate the split with the shared loader, then write rows with absolute image paths (of the
+    images padded to the model's canvas, for a model that reads on one)."""
 
     samples = load_samples(source, task=task)
     if max_samples:
@@ -40,7 +70,8 @@ def write_train_file(source: Path, dest: Path, task: str, max_samples: int | Non
         # framework applies itself (rows with a system turn are refused by the loader).
         rows.append(json.dumps({"id": s.id, "messages": [
             {"role": "user", "content": "<image>" + prompt},
-            {"role": "assistant", "content": s.target}], "images": [str(Path(s.image).resolve())]}) + "\n")
+            {"role": "assistant", "content": s.target}],
+            "images": [str((canvas_copy(Path(s.image), canvas) if canvas else Path(s.image)).resolve())]}) + "\n")
     write_text_atomic(dest, "".join(rows))
     return len(samples)
 
@@ -51,7 +82,7 @@ def prepare_job(spec: dict, run_dir: Path) -> dict:
     model_dir = resolve_model_dir(spec["model"])
     train_jsonl = run_dir / "train.jsonl"
     n_train = write_train_file(split_file(dataset_dir, "train", spec["task"]), train_jsonl, spec["task"],
-                               spec["train"]["max_train_samples"])
+                               spec["train"]["max_train_samples"], image_canvas(model_dir))
     job = {"spec": spec, "run_dir": str(run_dir.resolve()), "model_dir": str(Path(model_dir).resolve()),
            "dataset_dir": str(dataset_dir.resolve()), "train_jsonl": str(train_jsonl.resolve()),
            "n_train": n_train,

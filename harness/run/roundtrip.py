@@ -74,7 +74,8 @@ def greedy_answers(model, processor, probe: dict) -> list[str]:
     rows = probe["rows"]
     images = [Image.open(r["images"][0]).convert("RGB") for r in rows]
     return generate_answers(model, processor, images, [r["messages"][0]["content"] for r in rows],
-                            system=probe["system"], max_new_tokens=GREEDY_TOKENS)
+                            system=probe["system"], max_new_tokens=GREEDY_TOKENS,
+                            answer_prefix=probe.get("answer_prefix", "template"))
 
 
 def loader_block(difference: float, dtype: str, probe: dict, saved: dict[str, list[int]]) -> dict:

@@ -108,7 +108,7 @@ def evaluate(job: dict) -> int:
     ev = spec["eval"]
     samples = load_samples(job["eval_jsonl"], task=spec["task"])[: ev["max_samples"]]
     adapter_dir = run_dir / "adapter" if job.get("with_adapter", True) else None
-    # the system prompt the run trained with, as the adapter read it back from the trainer
+    # the system prompt and answer prefix the run trained with, as the adapter read them back
     trained = json.loads((run_dir / "train.rank0.json").read_text())["effective"]
     done = [0]
 
@@ -131,6 +131,7 @@ def evaluate(job: dict) -> int:
             raise UserError(f"the saved adapter does not load: {block['error']}")
     result = evaluate_samples(job["model_dir"], samples, adapter_dir=adapter_dir,
                               system=system_prompt(trained.get("system_prompt")), device=spec["device"],
+                              answer_prefix=trained.get("answer_prefix", "template"),
                               max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress,
                               model=model, processor=processor)
     result.write(run_dir)

@@ -1,11 +1,13 @@
-"""Model specs -> local checkpoint directories: the embedded tiny model (built, cached, committed)
+"""Model specs -> local checkpoint directories: the embedded tiny models (built, cached, committed)
 or a user's checkpoint.
 
-The tiny model's build is keyed by a hash of everything that decides its weights: architecture
-preset, tokenizer alphabet, the pre-training data card's checksum, the forge recipe, the seed and
-FORGE_VERSION. A committed copy (harness/assets/tiny-qwen2vl) carries its key; when the key
-matches, a fresh clone uses it and skips pre-training. `lorabench model build --force` rebuilds
-into .cache/models/ and re-measures the quality, so the committed figures can be checked.
+Two embedded models, one per family, built and taught by the same forge: `tiny` (Qwen2-VL
+architecture, harness/assets/tiny-qwen2vl) and `tiny-minicpmv` (MiniCPM-V 4.6 architecture,
+harness/assets/tiny-minicpmv). A build is keyed by a hash of everything that decides its weights:
+family and architecture preset, tokenizer alphabet, the pre-training data card's checksum, the forge
+recipe, the seed and FORGE_VERSION. A committed copy carries its key; when the key matches, a fresh
+clone uses it and skips pre-training. `lorabench model build --force` rebuilds into .cache/models/
+and re-measures the quality, so the committed figures can be checked.
 """
 
 from __future__ import annotations
@@ -25,10 +27,24 @@ INSTRUCTION_VERSION = 1  # bump when the instruction stage's recipe changes what
 ASSET_DIR = ASSETS_DIR / "tiny-qwen2vl"
 CACHE_DIR = CACHE_ROOT / "models"
 PRETRAIN_CARD = "synthdocs"
+# family -> (the module that builds it, its committed directory, its name in a spec's `model`)
+FAMILIES = {
+    "qwen2vl": ("harness.tinymodel.architecture", ASSET_DIR, "tiny"),
+    "minicpmv": ("harness.tinymodel.minicpmv", ASSETS_DIR / "tiny-minicpmv", "tiny-minicpmv"),
+}
+EMBEDDED_MODELS = {name: family for family, (_, _, name) in FAMILIES.items()}
+
+
+def family_module(family: str):
+    """The module that builds a family's untrained model (build_untrained, PRESETS, param_counts, ...)."""
+    import importlib
+
+    return importlib.import_module(FAMILIES[family][0])
 
 
 @dataclasses.dataclass(frozen=True)
 class BuildPlan:
+    family: str = "qwen2vl"  # a key of FAMILIES
     preset: str = "tiny"
     card: str = PRETRAIN_CARD
     seed: int = 0
@@ -67,12 +83,14 @@ CTC_PROBE_STEPS = 200
 
 
 def reading_key(plan: BuildPlan, card_checksum: str | None) -> str:
-    from harness.tinymodel.architecture import PRESETS
-
+    module = family_module(plan.family)
     payload = {
-        "forge_version": FORGE_VERSION, "preset": dataclasses.asdict(PRESETS[plan.preset]),
+        "forge_version": FORGE_VERSION, "preset": dataclasses.asdict(module.PRESETS[plan.preset]),
         "forge": dataclasses.asdict(plan.forge_config()), "card": plan.card, "card_checksum": card_checksum,
     }
+    if plan.family != "qwen2vl":  # (the Qwen2-VL keys predate families: unchanged)
+        payload["family"] = plan.family
+        payload["image_canvas"] = getattr(module, "IMAGE_CANVAS", None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -101,17 +119,23 @@ def checkpoint_checksum(path: Path) -> str:
     return h.hexdigest()
 
 
+def cache_dir(plan: BuildPlan, key: str) -> Path:
+    prefix = "" if plan.family == "qwen2vl" else f"{plan.family}-"
+    return CACHE_DIR / f"{prefix}{plan.preset}-{key[:12]}"
+
+
 def tiny_checkpoint(plan: BuildPlan = BuildPlan()) -> Path:
     """The built tiny model for `plan`: the committed copy when its key matches, else the cache."""
     from harness.data.cards import load_card
 
     key = build_key(plan, load_card(plan.card).checksum)
-    for candidate in (ASSET_DIR, CACHE_DIR / f"{plan.preset}-{key[:12]}"):
+    for candidate in (FAMILIES[plan.family][1], cache_dir(plan, key)):
         meta = _meta(candidate)
         if meta and meta.get("key") == key:
             return candidate
-    raise UserError("the embedded tiny model is not built for this code version: run `lorabench model build` "
-                    "(or `make model`)")
+    flag = "" if plan.family == "qwen2vl" else f" --family {plan.family}"
+    raise UserError(f"the embedded model {FAMILIES[plan.family][2]!r} is not built for this code version: run "
+                    f"`lorabench model build{flag}`" + (" (or `make model`)" if not flag else ""))
 
 
 class ForgePaused(Exception):
@@ -147,18 +171,20 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
             return path, _meta(path)
         except UserError:
             pass
-    out = Path(out_dir) if out_dir else CACHE_DIR / f"{plan.preset}-{key[:12]}"
+    out = Path(out_dir) if out_dir else cache_dir(plan, key)
     if not force and _meta(out) and _meta(out).get("key") == key:
         return out, _meta(out)
 
     import torch
 
-    from harness.tinymodel import architecture as tiny_model, forge
+    from harness.tinymodel import forge
 
+    tiny_model = family_module(plan.family)
+    canvas = getattr(tiny_model, "IMAGE_CANVAS", None)
     t0 = time.perf_counter()
     data_dir = ensure_built(plan.card)
     pretrain = load_samples(split_file(data_dir, "pretrain", "transcribe"))
-    eval_pages = _test_pages(data_dir, EVAL_DOCS_DURING_TRAINING)
+    eval_pages = _test_pages(data_dir, EVAL_DOCS_DURING_TRAINING, canvas)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def train(model, processor, cfg, stage_out: Path, stage_key: str, ctc_probe_steps: int = 0) -> dict:
@@ -171,12 +197,12 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
                                 "run without --resume to start over")
         bar = _Bar() if progress else None
         summary = forge.pretrain(
-            model, processor, forge.build_pool(pretrain, cfg), cfg, device=device,
+            model, processor, forge.build_pool(pretrain, cfg, canvas), cfg, device=device,
             on_step=bar.update if bar else None,
             on_eval=lambda m, step: reading_and_structure(m, processor, eval_pages), eval_every=eval_every,
             state_path=state_path, resume=resume,
             stop_after_s=None if stop_after_minutes is None else stop_after_minutes * 60,
-            state_extra={"key": stage_key}, ctc_probe_steps=ctc_probe_steps)
+            state_extra={"key": stage_key}, ctc_probe_steps=ctc_probe_steps, canvas=canvas)
         if bar:
             bar.close()
         if not summary["finished"]:
@@ -199,7 +225,7 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
         # the reading stage is a checkpoint of its own (cached under its key), so that a change to the
         # instruction stage does not cost the reading stage's hour and a half again
         first_key = reading_key(plan, card.checksum)
-        first_dir = CACHE_DIR / f"{plan.preset}-{first_key[:12]}"
+        first_dir = cache_dir(plan, first_key)
         if force or (_meta(first_dir) or {}).get("key") != first_key:
             alphabet = tiny_model.alphabet_from_texts(s.text for s in pretrain)
             model, processor = tiny_model.build_untrained(alphabet, tiny_model.PRESETS[plan.preset], plan.seed)
@@ -214,7 +240,7 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
         meta = {"key": key, "forge": first_meta["forge"], "pretrain": first_meta["pretrain"],
                 "reading_key": first_key, "instruction": stage_meta(instruction_cfg, summary),
                 "ctc_probe_steps": CTC_PROBE_STEPS}
-    meta.update({"preset": plan.preset, "forge_version": FORGE_VERSION, "instruction_version": INSTRUCTION_VERSION,
+    meta.update({"family": plan.family, "image_canvas": canvas, "preset": plan.preset, "forge_version": FORGE_VERSION, "instruction_version": INSTRUCTION_VERSION,
                  "card": plan.card, "card_checksum": card.checksum, "seed": plan.seed,
                  "params": tiny_model.param_counts(model), "torch_threads": torch.get_num_threads(),
                  "device": device, "build_s": None})
@@ -238,16 +264,17 @@ def _save(tiny_model, model, processor, path: Path, meta: dict, summary: dict) -
     (path / "pretrain_log.json").write_text(json.dumps(summary["loss_every_50_steps"]) + "\n")
 
 
-def _test_pages(data_dir: Path, n: int):
+def _test_pages(data_dir: Path, n: int, canvas: tuple[int, int] | None = None):
     """The first n test documents as forge pages (image + lines), for reading and structure checks."""
     from PIL import Image
 
+    from harness.data.pages import fit_canvas
     from harness.data.samples import load_samples, split_file
     from harness.tinymodel.forge import Page, labelled_pairs
 
     samples = load_samples(split_file(data_dir, "test", "transcribe"))[:n]
-    return [Page(Image.open(s.image).convert("RGB"), tuple(s.text.split("\n")), labelled_pairs(s.text.split("\n")))
-            for s in samples]
+    return [Page(fit_canvas(Image.open(s.image).convert("RGB"), canvas), tuple(s.text.split("\n")),
+                 labelled_pairs(s.text.split("\n"))) for s in samples]
 
 
 def reading_and_structure(model, processor, pages) -> dict:
@@ -314,7 +341,9 @@ def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> 
         result = evaluate(model_dir, samples, n_boot=200, model=model, processor=processor)
         out[task] = {**result.metrics, "eval_s": result.seconds}
     t = time.perf_counter()
-    pages = _test_pages(data_dir, max_samples)
+    from harness.data.pages import image_canvas
+
+    pages = _test_pages(data_dir, max_samples, image_canvas(model_dir))
     items = structured_items(pages)
     fills = generate_answers(model, processor, [p.image for p in pages], [prompt for prompt, _ in items], max_new_tokens=160)
     out["fill_json"] = {"n": len(pages), **fill_json_scores(fills, [a for _, a in items]),
@@ -325,16 +354,38 @@ def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> 
     return out
 
 
+CARD_TEXT = {
+    "qwen2vl": {
+        "title": "tiny Qwen2-VL", "class": "Qwen2VLForConditionalGeneration", "command": "lorabench model build",
+        "architecture": [], "reading": "the vision merger's output",
+        "tokenizer": "Character-level tokenizer with the Qwen2-VL special tokens at ids 0-6."},
+    "minicpmv": {
+        "title": "tiny MiniCPM-V", "class": "MiniCPMV4_6ForConditionalGeneration",
+        "command": "lorabench model build --family minicpmv",
+        "architecture": [
+            "MiniCPM-V 4.6's architecture, every part made tiny: a SigLIP-style vision encoder on 8 px patches, the",
+            "window-attention merger after its first layer (16 px cells: one character each), the downsampling",
+            "merger (kernel 1 x 4: four cells of a row per language-model token, in reading order) and a Qwen3.5",
+            "text backbone with full attention in every layer. MiniCPM-V's processor (no slicing) resizes every",
+            "image to one area; pages are padded with white to its 640 x 128 canvas, a fixed point of that resize,",
+            "so the 16 px grid holds. ms-swift trains it with its own `minicpmv4_6` model type and template.", ""],
+        "reading": "the vision encoder's output (the 16 px cells)",
+        "tokenizer": "Character-level tokenizer with MiniCPM-V's special tokens (`<|image_pad|>`, `<image>`, "
+                     "`<image_id>`, `<slice>`, `<think>`, ...) at ids 0-12."},
+}
+
+
 def write_model_card(path: Path, meta: dict) -> None:
     p, q, f = meta["params"], meta.get("base_quality", {}), meta["forge"]
     tr, ex, fj = q.get("transcribe", {}), q.get("extract", {}), q.get("fill_json", {})
     pre = meta["pretrain"]
     mix = ", ".join(f"{t} {w:.0%}" for t, w in f["task_weights"])
+    card = CARD_TEXT[meta.get("family", "qwen2vl")]
     lines = [
-        "# lorabench tiny Qwen2-VL", "",
-        "A `Qwen2VLForConditionalGeneration` built from a config and pre-trained locally by `lorabench model build`.",
+        f"# lorabench {card['title']}", "",
+        f"A `{card['class']}` built from a config and pre-trained locally by `{card['command']}`.",
         "It exists so that LoRA fine-tuning starts from a model that reads and follows instructions, like a real",
-        "VLM does; it is not a useful OCR model.", "",
+        "VLM does; it is not a useful OCR model.", "", *card["architecture"],
         "## Parameters", "",
         "| part | parameters |", "|---|---:|",
         f"| vision tower | {p['vision_tower']:,} |", f"| projector (merger) | {p['projector']:,} |",
@@ -345,8 +396,8 @@ def write_model_card(path: Path, meta: dict) -> None:
         f"`{meta['card']}` card's pretrain split plus {f['random_pages']:,} pages of random characters and "
         f"{f['label_pages']:,} pages of random `Label: value` lines. AdamW lr {f['lr']}, {f['warmup_steps']} warm-up "
         f"steps, linear decay to 10% over the last {f['decay_fraction']:.0%} of the steps, batches of "
-        f"{f['batch_lines']} text lines; an auxiliary CTC head reads the vision merger's output row by row "
-        "(dropped at export). Character-level tokenizer with the Qwen2-VL special tokens at ids 0-6.", "",
+        f"{f['batch_lines']} text lines; an auxiliary CTC head reads {card['reading']} row by row "
+        f"(dropped at export). {card['tokenizer']}", "",
         f"Tasks: the first {f['curriculum_steps']:,} steps read pages of 1-{f['curriculum_max_rows']} "
         f"rows (`Read all text.`); then every page gets one task, drawn as {mix}: `read` (all text), `read_json` "
         "(`Read all lines as JSON.` -> `{\"l1\":...}`), `fill_json` (`Fill JSON {\"qa\":\"Born\",\"zt\":\"line 2\"}` -> "

@@ -6,11 +6,11 @@ to instructions it has seen in many variants.
 
 Reading (what makes a 2 M-parameter model read at all):
 - pages are drawn on the token grid (one text line per 16 px token row, see harness.data.pages);
-- an auxiliary CTC head reads each token row of the vision merger's output, on every step. It gives
+- an auxiliary CTC head reads each token row of the vision features on the 16 px grid (Qwen2-VL's
+  merger output, MiniCPM-V's vision encoder output), on every step. It gives
   the vision tower a direct, per-row reading signal; without it the language model learns the
   text statistics and ignores the image (measured: CER 0.96 after 5 min without CTC, 0.20 with
-  it, single lines). The head is dropped at export: the checkpoint is a plain
-  Qwen2VLForConditionalGeneration;
+  it, single lines). The head is dropped at export: the checkpoint is a plain transformers model;
 - pages of random characters join the documents (no language prior to shortcut);
 - curriculum: pages of one or two rows only for the first steps (the offset between an answer
   character and its image token is then nearly constant), full pages afterwards.
@@ -46,8 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.chat import DEFAULT_SYSTEM, build_answer, build_prompt
-from harness.data.pages import MAX_LINE_CHARS, PRESETS as RENDER_PRESETS, render_page
+from harness import archs
+from harness.chat import build_answer, build_prompt
+from harness.data.pages import MAX_LINE_CHARS, PRESETS as RENDER_PRESETS, ROW_PX, TOKEN_PX, fit_canvas, render_page
 
 RANDOM_CHARS = string.ascii_letters + string.digits + string.punctuation + "     "
 TASKS = ("read", "read_json", "read_kv", "fill_json", "ask")
@@ -143,15 +144,16 @@ def label_page_lines(rng: np.random.Generator) -> list[str]:
     return lines
 
 
-def build_pool(doc_samples, cfg: ForgeConfig) -> dict[int, list[Page]]:
-    """Pages bucketed by row count: a batch has one row count, so no padding of images."""
+def build_pool(doc_samples, cfg: ForgeConfig, canvas: tuple[int, int] | None = None) -> dict[int, list[Page]]:
+    """Pages bucketed by row count: a batch has one row count, so no padding of images (except to the
+    model's `canvas`, when it reads on one: every page then has the canvas's size)."""
     from PIL import Image
 
     rng = np.random.default_rng(cfg.seed)
     buckets: dict[int, list[Page]] = defaultdict(list)
 
     def add(image, lines):
-        buckets[len(lines)].append(Page(image, tuple(lines), labelled_pairs(lines)))
+        buckets[len(lines)].append(Page(fit_canvas(image, canvas), tuple(lines), labelled_pairs(lines)))
 
     for s in doc_samples:
         add(Image.open(s.image).convert("RGB"), s.text.split("\n"))
@@ -233,16 +235,19 @@ def structured_items(pages: list[Page], seed: int = 0) -> list[tuple[str, str]]:
 
 # ---- the CTC reading head ---------------------------------------------------------------------
 class CtcHead:
-    """Linear(hidden -> vocab) on the vision merger's output, read row by row with CTC (blank = 0)."""
+    """Linear(width -> vocab) on the vision features of the 16 px grid (the family's
+    `reading_features`: Qwen2-VL's merger, MiniCPM-V's vision encoder), read row by row with CTC
+    (blank = 0)."""
 
     def __init__(self, model, vocab_size: int, tokens_per_row: int):
         import torch
 
-        hidden = model.config.text_config.hidden_size
-        self.linear = torch.nn.Linear(hidden, vocab_size)
+        module = model.get_submodule(archs.for_model(model).reading_features)
         self.tokens_per_row = tokens_per_row
         self.captured = None
-        model.model.visual.merger.register_forward_hook(self._hook)
+        module.register_forward_hook(self._hook)
+        width = _output_width(module, model)
+        self.linear = torch.nn.Linear(width, vocab_size)
 
     def _hook(self, module, inputs, output):
         self.captured = output if not isinstance(output, tuple) else output[0]
@@ -262,13 +267,19 @@ class CtcHead:
         return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, zero_infinity=True)
 
 
-def encode_batch(processor, items):
+def _output_width(module, model) -> int:
+    """Feature width of the module the reading head listens to (a LayerNorm's, or the text model's)."""
+    shape = getattr(module, "normalized_shape", None)
+    return int(shape[0]) if shape else model.config.text_config.hidden_size
+
+
+def encode_batch(processor, items, arch: archs.Arch = archs.DEFAULT):
     """Tokenise (image, prompt, answer, system) items: labels only on the answer (+ <|im_end|> + newline)."""
     tok = processor.tokenizer
     texts, answers = [], []
     for _, prompt, answer, system in items:
         answers.append(build_answer(answer))
-        texts.append(build_prompt(prompt, system=system) + answers[-1])
+        texts.append(build_prompt(prompt, system=system, arch=arch) + answers[-1])
     enc = processor(text=texts, images=[img for img, *_ in items], padding=True, return_tensors="pt",
                     return_mm_token_type_ids=True)
     labels = enc["input_ids"].clone()
@@ -278,6 +289,12 @@ def encode_batch(processor, items):
         labels[i, : labels.shape[1] - n] = -100
     enc["labels"] = labels
     return enc
+
+
+def _rows(page: Page) -> list[str]:
+    """The page's token rows: its lines, then empty rows down to the image's bottom."""
+    n_rows = page.image.size[1] // ROW_PX
+    return list(page.lines) + [""] * (n_rows - len(page.lines))
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -292,7 +309,8 @@ def lr_at(step: int, cfg: ForgeConfig) -> float:
 def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", on_step=None,
              on_eval=None, eval_every: int = 0, state_path: Path | None = None, resume: bool = False,
              checkpoint_every_s: float = 300.0, stop_after_s: float | None = None,
-             state_extra: dict | None = None, ctc_probe_steps: int = 0) -> dict:
+             state_extra: dict | None = None, ctc_probe_steps: int = 0,
+             canvas: tuple[int, int] | None = None) -> dict:
     """Train to `cfg.steps`; returns a summary with `"finished": False` when stopped early.
 
     `state_path`: where the whole training state (weights, CTC head, optimizer, RNGs, step, log) is
@@ -300,6 +318,7 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", o
     `on_eval(model, step)` runs every `eval_every` steps and at the end; its dicts form the curve.
     `ctc_probe_steps`: for a stage that continues a trained model with a fresh CTC head, the head
     trains alone for these first steps, so its random start sends no noise into the vision tower.
+    `canvas`: the (width, height) every page of the pool is padded to, for a model that reads on one.
     """
     import torch
 
@@ -307,7 +326,9 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", o
     rnd = random.Random(cfg.seed)
     tok = processor.tokenizer
     tok.padding_side = "left"
-    width_tokens = pool[next(iter(pool))][0].image.size[0] // 16
+    arch = archs.for_model(model)
+    first = pool[next(iter(pool))][0].image
+    width_tokens = first.size[0] // TOKEN_PX
     ctc = CtcHead(model, len(tok), width_tokens)
     model.to(device)
     ctc.linear.to(device)
@@ -362,16 +383,20 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", o
             rows = rnd.choices(allowed, weights=[weights[rows_choices.index(r)] for r in allowed])[0]
         else:
             rows = rnd.choices(rows_choices, weights=weights)[0]
-        pages = rnd.sample(pool[rows], k=min(len(pool[rows]), max(1, cfg.batch_lines // rows)))
+        # a batch holds batch_lines rows of image: on a canvas every page costs the canvas's rows
+        page_rows = max(rows, canvas[1] // ROW_PX) if canvas else rows
+        pages = rnd.sample(pool[rows], k=min(len(pool[rows]), max(1, cfg.batch_lines // page_rows)))
         items = []
         for page in pages:
             task = "read" if in_curriculum else rnd.choices(task_names, weights=task_p)[0]
             prompt, answer = make_task(task, page, rnd)
-            system = None if rnd.random() < cfg.no_system_fraction else DEFAULT_SYSTEM
+            system = None if rnd.random() < cfg.no_system_fraction else arch.default_system
             items.append((page.image, prompt, answer, system))
-        enc = encode_batch(processor, items).to(device)
+        enc = encode_batch(processor, items, arch).to(device)
         out = model(**enc)
-        row_targets = [tok(line, add_special_tokens=False).input_ids for p in pages for line in p.lines]
+        # every token row of every image, rows below the text (a canvas's padding) read as empty
+        row_targets = [tok(line, add_special_tokens=False).input_ids if i < len(p.lines) else []
+                       for p in pages for i, line in enumerate(_rows(p))]
         ctc_loss = ctc.loss(row_targets, probe_only=step <= ctc_probe_steps)
         loss = out.loss + cfg.ctc_weight * ctc_loss
         opt.zero_grad(set_to_none=True)

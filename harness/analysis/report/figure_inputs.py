@@ -100,7 +100,8 @@ def figure_inputs(groups: dict[tuple, list[dict]], keys: Sequence[str],
         inputs["memory_timeline"] = timeline
     n = 0
     for doc in parity_docs:
-        ablation = sorted(doc.get("ablation") or [], key=lambda r: -(r.get("max_abs_dloss") or 0.0))
+        rows = doc.get("ablation") or [r for r in doc.get("factors") or [] if r.get("max_abs_dloss") is not None]
+        ablation = sorted(rows, key=lambda r: -(r.get("max_abs_dloss") or 0.0))
         if not ablation:
             continue
         n += 1
@@ -108,8 +109,10 @@ def figure_inputs(groups: dict[tuple, list[dict]], keys: Sequence[str],
             f"Ablation ({doc.get('_label', '')})", figures.bars,
             {"labels": [str(r.get("factor")) for r in ablation],
              "values": [float(r.get("max_abs_dloss") or 0.0) for r in ablation],
-             "ylabel": "max |Δloss| vs aligned", "horizontal": True,
-             "title": "Ablation: loss gap when one factor reverts to native"})
+             "ylabel": "max |Δloss| vs aligned" if doc.get("ablation") else f"max |Δloss| vs {doc.get('first')}",
+             "horizontal": True,
+             "title": "Ablation: loss gap when one factor reverts to native" if doc.get("ablation") else
+                      f"Ablation: loss gap when one factor of {doc.get('first')} takes {doc.get('second')}'s value"})
     return inputs
 
 

@@ -175,7 +175,27 @@ def parity_tables(docs: Sequence[Mapping], number: int) -> list[Table]:
                 t.row_runs.append([doc_label])
                 t.row_labels.append(str(row.get("factor")))
             tables.append(t)
+        if doc.get("factors") is not None:
+            tables.append(_profile_ablation_table(doc, name(), doc_label))
     return tables
+
+
+def _profile_ablation_table(doc: Mapping, title: str, doc_label: str) -> Table:
+    """`parity --ablate --profiles A,B`: A with one factor at a time set to B's value, largest effect first."""
+    a, b = doc.get("first"), doc.get("second")
+    t = Table(f"profiles-{a}-{b}", f"{title}. Why {a} and {b} train differently",
+              f"{a} on {doc.get('framework')} for {doc.get('steps')} steps, then the same with one factor set to "
+              f"{b}'s value; max |Δloss| and final-loss Δ against {a}'s own run, largest first. The last rows run "
+              f"all of {b} at once. A dash: the factor cannot be set on that framework (reason in the run).",
+              ["factor", f"{a}", f"{b}", "max |Δloss|", "final-loss Δ"], label_cols=3)
+    for row in [*(doc.get("factors") or []), *(doc.get("totals") or [])]:
+        values = row.get("values") or {}
+        t.rows.append([TableCell(str(row.get("factor"))), TableCell(_fmt_setting(values.get(a, "—"))),
+                       TableCell(_fmt_setting(values.get(b, "—"))), TableCell(fmt_number(row.get("max_abs_dloss"))),
+                       TableCell(fmt_number(row.get("final_loss_gap")))])
+        t.row_runs.append([doc_label])
+        t.row_labels.append(str(row.get("factor")))
+    return t
 
 
 # The memory figure a comparison leads with, best first: GPU allocated on a GPU; on the CPU anonymous

@@ -1,0 +1,152 @@
+"""The embedded tiny MiniCPM-V: a MiniCPM-V-4.6-architecture checkpoint built from a config, offline.
+
+transformers' `MiniCPMV4_6ForConditionalGeneration` with every part of the real model, made tiny: a
+SigLIP-style vision encoder, the window-attention merger, the downsampling merger into the language
+model, and a Qwen3.5 text backbone with full attention in every layer (the real model mixes in
+linear-attention layers; full attention keeps the tiny one on plain PyTorch kernels). Same character
+tokenizer as the tiny Qwen2-VL, with MiniCPM-V's special tokens, and MiniCPM-V's own processor.
+
+The reading geometry is the tiny Qwen2-VL's: one vision token per 16 px cell of the page grid (one
+character each), where the forge's reading head reads, and the downsampling merger packs 4 cells of
+a row (merge kernel 1 x 4) into one language-model token, in reading order (real MiniCPM-V merges
+2 x 2; a row of 4 keeps left-to-right reading simple for a 3-layer language model).
+
+It runs in MiniCPM-V 4.6's "4x" downsample mode (`downsample_mode` in config.json and in the image
+processor), which skips the window-attention merger: on 16 px patches, the vision encoder's cells
+are the page grid. Why not "16x": outside flash attention, transformers runs the window merger's
+attention one 2 x 2 window at a time, about 3,000 attention calls a batch, 18 s a step on 2 CPU
+cores, against about 1 s without it. The window merger's weights are in the checkpoint, unused in
+this mode, as in the real model's 4x mode. ms-swift's `minicpmv4_6` template reads the mode from the
+`DOWNSAMPLE_MODE` environment variable (default 16x) rather than from the checkpoint; the swift
+adapter sets it from config.json.
+
+MiniCPM-V's image processor resizes every image (without slicing) to an area of
+`scale_resolution`^2, whatever its size. A 640 x 128 canvas is a fixed point of that resize at
+scale_resolution 286 (the processor rounds sides to multiples of 4 patches, 64 px), so pages are
+padded with white to the canvas (`IMAGE_CANVAS`, recorded in lorabench.json) and never rescaled: the
+dataset's pages are 4 to 8 rows of 16 px.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from harness.archs import MINICPMV4_6
+from harness.chat import chat_template
+from harness.tinymodel.architecture import UNK, alphabet_from_texts, save_checkpoint  # noqa: F401  (the family API)
+
+IMAGE_CANVAS = (640, 128)  # width, height in px: 8 rows of the 16 px grid
+SCALE_RESOLUTION = 286  # int(286 / sqrt(5)) = 127 -> 128, 635 -> 640 after rounding to 64 px: the identity
+DOWNSAMPLE_MODE = "4x"
+SPECIAL_TOKENS = (  # ids 0..12, in this order
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<image>", "</image>",
+    "<slice>", "</slice>", "<image_id>", "</image_id>", "<think>", "</think>",
+)
+# The tokenizer attributes MiniCPMV4_6Processor reads (the real checkpoint's tokenizer_config names them).
+EXTRA_SPECIAL_TOKENS = {
+    "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
+    "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
+    "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyMiniCPMVPreset:
+    vision_hidden: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+    vision_intermediate: int = 256  # the window merger's MLP is 4x this wide
+    patch_size: int = 16  # one patch per cell of the page grid
+    position_grid: int = 40  # vision position embeddings: a 40 x 40 grid, stretched over each image
+    hidden_size: int = 192
+    layers: int = 3
+    heads: int = 6
+    kv_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 512
+
+
+PRESETS = {"tiny": TinyMiniCPMVPreset()}
+
+
+def build_tokenizer(alphabet: list[str]):
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab[UNK] = len(vocab)
+    for ch in alphabet:
+        vocab.setdefault(ch, len(vocab))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token=UNK, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]), extra_special_tokens=EXTRA_SPECIAL_TOKENS,
+        model_max_length=4096, padding_side="left", clean_up_tokenization_spaces=False,
+    )
+    tok.chat_template = chat_template(MINICPMV4_6)
+    return tok
+
+
+def build_processor(tokenizer, preset: TinyMiniCPMVPreset):
+    from transformers import MiniCPMV4_6ImageProcessor, MiniCPMV4_6Processor, MiniCPMV4_6VideoProcessor
+
+    common = dict(patch_size=preset.patch_size, scale_resolution=SCALE_RESOLUTION, slice_mode=False,
+                  downsample_mode=DOWNSAMPLE_MODE, max_slice_nums=1)
+    return MiniCPMV4_6Processor(
+        image_processor=MiniCPMV4_6ImageProcessor(**common),
+        video_processor=MiniCPMV4_6VideoProcessor(**common),
+        tokenizer=tokenizer, chat_template=chat_template(MINICPMV4_6),
+    )
+
+
+def build_config(tokenizer, preset: TinyMiniCPMVPreset):
+    from transformers import MiniCPMV4_6Config
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return MiniCPMV4_6Config(
+        vision_config=dict(
+            hidden_size=preset.vision_hidden, intermediate_size=preset.vision_intermediate,
+            num_hidden_layers=preset.vision_layers, num_attention_heads=preset.vision_heads,
+            patch_size=preset.patch_size, image_size=preset.patch_size * preset.position_grid,
+            window_kernel_size=(2, 2),
+        ),
+        text_config=dict(
+            model_type="qwen3_5_text", vocab_size=len(tokenizer), hidden_size=preset.hidden_size,
+            intermediate_size=preset.intermediate_size, num_hidden_layers=preset.layers,
+            num_attention_heads=preset.heads, num_key_value_heads=preset.kv_heads, head_dim=preset.head_dim,
+            layer_types=["full_attention"] * preset.layers, max_position_embeddings=4096,
+            tie_word_embeddings=False, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        insert_layer_id=1, image_size=SCALE_RESOLUTION, downsample_mode=DOWNSAMPLE_MODE, merge_kernel_size=(1, 4),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], tie_word_embeddings=False,  # as MiniCPM-V 4.6 (its own lm_head)
+    )
+
+
+def build_untrained(alphabet: list[str], preset: TinyMiniCPMVPreset, seed: int):
+    """(model, processor) with freshly initialised weights, deterministic for `seed`."""
+    import torch
+    from transformers import MiniCPMV4_6ForConditionalGeneration
+
+    tokenizer = build_tokenizer(alphabet)
+    processor = build_processor(tokenizer, preset)
+    config = build_config(tokenizer, preset)
+    torch.manual_seed(seed)
+    model = MiniCPMV4_6ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    return model, processor
+
+
+def param_counts(model) -> dict[str, int]:
+    counts = {"vision_tower": 0, "projector": 0, "language_model": 0}
+    for name, p in model.named_parameters():
+        if MINICPMV4_6.is_projector(name):
+            counts["projector"] += p.numel()
+        elif MINICPMV4_6.is_vision(name):
+            counts["vision_tower"] += p.numel()
+        else:
+            counts["language_model"] += p.numel()
+    counts["total"] = sum(counts.values())
+    return counts
