@@ -47,8 +47,10 @@ def sft_kwargs(spec: dict, data: TrainData, out_dir: Path, target_names: list[st
         seed=t["seed"], logging_steps=1, save_strategy="no", lora_rank=lora["r"], load_from_cache_file=False,
         deepspeed=deepspeed_config, dataset_num_proc=1,
     )
-    if model_type_for(data.model_dir):
-        base["model_type"] = model_type_for(data.model_dir)
+    base["model_type"] = model_type_for(data.model_dir)
+    if base["model_type"] == archs.for_dir(data.model_dir).swift_template:
+        # swift's own type: name its template too (Qwen2-VL's type also fits `qvq`'s, Qwen2.5-VL's `mimo_vl`'s)
+        base["template"] = base["model_type"]
     if spec["alignment"] == "native":
         return dict(**base, target_modules=["all-linear"])
     vision = any(archs.for_dir(data.model_dir).is_vision(n) for n in target_names)

@@ -23,15 +23,19 @@ TEMPLATE_TYPE = "lorabench_tiny_qwen2_vl"
 _registered = False
 
 
-def model_type_for(model_dir) -> str | None:
-    """The swift model type to pass for `model_dir`: ours for the embedded tiny Qwen2-VL, else None
-    (swift's own, found from config.json: the tiny MiniCPM-V uses swift's minicpmv4_6 as it is)."""
+def model_type_for(model_dir) -> str:
+    """The swift model type to pass for `model_dir`: ours for the embedded tiny Qwen2-VL, else swift's
+    own type for the architecture (harness.archs), named explicitly: from config.json alone swift
+    cannot choose (Qwen2-VL's class is also `qwen2_gme`'s, Qwen3-VL's also `qwen3_vl_emb`'s, ...) and
+    falls back to matching the directory's name against hub model ids."""
     from pathlib import Path
 
     from harness import archs
 
-    embedded = (Path(model_dir) / "lorabench.json").exists()
-    return MODEL_TYPE if embedded and archs.for_dir(model_dir) is archs.QWEN2_VL else None
+    arch = archs.for_dir(model_dir)
+    if (Path(model_dir) / "lorabench.json").exists() and arch is archs.QWEN2_VL:
+        return MODEL_TYPE
+    return arch.swift_template
 
 
 def template_env(model_dir) -> dict[str, str]:

@@ -40,7 +40,7 @@ class Arch:
     image_token: str  # the placeholder token the processor repeats once per vision token
     default_system: str | None  # the system prompt the template adds when a row has none
     answer_prefix: str = ""  # written before every answer and not supervised
-    swift_template: str = ""  # ms-swift's template for this family (documentation; swift picks it)
+    swift_template: str = ""  # ms-swift's model type and template for this family (the swift adapter passes it)
     reading_features: str = ""  # module whose output the forge's reading head reads (16 px grid)
 
     def is_vision(self, name: str) -> bool:

@@ -36,9 +36,10 @@ if str(ROOT) not in sys.path:
 
 ARCH_NAMES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "minicpmv4_6", "minicpmv4_7")
 
-# Qwen's special tokens at their ids in the real Qwen2/2.5/3-VL vocabularies (tokenizer.json of
-# Qwen/Qwen2-VL-2B-Instruct; the defaults of Qwen2VLConfig / Qwen3VLConfig: image 151655, video 151656,
-# vision start 151652, vision end 151653).
+# Qwen's special tokens at their ids in the real Qwen2/2.5/3-VL vocabularies. The ones that matter are
+# in the sources: image 151655 / video 151656 (swift's Qwen2VLTemplate, Qwen3VLConfig's defaults), vision
+# start 151652 / end 151653 (Qwen3VLConfig), im_start 151644 / im_end 151645 (Qwen3OmniMoe's config);
+# the grounding tokens in between complete Qwen's block of specials and are never used here.
 QWEN_SPECIAL = {
     "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|object_ref_start|>": 151646,
     "<|object_ref_end|>": 151647, "<|box_start|>": 151648, "<|box_end|>": 151649, "<|quad_start|>": 151650,
@@ -85,10 +86,11 @@ def qwen_tokenizer(arch):
     return tok
 
 
-def _qwen_text(tok, head_dim=16, **extra):
+def _qwen_text(tok, **extra):
     ids = QWEN_SPECIAL
-    return dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    # hidden 32: the 151,657-token embedding (tied with the output layer) is most of the model
+    return dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], **extra},
                 bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
 
@@ -106,7 +108,7 @@ def build_qwen2_vl():
 
     tok = qwen_tokenizer(archs.QWEN2_VL)
     config = tf.Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2),
         text_config=_qwen_text(tok), tie_word_embeddings=True, **_qwen_ids())
     model = tf.Qwen2VLForConditionalGeneration(config)
@@ -124,7 +126,7 @@ def build_qwen2_5_vl():
     tok = qwen_tokenizer(archs.QWEN2_5_VL)
     config = tf.Qwen2_5_VLConfig(
         # window_size 56 px = 2 x 2 merged tokens; block 1 attends in full, block 0 in windows
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                            fullatt_block_indexes=[1]),
         text_config=_qwen_text(tok), tie_word_embeddings=True, **_qwen_ids())
@@ -144,7 +146,7 @@ def build_qwen3_vl():
     text = _qwen_text(tok, mrope_interleaved=True)
     text["head_dim"] = 16
     config = tf.Qwen3VLConfig(
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
                            patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
                            deepstack_visual_indexes=[0]),
         text_config=text, tie_word_embeddings=True, **_qwen_ids())
