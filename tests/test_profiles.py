@@ -86,3 +86,8 @@ def test_profile_ablation_table_in_the_report():
     (table,) = parity_tables([{**doc, "_label": "x"}], 5)
     assert table.title.startswith("Table 5a. Why swift-default and minicpmv-official")
     assert [r[0].text for r in table.rows] == ["lr", "label_mask", "minicpmv-official on peft"]
+
+
+def test_vision_lora_on_a_tower_trained_in_full_is_refused():
+    with pytest.raises(UserError, match="neither PEFT nor swift puts LoRA inside a module trained in full"):
+        make_spec({"lora": {"targets": "lm+vision-linear"}, "train": {"freeze_vision": False}})

@@ -187,6 +187,10 @@ def validate_spec(spec: dict, source: str = "spec") -> dict:
     _check_choice(train["answer_prefix"], ANSWER_PREFIXES, "train.answer_prefix", source)
     if not (isinstance(lora["modules_to_save"], list) and all(isinstance(m, str) for m in lora["modules_to_save"])):
         raise UserError(f"{source}: lora.modules_to_save must be a list of module names, got {lora['modules_to_save']!r}")
+    if lora["targets"] == "lm+vision-linear" and not train["freeze_vision"]:
+        raise UserError(f"{source}: lora.targets=lm+vision-linear with train.freeze_vision=false: the vision tower "
+                        "is then trained in full and neither PEFT nor swift puts LoRA inside a module trained in "
+                        "full; use lora.targets=lm-linear (the tower still trains in full)")
     aligned = spec["alignment"] != "native"
     if aligned and train["label_mask"] == "all" and spec["framework"] == "swift":
         raise UserError(f"{source}: train.label_mask=all cannot run on swift (its templates supervise the answer only)")

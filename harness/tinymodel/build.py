@@ -57,8 +57,11 @@ class BuildPlan:
         """The reading stage: from random weights to a model that reads (and writes simple JSON)."""
         from harness.tinymodel.forge import ForgeConfig
 
-        overrides = {k: v for k, v in (("steps", self.steps), ("random_pages", self.random_pages),
-                                       ("label_pages", self.label_pages)) if v is not None}
+        overrides = {**FAMILY_READING.get(self.family, {}),
+                     **{k: v for k, v in (("steps", self.steps), ("random_pages", self.random_pages),
+                                          ("label_pages", self.label_pages)) if v is not None}}
+        if self.steps is not None and "curriculum_steps" in FAMILY_READING.get(self.family, {}):
+            overrides["curriculum_steps"] = min(overrides["curriculum_steps"], self.steps)
         return dataclasses.replace(ForgeConfig(seed=self.seed), **overrides)
 
     def instruction_config(self):
@@ -69,7 +72,7 @@ class BuildPlan:
             return None
         reading = self.forge_config()
         return ForgeConfig(
-            steps=self.instruction_steps or INSTRUCTION_STEPS, lr=5e-4, warmup_steps=50, seed=self.seed,
+            steps=self.instruction_steps or FAMILY_INSTRUCTION_STEPS.get(self.family, INSTRUCTION_STEPS), lr=5e-4, warmup_steps=50, seed=self.seed,
             random_pages=reading.random_pages, label_pages=reading.label_pages, curriculum_steps=0,
             task_weights=(("read", 0.3), ("read_json", 0.1), ("read_kv", 0.4), ("fill_json", 0.1), ("ask", 0.1)))
 
@@ -77,6 +80,11 @@ class BuildPlan:
 # ~1.5 s a step on 2 CPU cores: ~35 min. Reading stays 30% of the mix (a third try that gave half the
 # batches to a new task lost reading accuracy: CER 0.003 -> 0.029).
 INSTRUCTION_STEPS = 1400
+# The same recipe at a smaller budget for the tiny MiniCPM-V: its build had to fit next to the rest of
+# one 3-hour session on 2 CPU cores (about 0.5 s a step alone: 1,800 + 400 steps, ~25 min). The
+# curriculum keeps its share of the steps (a third). `--steps` / `--instruction-steps` run more.
+FAMILY_READING = {"minicpmv": {"steps": 1800, "curriculum_steps": 600}}
+FAMILY_INSTRUCTION_STEPS = {"minicpmv": 400}
 # The instruction stage starts a fresh CTC head on the trained vision tower; it trains alone for this
 # many steps so that its random start sends no noise into the tower.
 CTC_PROBE_STEPS = 200
