@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.chat import DEFAULT_SYSTEM
 from harness.run import roundtrip
 
 
@@ -60,12 +61,12 @@ def _trained_adapter(tiny_model_dir: Path, mini_dataset: Path, out: Path, full_m
     rows = [json.loads(line) for line in split_file(mini_dataset, "train", "extract").read_text().splitlines()[:2]]
     for row in rows:
         row["images"] = [str(mini_dataset / row["images"][0])]
-    batch = common.ChatCollator(processor, common.DEFAULT_SYSTEM, "answer", 4096)(rows)
+    batch = common.ChatCollator(processor, DEFAULT_SYSTEM, "answer", 4096)(rows)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model(**batch).loss.backward()
     optimizer.step()
     model.save_pretrained(str(out / "adapter"))
-    common.save_probe(model, processor, rows, common.DEFAULT_SYSTEM, out / "probe.pt")
+    common.save_probe(model, processor, rows, DEFAULT_SYSTEM, out / "probe.pt")
     return out / "adapter", out / "probe.pt"
 
 
