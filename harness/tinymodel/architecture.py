@@ -55,24 +55,27 @@ def alphabet_from_texts(texts) -> list[str]:
     return sorted(chars)
 
 
-def build_tokenizer(alphabet: list[str]):
-    """A character-level fast tokenizer with the Qwen2-VL special tokens at ids 0..6."""
+def build_tokenizer(alphabet: list[str], special_tokens=SPECIAL_TOKENS, extra_special_tokens: dict | None = None,
+                    chat_template: str = CHAT_TEMPLATE):
+    """A character-level fast tokenizer with the family's special tokens at ids 0.. (Qwen2-VL's by
+    default); `extra_special_tokens` names the ones a processor reads as attributes (MiniCPM-V's)."""
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab = {tok: i for i, tok in enumerate(special_tokens)}
     vocab[UNK] = len(vocab)
     for ch in alphabet:
         vocab.setdefault(ch, len(vocab))
     # BPE with no merges = one token per character; Fuse() decodes by plain concatenation.
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     core.decoder = decoders.Fuse()
+    extra = {"extra_special_tokens": extra_special_tokens} if extra_special_tokens else {}
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, unk_token=UNK, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]), model_max_length=4096,
-        padding_side="left", clean_up_tokenization_spaces=False,
+        additional_special_tokens=list(special_tokens[1:]), model_max_length=4096,
+        padding_side="left", clean_up_tokenization_spaces=False, **extra,
     )
-    tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = chat_template
     return tok
 
 
@@ -119,29 +122,33 @@ def build_config(tokenizer, preset: TinyPreset):
 
 def build_untrained(alphabet: list[str], preset: TinyPreset, seed: int):
     """(model, processor) with freshly initialised weights, deterministic for `seed`."""
-    import torch
     from transformers import Qwen2VLForConditionalGeneration
 
     tokenizer = build_tokenizer(alphabet)
     processor = build_processor(tokenizer, preset)
-    config = build_config(tokenizer, preset)
+    return instantiate(Qwen2VLForConditionalGeneration, build_config(tokenizer, preset), seed), processor
+
+
+def instantiate(model_cls, config, seed: int):
+    """A model of `model_cls` with fresh weights drawn after seeding, generating until <|im_end|>."""
+    import torch
+
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = model_cls(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return model, processor
+    return model
 
 
 def param_counts(model) -> dict[str, int]:
-    """Parameters of the vision tower, the projector (merger) and the language model."""
+    """Parameters of the vision tower, the projector (merger) and the language model (harness.archs)."""
+    from harness import archs
+
+    arch = archs.for_model(model)
     counts = {"vision_tower": 0, "projector": 0, "language_model": 0}
     for name, p in model.named_parameters():
-        if ".visual.merger." in f".{name}":
-            counts["projector"] += p.numel()
-        elif "visual." in name:
-            counts["vision_tower"] += p.numel()
-        else:
-            counts["language_model"] += p.numel()
+        part = "projector" if arch.is_projector(name) else "vision_tower" if arch.is_vision(name) else "language_model"
+        counts[part] += p.numel()
     counts["total"] = sum(counts.values())
     return counts
 

@@ -259,6 +259,8 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
     meta["build_s"] = time.perf_counter() - t0
     meta["checksum"] = checkpoint_checksum(tmp)
     (tmp / "lorabench.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    from harness.tinymodel.card import write_model_card
+
     write_model_card(tmp, meta)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -360,116 +362,6 @@ def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> 
     kvs = generate_answers(model, processor, [p.image for p in pages], [READ_KV_PROMPT] * len(pages), max_new_tokens=200)
     out["read_kv"] = {"n": len(pages), "exact": read_kv_exact(kvs, pages), "eval_s": time.perf_counter() - t}
     return out
-
-
-CARD_TEXT = {
-    "qwen2vl": {
-        "title": "tiny Qwen2-VL", "class": "Qwen2VLForConditionalGeneration", "command": "lorabench model build",
-        "architecture": [], "reading": "the vision merger's output",
-        "tokenizer": "Character-level tokenizer with the Qwen2-VL special tokens at ids 0-6."},
-    "minicpmv": {
-        "title": "tiny MiniCPM-V", "class": "MiniCPMV4_6ForConditionalGeneration",
-        "command": "lorabench model build --family minicpmv",
-        "architecture": [
-            "MiniCPM-V 4.6's architecture, every part made tiny: a SigLIP-style vision encoder on 16 px patches",
-            "(one per cell of the page grid: one character each), the window-attention merger (in the checkpoint;",
-            "the model runs in MiniCPM-V's \"4x\" downsample mode, which skips it), the downsampling merger (kernel",
-            "1 x 4: four cells of a row per language-model token, in reading order) and a Qwen3.5 text backbone with",
-            "full attention in every layer and its own lm_head. MiniCPM-V's processor (no slicing) resizes every",
-            "image to one area; pages are padded with white to its 640 x 128 canvas, a fixed point of that resize,",
-            "so the 16 px grid holds. ms-swift trains it with its own `minicpmv4_6` model type and template",
-            "(with `DOWNSAMPLE_MODE=4x`, which the swift adapter sets from config.json).", ""],
-        "reading": "the vision encoder's output (the 16 px cells)",
-        "tokenizer": "Character-level tokenizer with MiniCPM-V's special tokens (`<|image_pad|>`, `<image>`, "
-                     "`<image_id>`, `<slice>`, `<think>`, ...) at ids 0-12."},
-}
-
-
-def write_model_card(path: Path, meta: dict) -> None:
-    p, q, f = meta["params"], meta.get("base_quality", {}), meta["forge"]
-    tr, ex, fj = q.get("transcribe", {}), q.get("extract", {}), q.get("fill_json", {})
-    pre = meta["pretrain"]
-    mix = ", ".join(f"{t} {w:.0%}" for t, w in f["task_weights"])
-    card = CARD_TEXT[meta.get("family", "qwen2vl")]
-    lines = [
-        f"# lorabench {card['title']}", "",
-        f"A `{card['class']}` built from a config and pre-trained locally by `{card['command']}`.",
-        "It exists so that LoRA fine-tuning starts from a model that reads and follows instructions, like a real",
-        "VLM does; it is not a useful OCR model.", "", *card["architecture"],
-        "## Parameters", "",
-        "| part | parameters |", "|---|---:|",
-        f"| vision tower | {p['vision_tower']:,} |", f"| projector (merger) | {p['projector']:,} |",
-        f"| language model | {p['language_model']:,} |", f"| total | {p['total']:,} |", "",
-        "## Training", "",
-        f"Full training of all weights from random initialisation: {pre['steps']:,} steps in "
-        f"{pre['seconds'] / 60:.0f} min ({meta['torch_threads']} torch threads, {meta.get('device', 'cpu')}) on the "
-        f"`{meta['card']}` card's pretrain split plus {f['random_pages']:,} pages of random characters and "
-        f"{f['label_pages']:,} pages of random `Label: value` lines. AdamW lr {f['lr']}, {f['warmup_steps']} warm-up "
-        f"steps, linear decay to 10% over the last {f['decay_fraction']:.0%} of the steps, batches of "
-        f"{f['batch_lines']} text lines; an auxiliary CTC head reads {card['reading']} row by row "
-        f"(dropped at export). {card['tokenizer']}", "",
-        f"Tasks: the first {f['curriculum_steps']:,} steps read pages of 1-{f['curriculum_max_rows']} "
-        f"rows (`Read all text.`); then every page gets one task, drawn as {mix}: `read` (all text), `read_json` "
-        "(`Read all lines as JSON.` -> `{\"l1\":...}`), `fill_json` (`Fill JSON {\"qa\":\"Born\",\"zt\":\"line 2\"}` -> "
-        "the value after each printed label or the line, under random keys) and `ask` (`What is \"Born\"?`). "
-        "The `extract` task of the benchmark (its prompt, its field names, which label feeds which field) is never "
-        "seen here: that is what LoRA has to learn.", "",
-        *_instruction_stage_lines(meta),
-        "## Measured base quality (greedy, test split, no adapter)", "",
-        "| task | n | CER | WER | exact match | field F1 | JSON valid |", "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for task, s in (("transcribe", tr), ("extract", ex)):
-        if s:
-            lines.append(f"| {task} | {s['n']} | {s['cer']:.4f} | {s['wer']:.4f} | {s['exact_match']:.3f} | "
-                         f"{s.get('field_f1', float('nan')):.3f} | {s.get('json_valid_rate', float('nan')):.3f} |")
-    if fj:
-        lines += ["", f"`fill_json` on {fj['n']} test pages (one schema of 1-4 random keys each): whole object right "
-                  f"{fj['fill_json_exact']:.3f}, values right {fj['fill_json_value_accuracy']:.3f}, valid JSON "
-                  f"{fj['fill_json_valid']:.3f}."]
-    kv = q.get("read_kv")
-    if kv:
-        lines += ["", f"`read_kv` on {kv['n']} test pages: whole object exactly right {kv['exact']:.3f}."]
-    stages = [("reading stage", pre.get("curve") or [], 0.0)]
-    if meta.get("instruction"):
-        reading_minutes = pre["seconds"] / 60
-        stages.append(("instruction stage", meta["instruction"]["pretrain"].get("curve") or [], reading_minutes))
-    if any(curve for _, curve, _ in stages):
-        lines += ["", "## Quality against pre-training time", "",
-                  f"Measured during the build on the first {EVAL_DOCS_DURING_TRAINING} test documents (greedy); "
-                  "minutes count from the start of the reading stage:", "",
-                  "| stage | step | minutes | read CER | read exact | read_kv exact | fill_json exact | fill_json values |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, curve, offset in stages:
-            lines += [f"| {name} | {c['step']:,} | {offset + c['minutes']:.0f} | {c['cer']:.4f} | {c['exact_match']:.2f} | "
-                      f"{_fmt(c.get('read_kv_exact'))} | {c['fill_json_exact']:.2f} | {c['fill_json_value_accuracy']:.2f} |"
-                      for c in curve]
-    minutes = pre["seconds"] / 60 + (meta["instruction"]["pretrain"]["seconds"] / 60 if meta.get("instruction") else 0)
-    lines += ["", f"Pre-training time, all stages: {minutes:.0f} min. Key: `{meta['key'][:16]}`. "
-              f"Weights sha256: `{meta.get('checksum', '')[:16]}`.", "",
-              "## Limits", "",
-              "Pages must be drawn on the 16 px token grid (one line per row, at most 32 characters, the `easy` "
-              "style); the model reads nothing else. Reproduce the figures above with "
-              "`lorabench model eval <this directory> --task transcribe` (and `--task extract`).", ""]
-    (path / "README.md").write_text("\n".join(lines))
-
-
-def _fmt(value) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-def _instruction_stage_lines(meta: dict) -> list[str]:
-    stage = meta.get("instruction")
-    if not stage:
-        return []
-    f, pre = stage["forge"], stage["pretrain"]
-    mix = ", ".join(f"{t} {w:.0%}" for t, w in f["task_weights"])
-    return [
-        f"Instruction stage, continuing the reading stage's weights: {pre['steps']:,} steps in "
-        f"{pre['seconds'] / 60:.0f} min, AdamW lr {f['lr']} ({f['warmup_steps']} warm-up steps, the same decay), a "
-        f"fresh CTC head trained alone for its first {meta.get('ctc_probe_steps', 0)} steps, tasks drawn as {mix}. "
-        "The new task `read_kv` (`Read all lines as JSON, labels as keys.`) writes each `Label: value` line under its "
-        "printed label and any other line under its number (`{\"l1\":\"NATIONAL ID CARD\",\"Surname\":\"BROWN\",...}`): "
-        "the page's own labels, not the `extract` schema's field names.", ""]
 
 
 class _Bar:

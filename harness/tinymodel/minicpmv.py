@@ -33,7 +33,9 @@ import dataclasses
 
 from harness.archs import MINICPMV4_6
 from harness.chat import chat_template
-from harness.tinymodel.architecture import UNK, alphabet_from_texts, save_checkpoint  # noqa: F401  (the family API)
+from harness.tinymodel import architecture as tiny_qwen
+# the family API build.py calls, shared with the tiny Qwen2-VL
+from harness.tinymodel.architecture import alphabet_from_texts, param_counts, save_checkpoint  # noqa: F401
 
 IMAGE_CANVAS = (640, 128)  # width, height in px: 8 rows of the 16 px grid
 SCALE_RESOLUTION = 286  # int(286 / sqrt(5)) = 127 -> 128, 635 -> 640 after rounding to 64 px: the identity
@@ -70,22 +72,7 @@ PRESETS = {"tiny": TinyMiniCPMVPreset()}
 
 
 def build_tokenizer(alphabet: list[str]):
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    vocab[UNK] = len(vocab)
-    for ch in alphabet:
-        vocab.setdefault(ch, len(vocab))
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
-    core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token=UNK, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]), extra_special_tokens=EXTRA_SPECIAL_TOKENS,
-        model_max_length=4096, padding_side="left", clean_up_tokenization_spaces=False,
-    )
-    tok.chat_template = chat_template(MINICPMV4_6)
-    return tok
+    return tiny_qwen.build_tokenizer(alphabet, SPECIAL_TOKENS, EXTRA_SPECIAL_TOKENS, chat_template(MINICPMV4_6))
 
 
 def build_processor(tokenizer, preset: TinyMiniCPMVPreset):
@@ -126,27 +113,8 @@ def build_config(tokenizer, preset: TinyMiniCPMVPreset):
 
 def build_untrained(alphabet: list[str], preset: TinyMiniCPMVPreset, seed: int):
     """(model, processor) with freshly initialised weights, deterministic for `seed`."""
-    import torch
     from transformers import MiniCPMV4_6ForConditionalGeneration
 
     tokenizer = build_tokenizer(alphabet)
     processor = build_processor(tokenizer, preset)
-    config = build_config(tokenizer, preset)
-    torch.manual_seed(seed)
-    model = MiniCPMV4_6ForConditionalGeneration(config)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    return model, processor
-
-
-def param_counts(model) -> dict[str, int]:
-    counts = {"vision_tower": 0, "projector": 0, "language_model": 0}
-    for name, p in model.named_parameters():
-        if MINICPMV4_6.is_projector(name):
-            counts["projector"] += p.numel()
-        elif MINICPMV4_6.is_vision(name):
-            counts["vision_tower"] += p.numel()
-        else:
-            counts["language_model"] += p.numel()
-    counts["total"] = sum(counts.values())
-    return counts
+    return tiny_qwen.instantiate(MiniCPMV4_6ForConditionalGeneration, build_config(tokenizer, preset), seed), processor
