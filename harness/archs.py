@@ -66,10 +66,10 @@ QWEN3_VL = Arch("qwen3_vl", ("qwen3_vl",), default_system=None, swift_template="
 _MINICPMV = dict(
     lm_prefix="model.language_model.", vision_prefix="model.vision_tower.", projector_prefixes=("model.merger.",),
     # the vision encoder with its window-attention merger (vit_merger); the downsampling merger is the projector.
-    # The reading head reads the encoder's output: in "4x" mode (the tiny model's) one token per 16 px cell
+    # The reading head reads the downsampling merger's output: one token per 16 px cell of the tiny model
     vision_full=r"model\.vision_tower\.(embeddings|encoder\.layers\.\d+|vit_merger|post_layernorm)",
     image_block="<|image_pad|>\n", image_token="<|image_pad|>", default_system=None,
-    answer_prefix="<think>\n\n</think>\n\n", reading_features="model.vision_tower.post_layernorm")
+    answer_prefix="<think>\n\n</think>\n\n", reading_features="model.merger")
 MINICPMV4_6 = Arch("minicpmv4_6", ("minicpmv4_6",), swift_template="minicpmv4_6", **_MINICPMV)
 MINICPMV4_7 = Arch("minicpmv4_7", ("minicpmv4_7",), swift_template="minicpmv4_7", **_MINICPMV)
 

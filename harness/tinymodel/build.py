@@ -80,11 +80,11 @@ class BuildPlan:
 # ~1.5 s a step on 2 CPU cores: ~35 min. Reading stays 30% of the mix (a third try that gave half the
 # batches to a new task lost reading accuracy: CER 0.003 -> 0.029).
 INSTRUCTION_STEPS = 1400
-# The same recipe at a smaller budget for the tiny MiniCPM-V: its build had to fit next to the rest of
-# one 3-hour session on 2 CPU cores (about 0.5 s a step alone: 1,800 + 400 steps, ~25 min). The
-# curriculum keeps its share of the steps (a third). `--steps` / `--instruction-steps` run more.
-FAMILY_READING = {"minicpmv": {"steps": 1800, "curriculum_steps": 600}}
-FAMILY_INSTRUCTION_STEPS = {"minicpmv": 400}
+# The same recipe at a smaller budget for the tiny MiniCPM-V: about 1.3 s a step on 2 CPU cores, so
+# 2,600 + 600 steps (~70 min) leave room in one 3-hour session for its suite and ablation. The
+# curriculum keeps its share of the steps (about a third). `--steps` / `--instruction-steps` run more.
+FAMILY_READING = {"minicpmv": {"steps": 2600, "curriculum_steps": 800}}
+FAMILY_INSTRUCTION_STEPS = {"minicpmv": 600}
 # The instruction stage starts a fresh CTC head on the trained vision tower; it trains alone for this
 # many steps so that its random start sends no noise into the tower.
 CTC_PROBE_STEPS = 200

@@ -16,15 +16,15 @@ CARD_TEXT = {
         "title": "tiny MiniCPM-V", "class": "MiniCPMV4_6ForConditionalGeneration",
         "command": "lorabench model build --family minicpmv",
         "architecture": [
-            "MiniCPM-V 4.6's architecture, every part made tiny: a SigLIP-style vision encoder on 16 px patches",
-            "(one per cell of the page grid: one character each), the window-attention merger (in the checkpoint;",
-            "the model runs in MiniCPM-V's \"4x\" downsample mode, which skips it), the downsampling merger (kernel",
-            "1 x 4: four cells of a row per language-model token, in reading order) and a Qwen3.5 text backbone with",
+            "MiniCPM-V 4.6's architecture, every part made tiny: a SigLIP-style vision encoder on 8 px patches,",
+            "the window-attention merger (in the checkpoint; the model runs in MiniCPM-V's \"4x\" downsample mode,",
+            "which skips it), the downsampling merger (kernel 2 x 2: one language-model token per 16 px cell of",
+            "the page grid, one character each) and a Qwen3.5 text backbone with",
             "full attention in every layer and its own lm_head. MiniCPM-V's processor (no slicing) resizes every",
             "image to one area; pages are padded with white to its 640 x 128 canvas, a fixed point of that resize,",
             "so the 16 px grid holds. ms-swift trains it with its own `minicpmv4_6` model type and template",
             "(with `DOWNSAMPLE_MODE=4x`, which the swift adapter sets from config.json).", ""],
-        "reading": "the vision encoder's output (the 16 px cells)",
+        "reading": "the downsampling merger's output (the 16 px cells)",
         "tokenizer": "Character-level tokenizer with MiniCPM-V's special tokens (`<|image_pad|>`, `<image>`, "
                      "`<image_id>`, `<slice>`, `<think>`, ...) at ids 0-12."},
 }

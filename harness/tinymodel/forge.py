@@ -236,7 +236,7 @@ def structured_items(pages: list[Page], seed: int = 0) -> list[tuple[str, str]]:
 # ---- the CTC reading head ---------------------------------------------------------------------
 class CtcHead:
     """Linear(width -> vocab) on the vision features of the 16 px grid (the family's
-    `reading_features`: Qwen2-VL's merger, MiniCPM-V's vision encoder), read row by row with CTC
+    `reading_features`: the merger of either family), read row by row with CTC
     (blank = 0)."""
 
     def __init__(self, model, vocab_size: int, tokens_per_row: int):
@@ -250,6 +250,10 @@ class CtcHead:
         self.linear = torch.nn.Linear(width, vocab_size)
 
     def _hook(self, module, inputs, output):
+        import torch
+
+        if isinstance(output, list):  # MiniCPM-V's merger: one tensor per image
+            output = torch.cat(output)
         self.captured = output if not isinstance(output, tuple) else output[0]
 
     def loss(self, row_targets: list[list[int]], probe_only: bool = False):
