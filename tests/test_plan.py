@@ -271,7 +271,7 @@ def _source_config(shape: P.Shape) -> dict:
     return {"model_type": "qwen2_vl", "text_config": fields, "vision_config": vision, "tie_word_embeddings": tied}
 
 
-@pytest.mark.parametrize("name", ["qwen2-vl-2b", "qwen2-vl-7b", "qwen3-vl-2b", "minicpm-v-4_6"])
+@pytest.mark.parametrize("name", ["qwen2-vl-2b", "qwen2-vl-7b", "qwen3-vl-2b", "minicpm-v-4_6", "minicpm-v-4_7-1b"])
 def test_shape_files_are_the_meta_device_count_of_their_source_config(name, tmp_path):
     """Every shipped shape but MiniCPM-V 2.6 (remote code) is shape_from_hf_config's output for its
     source fields: the model built on the meta device, nothing counted by hand."""

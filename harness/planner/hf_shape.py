@@ -1,7 +1,7 @@
 """A local Hugging Face checkpoint's config.json as a planner Shape, counted on the meta device.
 
 The model is built from the config with no weights (`torch.device("meta")`), and every count is read
-off its modules: no hand formulas. Supported: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, MiniCPM-V 4.6.
+off its modules: no hand formulas. Supported: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, MiniCPM-V 4.6 and 4.7.
 """
 
 from __future__ import annotations
@@ -31,16 +31,18 @@ _QWEN_VL = HFArchitecture(vision="model.visual", vision_blocks="model.visual.blo
                           projector=("model.visual.merger",),
                           language_model=("model.language_model", "lm_head"),
                           lm_blocks="model.language_model.layers")
+_MINICPMV = HFArchitecture(vision="model.vision_tower", vision_blocks="model.vision_tower.encoder.layers",
+                           projector=("model.merger",), language_model=("model.language_model", "lm_head"),
+                           lm_blocks="model.language_model.layers")
 # model_type -> parts, for transformers 5.19's Qwen2VL / Qwen2_5_VL / Qwen3VL / MiniCPMV4_6
-# ForConditionalGeneration. Qwen3-VL's DeepStack mergers (ViT features into early LM layers) are
+# ForConditionalGeneration (and MiniCPMV4_7's). Qwen3-VL's DeepStack mergers (ViT features into early LM layers) are
 # projector; MiniCPM-V 4.6's vit_merger (a window-attention 2x2 merge inside the ViT) is vision tower.
 HF_ARCHITECTURES = {
     "qwen2_vl": _QWEN_VL,
     "qwen2_5_vl": _QWEN_VL,
     "qwen3_vl": dataclasses.replace(_QWEN_VL, projector=("model.visual.merger", "model.visual.deepstack_merger_list")),
-    "minicpmv4_6": HFArchitecture(vision="model.vision_tower", vision_blocks="model.vision_tower.encoder.layers",
-                                  projector=("model.merger",), language_model=("model.language_model", "lm_head"),
-                                  lm_blocks="model.language_model.layers"),
+    "minicpmv4_6": _MINICPMV,
+    "minicpmv4_7": _MINICPMV,  # 4.6's modules; 4.7 adds canvas M-RoPE (positions, no weights)
 }
 # Qwen2-VL's default LM image tokens per sample: the model card's recommended max_pixels =
 # 1280*28*28, also the embedded tiny model's page limit (32 rows x 40 tokens); --image-tokens
@@ -69,7 +71,7 @@ def _vision_widths(model_type: str, vision) -> dict:
     if model_type == "qwen2_vl":  # embed_dim is the ViT width; hidden_size is the merger's output
         hidden, layers, heads = int(vision.embed_dim), int(vision.depth), int(vision.num_heads)
         intermediate = int(hidden * float(vision.mlp_ratio))
-    elif model_type == "minicpmv4_6":
+    elif model_type.startswith("minicpmv"):
         hidden, layers, heads = int(vision.hidden_size), int(vision.num_hidden_layers), int(vision.num_attention_heads)
         intermediate = int(vision.intermediate_size)
     else:  # qwen2_5_vl, qwen3_vl
@@ -82,7 +84,7 @@ def _vision_widths(model_type: str, vision) -> dict:
 def _image_tokens(model_type: str, config) -> ImageTokens:
     vision = config.vision_config
     patch = _scalar(vision.patch_size)
-    if model_type == "minicpmv4_6":
+    if model_type.startswith("minicpmv"):
         # Slices of up to scale_resolution^2 pixels (the image processor's defaults: 448 px, 9 slices
         # + 1 overview); the ViT's window merger (2x2, skipped in downsample_mode "4x") and the
         # merger's merge_kernel_size (merger_times rounds) shrink each slice's patches to LM tokens.
@@ -220,7 +222,7 @@ def shape_from_hf_config(path: str | Path) -> Shape:
     """A Shape from a local Hugging Face checkpoint directory (or its config.json); weights are not
     needed. transformers reads the config (local files only, no remote code) and builds the model
     on the meta device; every count is that model's own (`shape_from_model`). Supported
-    model_types: HF_ARCHITECTURES (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, MiniCPM-V 4.6)."""
+    model_types: HF_ARCHITECTURES (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, MiniCPM-V 4.6 and 4.7)."""
     path = Path(path)
     directory = path.parent if path.is_file() or path.name == "config.json" else path
     config_file = directory / "config.json"

@@ -3,7 +3,7 @@
 A `Shape` holds, per tower (vision, projector, language model), the LoRA-targetable linear layers of
 one block, the other parameters, and the image-token rule. Shipped shapes are JSON files in
 `harness/planner/shapes/` (`load_shape`, `builtin_shape`); a local Hugging Face checkpoint directory
-(its `config.json`: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, MiniCPM-V 4.6; e.g. the embedded tiny model)
+(its `config.json`: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, MiniCPM-V 4.6 and 4.7; e.g. the embedded tiny model)
 becomes a Shape through `harness.planner.hf_shape.shape_from_hf_config`, which builds the model on
 the meta device and reads every count off it. The shipped files are that function's output for their source configs.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from harness.errors import UserError
 
 SHAPES_DIR = Path(__file__).with_name("shapes")
-BUILTIN_SHAPES = ("minicpm-v-2_6", "minicpm-v-4_6", "qwen2-vl-7b", "qwen2-vl-2b", "qwen3-vl-2b")
+BUILTIN_SHAPES = ("minicpm-v-2_6", "minicpm-v-4_6", "minicpm-v-4_7-1b", "qwen2-vl-7b", "qwen2-vl-2b", "qwen3-vl-2b")
 TARGET_SETS = ("lm", "lm+vision", "all-linear")
 # lorabench's `lora.targets` presets -> the planner's target sets; SPEC_TARGETS also reads the old names
 TARGET_PRESETS = {"lm-linear": "lm", "lm+vision-linear": "lm+vision", "every-linear": "all-linear"}

@@ -356,6 +356,7 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", o
     last_save = start
 
     def save_state():
+        state_path.parent.mkdir(parents=True, exist_ok=True)  # the cache may not exist yet (a fresh clone)
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "ctc": ctc.linear.state_dict(), "optimizer": opt.state_dict(),
                     "python_rng": rnd.getstate(), "torch_rng": torch.get_rng_state(), "step": step,
