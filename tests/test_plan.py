@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -64,6 +65,45 @@ def test_lora_params_are_r_times_in_plus_out_per_linear():
     assert s.lora_params("lm", 8) == 2 * 8_192  # linear in r
     with pytest.raises(ValueError):
         s.lora_params("everything", 4)
+
+
+def test_lm_attention_targets_only_the_attention_projections():
+    tiny = tiny_shape()
+    names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+             "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    lm = dataclasses.replace(tiny.language_model, block_linears=tuple(
+        dataclasses.replace(l, name=names[l.name]) for l in tiny.language_model.block_linears))
+    named = dataclasses.replace(tiny, language_model=lm)
+    # q 4*128 + k 4*96 + v 4*96 + o 4*128 = 1,792 per layer, 2 layers
+    assert named.lora_params("lm-attention", 4) == 3_584
+    assert named.lora_params("lm", 4) == 8_192
+    # MiniCPM-V 4.6's hybrid LM: only its 6 full-attention layers have q/k/v/o
+    # (q 1024->4096, k and v 1024->512, o 2048->1024): r * 11,264 each
+    assert P.builtin_shape("minicpm-v-4_6").lora_params("lm-attention", 64) == 6 * 64 * 11_264
+    # fewer LoRA inputs to keep than LoRA on every LM linear
+    attention, every = (P.estimate(plan_input(shape=named, targets=t, grad_checkpointing=False))
+                        for t in ("lm-attention", "lm"))
+    assert attention.gpu_bytes["activations"] < every.gpu_bytes["activations"]
+
+
+def test_the_official_minicpmv_recipe_is_planned_with_its_trained_embeddings():
+    """minicpmv-official: LoRA on the attention, the ViT and merger trained in full (tune_vision), and
+    embed_tokens trained in full too (vocab x hidden = 254 M weights on MiniCPM-V 4.6)."""
+    from harness.config.profiles import PROFILES
+    from harness.config.spec import make_spec
+
+    spec = make_spec({"model": "tiny", "framework": "peft", "alignment": "minicpmv-official"})
+    assert spec["lora"]["modules_to_save"] == PROFILES["minicpmv-official"]["lora"]["modules_to_save"]
+    shape = P.builtin_shape("minicpm-v-4_6")
+    inputs = P.plan_input_from_spec(spec, shape, max_length=512, image_tokens=None)
+    assert (inputs.targets, inputs.freeze_vision, inputs.train_embeddings) == ("lm-attention", False, True)
+    with_embeddings = P.estimate(inputs)
+    without = P.estimate(dataclasses.replace(inputs, train_embeddings=False))
+    embeddings = 248_094 * 1024
+    assert with_embeddings.params["trainable"] - without.params["trainable"] == embeddings
+    spec["lora"]["modules_to_save"] = ["lm_head.weight"]
+    with pytest.raises(ValueError, match="modules_to_save"):
+        P.plan_input_from_spec(spec, shape, max_length=512, image_tokens=None)
 
 
 # --- model states by ZeRO stage ------------------------------------------------------------------
@@ -376,6 +416,7 @@ SMALL_CONFIGS = {
                                           num_attention_heads=2, image_size=56, patch_size=14),
                     "insert_layer_id": 1, "tie_word_embeddings": True},
 }
+SMALL_CONFIGS["minicpmv4_7"] = SMALL_CONFIGS["minicpmv4_6"]
 
 
 @pytest.mark.parametrize("model_type", list(SMALL_CONFIGS))
@@ -406,16 +447,18 @@ def test_hf_config_counts_are_the_meta_models_own(model_type, tmp_path):
     assert min(counts.values()) > 0
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
 
-    def lora(wanted):
-        return sum(4 * (m.in_features + m.out_features) for n, m in linears if part(n) in wanted)
+    def lora(wanted, pattern=""):
+        return sum(4 * (m.in_features + m.out_features) for n, m in linears
+                   if part(n) in wanted and re.search(pattern, n))
 
     assert {name: shape.lora_params(target_set, 4) for name, target_set in P.TARGET_PRESETS.items()} == {
         "lm-linear": lora({"language_model"}), "lm+vision-linear": lora({"language_model", "vision"}),
+        "lm-attention": lora({"language_model"}, r"\.self_attn\.(q|k|v|o)_proj$"),
         "every-linear": lora({"language_model", "vision", "projector"})}
     text = model.config.get_text_config()
     assert (shape.language_model.hidden, shape.language_model.layers, shape.vocab) == \
         (text.hidden_size, text.num_hidden_layers, text.vocab_size)
-    assert shape.tied_embeddings == (model_type in ("qwen3_vl", "minicpmv4_6"))
+    assert shape.tied_embeddings == (model_type in ("qwen3_vl", "minicpmv4_6", "minicpmv4_7"))
     assert shape.image_tokens.default_per_sample > 0
 
 

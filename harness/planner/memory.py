@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from harness.planner.deepspeed_config import DEEPSPEED_DEFAULTS
-from harness.planner.shape import SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, Shape, Tower
+from harness.planner.shape import SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, Shape, Tower, is_attention_projection
 from harness.run.distributed import ModelSize, zero_optimization
 
 GIB = 2**30
@@ -39,6 +39,7 @@ class PlanInput:
     lora_r: int = 8
     targets: str = "lm"  # see TARGET_SETS
     freeze_vision: bool = True  # False: the ViT and projector are trained in full (tune_vision)
+    train_embeddings: bool = False  # the input embeddings trained in full (modules_to_save: embed_tokens)
     micro_batch_size: int = 1
     max_length: int = 2048  # text tokens per sample; the LM sequence adds image_tokens
     image_tokens: int | None = None  # LM tokens from images per sample; None: the shape's default
@@ -75,7 +76,7 @@ class PlanInput:
             (self.fragmentation_factor >= 1.0, "fragmentation_factor must be >= 1"),
             (self.zero_config is None or self.zero_config.get("stage", 0) == self.zero_stage,
              "zero_config's stage differs from zero_stage"),
-            (self.freeze_vision or self.targets == "lm" or self.full_finetune,
+            (self.freeze_vision or self.targets in ("lm", "lm-attention") or self.full_finetune,
              "freeze_vision=False trains the vision tower and projector in full; LoRA on them as "
              "well would be redundant: use targets 'lm'"),
         ]
@@ -112,9 +113,16 @@ def plan_input_from_spec(spec: Mapping, shape: Shape, *, max_length: int, image_
     if not (isinstance(targets, str) and targets in SPEC_TARGETS):
         raise ValueError(f"lora.targets {targets!r}: the planner models the presets only "
                          f"({', '.join(TARGET_PRESETS)})")
+    # modules trained in full beside LoRA: the embeddings, and the projector (trained anyway with the
+    # vision tower when freeze_vision is off; on its own it is small and not modelled)
+    saved = list(lora.get("modules_to_save") or [])
+    unmodelled = [m for m in saved if m != "embed_tokens" and not (m.endswith("merger") and not train["freeze_vision"])]
+    if unmodelled:
+        raise ValueError(f"lora.modules_to_save {unmodelled}: the planner models embed_tokens (and the "
+                         f"projector with freeze_vision off) only")
     fields = dict(
         shape=shape, lora_r=lora["r"], targets=SPEC_TARGETS[targets], lora_dropout=lora["dropout"],
-        freeze_vision=train["freeze_vision"], micro_batch_size=train["batch_size"], max_length=max_length,
+        freeze_vision=train["freeze_vision"], train_embeddings="embed_tokens" in saved, micro_batch_size=train["batch_size"], max_length=max_length,
         image_tokens=image_tokens, grad_checkpointing=train["grad_checkpointing"], precision=train["precision"],
         zero_stage=dist["zero_stage"] or 0, offload_optimizer=dist["offload_optimizer"],
         offload_params=dist["offload_params"], world_size=dist["world_size"])
@@ -190,7 +198,7 @@ def vit_block_bytes_per_token(t: Tower, w: int, linear_input_bytes: int) -> int:
     return w * (2 * t.hidden + attention + 2 * t.intermediate) + linear_input_bytes
 
 
-def linear_input_bytes_per_token(t: Tower, mode: str, w: int, lora_input_bytes: int) -> int:
+def linear_input_bytes_per_token(t: Tower, mode: str, w: int, lora_input_bytes: int, only=None) -> int:
     """What the block's linear layers keep of their inputs, per token.
     mode 'full' (weights trained): each distinct input once in the compute dtype: the attention
     input (shared by q/k/v), the attention output, the MLP input (shared by gate/up), the MLP
@@ -198,13 +206,14 @@ def linear_input_bytes_per_token(t: Tower, mode: str, w: int, lora_input_bytes: 
     (and applies dropout) separately, so every LoRA'd linear keeps its own copy: lora_input_bytes
     per input feature, for the block's linears and, spread over the blocks, the tower's other
     linears (those only some blocks have, e.g. a hybrid LM's two attention kinds; none in the
-    Qwen2-VL and MiniCPM-V 2.6 towers). mode 'frozen': a frozen linear keeps nothing (only its
-    weight is needed)."""
+    Qwen2-VL and MiniCPM-V 2.6 towers); `only(linear)` selects the LoRA'd ones when not all are.
+    mode 'frozen': a frozen linear keeps nothing (only its weight is needed)."""
     if mode == "full":
         return w * (3 * t.hidden + t.intermediate)
     if mode == "lora":
-        outer = _ceil_div(sum(l.in_features for l in t.linears), t.layers) if t.layers else 0
-        return lora_input_bytes * (sum(l.in_features for l in t.block_linears) + outer)
+        keep = only or (lambda linear: True)
+        outer = _ceil_div(sum(l.in_features for l in t.linears if keep(l)), t.layers) if t.layers else 0
+        return lora_input_bytes * (sum(l.in_features for l in t.block_linears if keep(l)) + outer)
     return 0
 
 
@@ -282,6 +291,10 @@ def estimate(inputs: PlanInput) -> Plan:
                                      shape.projector.largest_module_params)
     else:
         trained_base, largest_trained_module = 0, 0
+    if p.train_embeddings and not p.full_finetune:
+        embeddings = shape.vocab * shape.language_model.hidden
+        trained_base += embeddings
+        largest_trained_module = max(largest_trained_module, embeddings)
     frozen = total - trained_base
     trainable = lora + trained_base
 
@@ -319,15 +332,16 @@ def estimate(inputs: PlanInput) -> Plan:
     # Per input feature of a LoRA'd linear: its cast copy in the adapter dtype (+ 1 B dropout mask).
     lora_input_b = (4 if p.fp32_adapters else w) + (1 if p.lora_dropout > 0 else 0)
     lm_mode = "full" if p.full_finetune else "lora"
+    lm_only = is_attention_projection if p.targets == "lm-attention" else None
     lm_per_token = decoder_block_bytes_per_token(
-        lm_t, w, linear_input_bytes_per_token(lm_t, lm_mode, w, lora_input_b))
+        lm_t, w, linear_input_bytes_per_token(lm_t, lm_mode, w, lora_input_b, lm_only))
     # The ViT keeps activations when it is trained (in full or by LoRA) and also when frozen under
     # gradient checkpointing: transformers 5's gradient_checkpointing_enable() hooks the input
     # embeddings of every sub-model, the ViT's patch embedding included, so the frozen ViT runs
     # under autograd (measured: docs/plan.md).
     if p.full_finetune or not p.freeze_vision:
         vit_mode = "full"
-    elif p.targets != "lm":
+    elif p.targets not in ("lm", "lm-attention"):
         vit_mode = "lora"
     else:
         vit_mode = "frozen"

@@ -15,15 +15,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 from harness.errors import UserError
 
 SHAPES_DIR = Path(__file__).with_name("shapes")
 BUILTIN_SHAPES = ("minicpm-v-2_6", "minicpm-v-4_6", "minicpm-v-4_7-1b", "qwen2-vl-7b", "qwen2-vl-2b", "qwen3-vl-2b")
-TARGET_SETS = ("lm", "lm+vision", "all-linear")
+TARGET_SETS = ("lm", "lm-attention", "lm+vision", "all-linear")
 # lorabench's `lora.targets` presets -> the planner's target sets; SPEC_TARGETS also reads the old names
-TARGET_PRESETS = {"lm-linear": "lm", "lm+vision-linear": "lm+vision", "every-linear": "all-linear"}
+TARGET_PRESETS = {"lm-linear": "lm", "lm-attention": "lm-attention", "lm+vision-linear": "lm+vision",
+                  "every-linear": "all-linear"}
+# `lm-attention`: the language model's attention projections (MiniCPM-V's official LoRA regex); a hybrid
+# LM's linear-attention layers have none of these names
+ATTENTION_PROJECTION = re.compile(r"(^|\.)self_attn\.(q|k|v|o)_proj$")
+
+
+def is_attention_projection(linear: "Linear") -> bool:
+    return bool(ATTENTION_PROJECTION.search(linear.name))
 SPEC_TARGETS = {**TARGET_PRESETS, **{name: name for name in TARGET_SETS}}
 
 
@@ -74,10 +83,11 @@ class Tower:
         return (self.layers * (sum(l.params for l in self.block_linears) + self.block_other_params)
                 + sum(l.params for l in self.linears) + self.other_params)
 
-    def lora_params(self, r: int) -> int:
-        """LoRA on every Linear of the tower."""
-        return (self.layers * sum(l.lora_params(r) for l in self.block_linears)
-                + sum(l.lora_params(r) for l in self.linears))
+    def lora_params(self, r: int, only=None) -> int:
+        """LoRA on every Linear of the tower, or on those `only(linear)` selects."""
+        keep = only or (lambda linear: True)
+        return (self.layers * sum(l.lora_params(r) for l in self.block_linears if keep(l))
+                + sum(l.lora_params(r) for l in self.linears if keep(l)))
 
     @property
     def kv_dim(self) -> int:
@@ -139,11 +149,12 @@ class Shape:
     def lora_params(self, targets: str, r: int) -> int:
         """LoRA parameters for a target set (see TARGET_SETS):
         lm: every Linear of the language model (q,k,v,o,gate,up,down of each block; ms-swift's
-        all-linear); lm+vision: plus every Linear of the vision tower (not the projector);
+        all-linear); lm-attention: its attention projections q,k,v,o only; lm+vision: plus every Linear of the vision tower (not the projector);
         all-linear: plus the projector's linears (PEFT's all-linear: every nn.Linear but lm_head)."""
         if targets not in TARGET_SETS:
             raise ValueError(f"targets must be one of {', '.join(TARGET_SETS)}, got {targets!r}")
-        n = self.language_model.lora_params(r)
+        only = is_attention_projection if targets == "lm-attention" else None
+        n = self.language_model.lora_params(r, only)
         if targets in ("lm+vision", "all-linear"):
             n += self.vision.lora_params(r)
         if targets == "all-linear":
