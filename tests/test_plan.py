@@ -419,6 +419,22 @@ SMALL_CONFIGS = {
 SMALL_CONFIGS["minicpmv4_7"] = SMALL_CONFIGS["minicpmv4_6"]
 
 
+def test_minicpmv_image_tokens_follow_the_checkpoints_own_processor_settings(tmp_path):
+    """A MiniCPM-V checkpoint's processor_config.json overrides the image processor's class defaults:
+    the tiny MiniCPM-V's 286 px single view (no slicing, 4x) rather than 448 px x 10 slices."""
+    pytest.importorskip("transformers")
+    config = {"model_type": "minicpmv4_6", **SMALL_CONFIGS["minicpmv4_6"], "downsample_mode": "4x"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    default = P.shape_from_hf_config(tmp_path).image_tokens
+    assert default.max_slices == 10 and default.tokens_per_slice == (448 // 14) ** 2 // 4
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": {
+        "scale_resolution": 286, "slice_mode": False, "max_slice_nums": 1, "downsample_mode": "4x"}}))
+    own = P.shape_from_hf_config(tmp_path)
+    assert own.image_tokens.max_slices == 1
+    assert own.image_tokens.default_per_sample == own.image_tokens.tokens_per_slice == (286 // 14) ** 2 // 4
+    assert "no slicing" in own.image_tokens.formula and own.source["image_processor"]["scale_resolution"] == 286
+
+
 @pytest.mark.parametrize("model_type", list(SMALL_CONFIGS))
 def test_hf_config_counts_are_the_meta_models_own(model_type, tmp_path):
     """--model DIR: the shape's total, per-part and per-preset LoRA counts equal what the model

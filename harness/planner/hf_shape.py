@@ -81,7 +81,9 @@ def _vision_widths(model_type: str, vision) -> dict:
                 head_dim=hidden // heads)
 
 
-def _image_tokens(model_type: str, config) -> ImageTokens:
+def _image_tokens(model_type: str, config, image_processor: dict | None = None) -> ImageTokens:
+    """`image_processor`: the checkpoint's own image-processor settings (processor_config.json), which
+    override the class defaults (MiniCPM-V: scale_resolution, slice_mode, max_slice_nums, downsample_mode)."""
     vision = config.vision_config
     patch = _scalar(vision.patch_size)
     if model_type.startswith("minicpmv"):
@@ -90,20 +92,25 @@ def _image_tokens(model_type: str, config) -> ImageTokens:
         # merger's merge_kernel_size (merger_times rounds) shrink each slice's patches to LM tokens.
         from transformers.models.minicpmv4_6.image_processing_minicpmv4_6 import MiniCPMV4_6ImageProcessor
 
-        side = int(MiniCPMV4_6ImageProcessor.scale_resolution) // patch
+        settings = image_processor or {}
+        scale = int(settings.get("scale_resolution", MiniCPMV4_6ImageProcessor.scale_resolution))
+        slicing = settings.get("slice_mode", True)
+        max_slices = int(settings.get("max_slice_nums", MiniCPMV4_6ImageProcessor.max_slice_nums))
+        side = scale // patch
         patches = side * side
         merge_h, merge_w = config.merge_kernel_size
         divisor = (int(merge_h) * int(merge_w)) ** int(config.merger_times)
-        if config.downsample_mode != "4x":
+        if settings.get("downsample_mode", config.downsample_mode) != "4x":
             window_h, window_w = vision.window_kernel_size
             divisor *= int(window_h) * int(window_w)
-        per_slice, slices = patches // divisor, int(MiniCPMV4_6ImageProcessor.max_slice_nums) + 1
+        per_slice, slices = patches // divisor, (max_slices + 1 if slicing else 1)
+        whole = (f"an image is 1 overview + up to {slices - 1} slices of <= {side * patch}x{side * patch} px, "
+                 f"so {per_slice} to {per_slice * slices} tokens per image" if slicing else
+                 f"an image is one view of about {scale}x{scale} px (no slicing), {per_slice} tokens")
         return ImageTokens(
             mode="slices", default_per_sample=per_slice * slices, tokens_per_slice=per_slice,
             patches_per_slice=patches, max_slices=slices,
-            formula=f"{per_slice} tokens per slice ({patches} patches of {patch} px, merged {divisor}x); an "
-                    f"image is 1 overview + up to {slices - 1} slices of <= {side * patch}x{side * patch} px, "
-                    f"so {per_slice} to {per_slice * slices} tokens per image")
+            formula=f"{per_slice} tokens per slice ({patches} patches of {patch} px, merged {divisor}x); {whole}")
     merge = _scalar(vision.spatial_merge_size)
     return ImageTokens(
         mode="merge", default_per_sample=DEFAULT_MERGE_IMAGE_TOKENS, spatial_merge=merge,
@@ -160,7 +167,7 @@ def _tower_from_model(model, roots: tuple[str, ...], blocks_path: str | None, ow
                  other_params=other, largest_module_params=largest)
 
 
-def shape_from_model(model, model_type: str, name: str, source: dict) -> Shape:
+def shape_from_model(model, model_type: str, name: str, source: dict, image_processor: dict | None = None) -> Shape:
     """A Shape from an instantiated transformers model (the meta device is enough: only parameter
     shapes are read) of a supported `model_type` (HF_ARCHITECTURES). Counts are the model's own:
     the parts sum to `sum(p.numel() for p in model.parameters())` (tied weights once). Widths for
@@ -209,13 +216,28 @@ def shape_from_model(model, model_type: str, name: str, source: dict) -> Shape:
                                     largest["projector"], {}),
         language_model=_tower_from_model(model, parts["language_model"], arch.lm_blocks, owned["language_model"],
                                          linears["language_model"], largest["language_model"], lm_widths),
-        vocab=int(text.vocab_size), tied_embeddings=tied, image_tokens=_image_tokens(model_type, config),
+        vocab=int(text.vocab_size), tied_embeddings=tied, image_tokens=_image_tokens(model_type, config, image_processor),
         source=source)
 
 
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _image_processor_settings(directory: Path) -> dict:
+    """The image-processor settings a checkpoint ships (processor_config.json's `image_processor`, or
+    preprocessor_config.json), for the keys the image-token rule reads; {} when it ships none."""
+    keys = ("scale_resolution", "slice_mode", "max_slice_nums", "downsample_mode")
+    for name, section in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+        try:
+            raw = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        settings = raw.get(section, {}) if section else raw
+        if isinstance(settings, dict):
+            return {k: settings[k] for k in keys if k in settings}
+    return {}
 
 
 def shape_from_hf_config(path: str | Path) -> Shape:
@@ -258,7 +280,10 @@ def shape_from_hf_config(path: str | Path) -> Shape:
               "fields": {"text_config": {k: getattr(text, k) for k in keys if getattr(text, k, None) is not None},
                          "vision_config": {k: getattr(config.vision_config, k) for k in vision_keys
                                            if getattr(config.vision_config, k, None) is not None}}}
+    image_processor = _image_processor_settings(directory)
+    if image_processor:
+        source["image_processor"] = image_processor
     try:
-        return shape_from_model(model, model_type, directory.resolve().name or "hf-model", source)
+        return shape_from_model(model, model_type, directory.resolve().name or "hf-model", source, image_processor)
     except (ImportError, AttributeError, TypeError, ValueError) as exc:  # a config key of an unexpected form
         raise UserError(f"{config_file}: cannot read its {model_type} sizes ({_first_line(exc)})") from None
