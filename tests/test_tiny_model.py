@@ -1,6 +1,7 @@
 """The embedded model: tokenizer, checkpoint loading with transformers alone, swift's own CLI."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -92,3 +93,46 @@ def test_model_eval_reproduces_the_committed_card(capsys):
     # greedy decoding on another CPU may flip a near-tie token; the card's figure must hold closely
     assert got["cer"] == pytest.approx(meta["base_quality"]["transcribe"]["cer"], abs=0.02)
     assert got["n"] == 200
+
+
+@pytest.mark.integration
+def test_tiny_minicpmv_loads_offline_with_transformers_alone(tiny_minicpmv_dir):
+    """The tiny MiniCPM-V in a fresh interpreter with transformers alone: MiniCPM-V's own processor
+    keeps the 640 x 128 canvas as it is and makes one language-model token per 16 px cell (8 px
+    patches merged 2 x 2 in 4x mode): 40 x 8 = 320."""
+    code = f"""
+import json
+import math
+from PIL import Image
+from transformers import AutoProcessor, MiniCPMV4_6ForConditionalGeneration
+d = {str(tiny_minicpmv_dir)!r}
+proc = AutoProcessor.from_pretrained(d)
+model = MiniCPMV4_6ForConditionalGeneration.from_pretrained(d)
+msgs = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "Read all text."}}]}}]
+text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+enc = proc(text=[text], images=[Image.new("RGB", (640, 128), "white")], return_tensors="pt")
+out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+print(json.dumps({{"n_image_tokens": int((enc["input_ids"] == pad).sum()), "new": out.shape[1] - enc["input_ids"].shape[1]}}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd="/")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["n_image_tokens"] == 40 * 8
+    assert 1 <= out["new"] <= 4
+
+
+@pytest.mark.integration
+def test_forge_trains_the_tiny_minicpmv_with_its_reading_head_on_the_merger(tmp_path):
+    """A few forge steps on the MiniCPM-V family: the reading head reads the merger's per-image
+    outputs (one token per 16 px cell), both stages run and the checkpoint records its canvas."""
+    from harness.tinymodel.build import BuildPlan, build_tiny_model
+
+    path, meta = build_tiny_model(BuildPlan(family="minicpmv", card="synthdocs-mini", steps=4, random_pages=8,
+                                            label_pages=8, instruction_steps=2),
+                                  out_dir=tmp_path / "m", progress=False, eval_every=0, quality_samples=2)
+    saved = json.loads((path / "lorabench.json").read_text())
+    assert saved["key"] == meta["key"] and saved["image_canvas"] == [640, 128]
+    log = json.loads((path / "pretrain_log.json").read_text())
+    assert log and all(math.isfinite(r["ctc_loss"]) and math.isfinite(r["lm_loss"]) for r in log)
