@@ -31,6 +31,15 @@ def test_prompt_matches_swift_qwen2_vl_format():
     assert build_answer("x") == "x<|im_end|>\n"
 
 
+def run_offline(code: str) -> dict:
+    """Run `code` in a fresh interpreter, offline and outside the repository (nothing of lorabench
+    importable by accident); its last stdout line, parsed as JSON."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd="/")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.integration
 def test_checkpoint_loads_offline_with_transformers_alone(tiny_model_dir):
     """A fresh interpreter that imports nothing of lorabench: from_pretrained + one generation."""
@@ -47,10 +56,7 @@ enc = proc(text=[text], images=[Image.new("RGB", (640, 48), "white")], return_te
 out = model.generate(**enc, max_new_tokens=4, do_sample=False)
 print(json.dumps({{"n_image_tokens": int((enc["input_ids"] == 5).sum()), "new": out.shape[1] - enc["input_ids"].shape[1]}}))
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd="/")
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_offline(code)
     assert out["n_image_tokens"] == 3 * 40  # 48 px = 3 rows of 16 px, 640 px = 40 columns
     assert 1 <= out["new"] <= 4
     card = (tiny_model_dir / "README.md").read_text()
@@ -115,10 +121,7 @@ out = model.generate(**enc, max_new_tokens=4, do_sample=False)
 pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 print(json.dumps({{"n_image_tokens": int((enc["input_ids"] == pad).sum()), "new": out.shape[1] - enc["input_ids"].shape[1]}}))
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd="/")
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = run_offline(code)
     assert out["n_image_tokens"] == 40 * 8
     assert 1 <= out["new"] <= 4
 

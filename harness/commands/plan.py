@@ -229,7 +229,8 @@ def _cell_line(sp: SpecPlan) -> str:
         return f"{sp.label}: not planned: {sp.error}"
     p, plan = sp.inputs, sp.plan
     offload = "+".join(x for x, on in (("optimizer", p.offload_optimizer), ("params", p.offload_params)) if on)
-    vision = ("" if p.freeze_vision else ", ViT + projector trained") + (", embeddings trained" if p.train_embeddings else "")
+    vision = "" if p.freeze_vision else ", ViT + projector trained"
+    vision += ", embeddings trained" if p.train_embeddings else ""
     return (f"{sp.label}: {p.shape.name}, LoRA r={p.lora_r} {sp.spec['lora']['targets']}{vision}, "
             f"ZeRO-{p.zero_stage}{' offload ' + offload if offload else ''}, {p.precision}, {p.world_size} GPU"
             f"{'s' if p.world_size > 1 else ''}, batch {p.micro_batch_size} x {p.lm_seq_len} tokens "

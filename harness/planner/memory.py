@@ -16,7 +16,8 @@ import dataclasses
 from collections.abc import Mapping
 
 from harness.planner.deepspeed_config import DEEPSPEED_DEFAULTS
-from harness.planner.shape import SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, Shape, Tower, is_attention_projection
+from harness.planner.shape import (LM_ONLY_TARGETS, SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, Shape, Tower,
+                                   lm_lora_filter)
 from harness.run.distributed import ModelSize, zero_optimization
 
 GIB = 2**30
@@ -76,7 +77,7 @@ class PlanInput:
             (self.fragmentation_factor >= 1.0, "fragmentation_factor must be >= 1"),
             (self.zero_config is None or self.zero_config.get("stage", 0) == self.zero_stage,
              "zero_config's stage differs from zero_stage"),
-            (self.freeze_vision or self.targets in ("lm", "lm-attention") or self.full_finetune,
+            (self.freeze_vision or self.targets in LM_ONLY_TARGETS or self.full_finetune,
              "freeze_vision=False trains the vision tower and projector in full; LoRA on them as "
              "well would be redundant: use targets 'lm'"),
         ]
@@ -116,13 +117,15 @@ def plan_input_from_spec(spec: Mapping, shape: Shape, *, max_length: int, image_
     # modules trained in full beside LoRA: the embeddings, and the projector (trained anyway with the
     # vision tower when freeze_vision is off; on its own it is small and not modelled)
     saved = list(lora.get("modules_to_save") or [])
-    unmodelled = [m for m in saved if m != "embed_tokens" and not (m.endswith("merger") and not train["freeze_vision"])]
+    unmodelled = [m for m in saved
+                  if m != "embed_tokens" and not (m.endswith("merger") and not train["freeze_vision"])]
     if unmodelled:
         raise ValueError(f"lora.modules_to_save {unmodelled}: the planner models embed_tokens (and the "
                          f"projector with freeze_vision off) only")
     fields = dict(
         shape=shape, lora_r=lora["r"], targets=SPEC_TARGETS[targets], lora_dropout=lora["dropout"],
-        freeze_vision=train["freeze_vision"], train_embeddings="embed_tokens" in saved, micro_batch_size=train["batch_size"], max_length=max_length,
+        freeze_vision=train["freeze_vision"], train_embeddings="embed_tokens" in saved,
+        micro_batch_size=train["batch_size"], max_length=max_length,
         image_tokens=image_tokens, grad_checkpointing=train["grad_checkpointing"], precision=train["precision"],
         zero_stage=dist["zero_stage"] or 0, offload_optimizer=dist["offload_optimizer"],
         offload_params=dist["offload_params"], world_size=dist["world_size"])
@@ -211,9 +214,9 @@ def linear_input_bytes_per_token(t: Tower, mode: str, w: int, lora_input_bytes: 
     if mode == "full":
         return w * (3 * t.hidden + t.intermediate)
     if mode == "lora":
-        keep = only or (lambda linear: True)
-        outer = _ceil_div(sum(l.in_features for l in t.linears if keep(l)), t.layers) if t.layers else 0
-        return lora_input_bytes * (sum(l.in_features for l in t.block_linears if keep(l)) + outer)
+        block, other = t.lora_linears(only)
+        outer = _ceil_div(sum(l.in_features for l in other), t.layers) if t.layers else 0
+        return lora_input_bytes * (sum(l.in_features for l in block) + outer)
     return 0
 
 
@@ -332,16 +335,15 @@ def estimate(inputs: PlanInput) -> Plan:
     # Per input feature of a LoRA'd linear: its cast copy in the adapter dtype (+ 1 B dropout mask).
     lora_input_b = (4 if p.fp32_adapters else w) + (1 if p.lora_dropout > 0 else 0)
     lm_mode = "full" if p.full_finetune else "lora"
-    lm_only = is_attention_projection if p.targets == "lm-attention" else None
     lm_per_token = decoder_block_bytes_per_token(
-        lm_t, w, linear_input_bytes_per_token(lm_t, lm_mode, w, lora_input_b, lm_only))
+        lm_t, w, linear_input_bytes_per_token(lm_t, lm_mode, w, lora_input_b, lm_lora_filter(p.targets)))
     # The ViT keeps activations when it is trained (in full or by LoRA) and also when frozen under
     # gradient checkpointing: transformers 5's gradient_checkpointing_enable() hooks the input
     # embeddings of every sub-model, the ViT's patch embedding included, so the frozen ViT runs
     # under autograd (measured: docs/plan.md).
     if p.full_finetune or not p.freeze_vision:
         vit_mode = "full"
-    elif p.targets not in ("lm", "lm-attention"):
+    elif p.targets not in LM_ONLY_TARGETS:
         vit_mode = "lora"
     else:
         vit_mode = "frozen"

@@ -26,14 +26,19 @@ TARGET_SETS = ("lm", "lm-attention", "lm+vision", "all-linear")
 # lorabench's `lora.targets` presets -> the planner's target sets; SPEC_TARGETS also reads the old names
 TARGET_PRESETS = {"lm-linear": "lm", "lm-attention": "lm-attention", "lm+vision-linear": "lm+vision",
                   "every-linear": "all-linear"}
+SPEC_TARGETS = {**TARGET_PRESETS, **{name: name for name in TARGET_SETS}}
+# the target sets that put LoRA on the language model alone
+LM_ONLY_TARGETS = ("lm", "lm-attention")
 # `lm-attention`: the language model's attention projections (MiniCPM-V's official LoRA regex); a hybrid
 # LM's linear-attention layers have none of these names
 ATTENTION_PROJECTION = re.compile(r"(^|\.)self_attn\.(q|k|v|o)_proj$")
 
 
-def is_attention_projection(linear: "Linear") -> bool:
-    return bool(ATTENTION_PROJECTION.search(linear.name))
-SPEC_TARGETS = {**TARGET_PRESETS, **{name: name for name in TARGET_SETS}}
+def lm_lora_filter(targets: str):
+    """Which of the language model's linears a target set puts LoRA on: None for all of them."""
+    if targets == "lm-attention":
+        return lambda linear: bool(ATTENTION_PROJECTION.search(linear.name))
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +88,16 @@ class Tower:
         return (self.layers * (sum(l.params for l in self.block_linears) + self.block_other_params)
                 + sum(l.params for l in self.linears) + self.other_params)
 
+    def lora_linears(self, only=None) -> tuple[tuple[Linear, ...], tuple[Linear, ...]]:
+        """(block linears, other linears) that get LoRA: all, or those `only(linear)` selects."""
+        if only is None:
+            return self.block_linears, self.linears
+        return tuple(filter(only, self.block_linears)), tuple(filter(only, self.linears))
+
     def lora_params(self, r: int, only=None) -> int:
         """LoRA on every Linear of the tower, or on those `only(linear)` selects."""
-        keep = only or (lambda linear: True)
-        return (self.layers * sum(l.lora_params(r) for l in self.block_linears if keep(l))
-                + sum(l.lora_params(r) for l in self.linears if keep(l)))
+        block, other = self.lora_linears(only)
+        return self.layers * sum(l.lora_params(r) for l in block) + sum(l.lora_params(r) for l in other)
 
     @property
     def kv_dim(self) -> int:
@@ -149,12 +159,12 @@ class Shape:
     def lora_params(self, targets: str, r: int) -> int:
         """LoRA parameters for a target set (see TARGET_SETS):
         lm: every Linear of the language model (q,k,v,o,gate,up,down of each block; ms-swift's
-        all-linear); lm-attention: its attention projections q,k,v,o only; lm+vision: plus every Linear of the vision tower (not the projector);
+        all-linear); lm-attention: its attention projections q,k,v,o only; lm+vision: plus every
+        Linear of the vision tower (not the projector);
         all-linear: plus the projector's linears (PEFT's all-linear: every nn.Linear but lm_head)."""
         if targets not in TARGET_SETS:
             raise ValueError(f"targets must be one of {', '.join(TARGET_SETS)}, got {targets!r}")
-        only = is_attention_projection if targets == "lm-attention" else None
-        n = self.language_model.lora_params(r, only)
+        n = self.language_model.lora_params(r, lm_lora_filter(targets))
         if targets in ("lm+vision", "all-linear"):
             n += self.vision.lora_params(r)
         if targets == "all-linear":

@@ -250,10 +250,6 @@ class CtcHead:
         self.linear = torch.nn.Linear(width, vocab_size)
 
     def _hook(self, module, inputs, output):
-        import torch
-
-        if isinstance(output, list):  # MiniCPM-V's merger: one tensor per image
-            output = torch.cat(output)
         self.captured = output if not isinstance(output, tuple) else output[0]
 
     def loss(self, row_targets: list[list[int]], probe_only: bool = False):
@@ -261,7 +257,9 @@ class CtcHead:
         import torch
         import torch.nn.functional as F
 
-        captured = self.captured.detach() if probe_only else self.captured
+        # Qwen2-VL's merger returns one tensor; MiniCPM-V's a list, one tensor per image
+        captured = torch.cat(self.captured) if isinstance(self.captured, list) else self.captured
+        captured = captured.detach() if probe_only else captured
         feats = captured.reshape(len(row_targets), self.tokens_per_row, -1)
         log_probs = F.log_softmax(self.linear(feats), dim=-1).transpose(0, 1)  # (T, N, C)
         device = log_probs.device
