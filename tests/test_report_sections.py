@@ -23,6 +23,7 @@ from harness.analysis.report.markdown import marked_diff  # noqa: E402
 from harness.results.store import load_records  # noqa: E402
 
 CONTROL = "lr / 20"
+OTHER_KEYS = "keys not in the references (distinct names)"
 HASH = "f" * 8 + "0123456789abcdef" * 3 + "e" * 8  # 64 characters, like a checksum
 PARITY_LONG = {
     "settings_diff": [
@@ -73,12 +74,31 @@ def test_per_field_table_is_the_mean_over_seeds(detailed):
     rows = _md_table(_section(detailed["md"], "Quality per field"))
     header, body = rows[0], {r[0]: r for r in rows[1:]}
     assert header == ["field", "n", "peft/aligned", f"peft/aligned [control: {CONTROL}]", "swift/aligned"]
-    assert sorted(body) == sorted(fx.FIELD_NAMES)
+    assert sorted(body) == sorted([*fx.FIELD_NAMES, OTHER_KEYS])
+    assert body[OTHER_KEYS][2:] == ["0", "0", "0"]  # no invented keys in the fixtures
     peft = [r for r in detailed["records"] if _cell(r) == ("peft", None)]
     f1 = statistics.fmean(r["eval"]["per_field"]["total"]["f1"] for r in peft)
     anls = statistics.fmean(r["eval"]["per_field"]["total"]["anls"] for r in peft)
     assert body["total"][1] == "40"
     assert body["total"][2].strip("*") == f"{f1:.4f} / {anls:.4f}"
+
+
+def test_invented_keys_are_one_row_not_hundreds(tmp_path):
+    """Keys no reference has (a half-trained model's "aieac") are counted in the last row; a row of
+    the schema where every cell ties carries no bold."""
+    records = _write_detailed_suite(tmp_path / "results", control_field_hit=None)
+    invented = {"n": 0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "anls": 0.0}
+    for r in records:
+        if r["cell"]["framework"] == "swift":  # seed 0 invents 3 names, seed 1 invents 2
+            names = ("aieac", "Sexires", "Totl") if r["cell"]["seed"] == 0 else ("aieac", "Totl")
+            r["eval"]["per_field"].update({name: dict(invented) for name in names})
+        r["eval"]["per_field"]["vendor"]["f1"] = 0.5  # the same in every cell: a tie
+    md = rep.write_report(records, tmp_path / "out", [])["md"].read_text()
+    rows = _md_table(_section(md, "Quality per field"))
+    body = {r[0]: r for r in rows[1:]}
+    assert sorted(body) == sorted([*fx.FIELD_NAMES, OTHER_KEYS])
+    assert body[OTHER_KEYS][1:] == ["0", "0", "2.5"]  # peft none; swift 3 and 2, mean 2.5
+    assert "**" not in body["vendor"][2] + body["vendor"][3]
 
 
 def test_per_kind_table_shows_f1_and_cer(detailed):

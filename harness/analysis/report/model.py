@@ -69,12 +69,15 @@ def fmt_number(x: Any) -> str:
 
 
 def best_index(means: Sequence[float | None], metric: str) -> set[int]:
+    """The positions of the best value (ties included); none when every value ties, because a bold
+    that marks a whole row (a column of zeros, say) tells the reader nothing."""
     valid = [(m, i) for i, m in enumerate(means) if m is not None]
     if not valid:
         return set()
     pick = max if METRIC_DIRECTION.get(metric, "higher") == "higher" else min
     best = pick(m for m, _ in valid)
-    return {i for m, i in valid if math.isclose(m, best, rel_tol=1e-12, abs_tol=1e-15)}
+    tied = {i for m, i in valid if math.isclose(m, best, rel_tol=1e-12, abs_tol=1e-15)}
+    return tied if len(tied) < len(valid) else set()
 
 
 def label(key: tuple) -> str:

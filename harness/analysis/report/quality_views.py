@@ -34,14 +34,26 @@ def _pair_text(first: float | None, second: float | None) -> str:
     return " / ".join("—" if v is None else fmt_quality(v) for v in (first, second))
 
 
+def _reference_count(runs: list[Mapping], name: str) -> int:
+    """How often `name` occurs in the test references, as any run of the cell recorded it."""
+    return max((run[name].get("n") or 0 for run in runs if isinstance(run.get(name), Mapping)
+                and isinstance(run[name].get("n"), int)), default=0)
+
+
 def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequence[str], *,
                      section: str, row_name: str, first: str, second: str, key: str, title: str,
-                     caption: str) -> Table | None:
+                     caption: str, reference_rows_only: bool = False) -> Table | None:
     per_cell = {k: _breakdown(g, section) for k, g in groups.items()}
     per_cell = {k: v for k, v in per_cell.items() if v}
     if not per_cell:
         return None
     names = sorted({name for runs in per_cell.values() for run in runs for name in run})
+    extra: list[str] = []
+    if reference_rows_only:
+        # a half-trained model invents keys ("aieac", "Sexires"): one row each would bury the
+        # schema's fields under hundreds of rows of zeros, so they are counted in one row instead
+        extra = [n for n in names if not any(_reference_count(runs, n) for runs in per_cell.values())]
+        names = [n for n in names if n not in extra]
     table = Table(key, title, caption, [row_name, "n", *(cell_title(k, keys, shown) for k in per_cell)])
     for name in names:
         firsts, cells = [], []
@@ -56,6 +68,12 @@ def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown
                   if isinstance(run.get(name), Mapping) and isinstance(run[name].get("n"), int)]
         table.rows.append([TableCell(str(name)), TableCell(str(max(counts)) if counts else "—"), *cells])
         table.row_labels.append(str(name))
+    if reference_rows_only:
+        label = "keys not in the references (distinct names)"
+        counts = [_mean([sum(1 for name in extra if name in run) for run in runs]) for runs in per_cell.values()]
+        table.rows.append([TableCell(label), TableCell("0"),
+                           *(TableCell(f"{c:g}" if c == int(c) else f"{c:.1f}") for c in counts)])
+        table.row_labels.append(label)
     return table
 
 
@@ -65,8 +83,10 @@ def per_field_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown:
         groups, keys, shown, section="per_field", row_name="field", first="f1", second="anls",
         key="per_field", title=f"Table {number}. Quality per field",
         caption="Each entry: field F1 / ANLS of that field, mean over the cell's ok seeds. n: the "
-                "field's occurrences in the test references. Bold: highest F1 of the row. Columns "
-                "are the cells of Table 1 (same runs).")
+                "field's occurrences in the test references. Bold: highest F1 of the row (none when "
+                "every cell ties). The last row counts the key names a cell predicted that no "
+                "reference has (each a false positive), mean over seeds. Columns are the cells of "
+                "Table 1 (same runs).", reference_rows_only=True)
 
 
 def per_kind_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequence[str],
@@ -75,5 +95,5 @@ def per_kind_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: 
         groups, keys, shown, section="per_kind", row_name="document kind", first="field_f1",
         second="cer", key="per_kind", title=f"Table {number}. Quality per document kind",
         caption="Each entry: field F1 / CER over the test documents of that kind, mean over the "
-                "cell's ok seeds. n: test documents of the kind. Bold: highest field F1 of the row. "
+                "cell's ok seeds. n: test documents of the kind. Bold: highest field F1 of the row (none when every cell ties). "
                 "Columns are the cells of Table 1 (same runs).")

@@ -75,7 +75,7 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
                "ms-swift's loaders, gave the trained model's logits (max |Δ| ≤ 1e-5, fp32) with every trained "
                "tensor saved and equal merged greedy output (bold when one failed). "
                "Mean over ok seeds ± 95% t-interval half-width over seeds. Bold: best per column "
-               "(CER/WER lower is better, F1/exact match higher). "
+               "(CER/WER lower is better, F1/exact match higher; none when every cell ties). "
                f"*: differs from the bold cell at p < {SIGNIFICANCE_P} after Holm's correction for "
                f"all {n_tests} comparisons this table makes, paired bootstrap over test samples "
                f"({n_boot} resamples, per-sample counts averaged over seeds, paired by sample id).")
