@@ -34,10 +34,10 @@ def _pair_text(first: float | None, second: float | None) -> str:
     return " / ".join("—" if v is None else fmt_quality(v) for v in (first, second))
 
 
-def _reference_count(runs: list[Mapping], name: str) -> int:
-    """How often `name` occurs in the test references, as any run of the cell recorded it."""
-    return max((run[name].get("n") or 0 for run in runs if isinstance(run.get(name), Mapping)
-                and isinstance(run[name].get("n"), int)), default=0)
+def _occurrences(per_cell: Mapping[tuple, list[Mapping]], name: str) -> list[int]:
+    """The `n` every run recorded for `name`: its occurrences in the test references."""
+    return [run[name]["n"] for runs in per_cell.values() for run in runs
+            if isinstance(run.get(name), Mapping) and isinstance(run[name].get("n"), int)]
 
 
 def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequence[str], *,
@@ -52,8 +52,8 @@ def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown
     if reference_rows_only:
         # a half-trained model invents keys ("aieac", "Sexires"): one row each would bury the
         # schema's fields under hundreds of rows of zeros, so they are counted in one row instead
-        extra = [n for n in names if not any(_reference_count(runs, n) for runs in per_cell.values())]
-        names = [n for n in names if n not in extra]
+        extra = [n for n in names if not any(_occurrences(per_cell, n))]
+        names = [n for n in names if any(_occurrences(per_cell, n))]
     table = Table(key, title, caption, [row_name, "n", *(cell_title(k, keys, shown) for k in per_cell)])
     for name in names:
         firsts, cells = [], []
@@ -64,15 +64,14 @@ def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown
             cells.append(TableCell(_pair_text(a, b)))
         for i in best_index(firsts, "field_f1"):
             cells[i].bold = True
-        counts = [run[name].get("n") for runs in per_cell.values() for run in runs
-                  if isinstance(run.get(name), Mapping) and isinstance(run[name].get("n"), int)]
+        counts = _occurrences(per_cell, name)
         table.rows.append([TableCell(str(name)), TableCell(str(max(counts)) if counts else "—"), *cells])
         table.row_labels.append(str(name))
     if reference_rows_only:
         label = "keys not in the references (distinct names)"
-        counts = [_mean([sum(1 for name in extra if name in run) for run in runs]) for runs in per_cell.values()]
+        invented = [_mean([sum(1 for name in extra if name in run) for run in runs]) for runs in per_cell.values()]
         table.rows.append([TableCell(label), TableCell("0"),
-                           *(TableCell(f"{c:g}" if c == int(c) else f"{c:.1f}") for c in counts)])
+                           *(TableCell(f"{c:g}" if c == int(c) else f"{c:.1f}") for c in invented)])
         table.row_labels.append(label)
     return table
 
@@ -95,5 +94,5 @@ def per_kind_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: 
         groups, keys, shown, section="per_kind", row_name="document kind", first="field_f1",
         second="cer", key="per_kind", title=f"Table {number}. Quality per document kind",
         caption="Each entry: field F1 / CER over the test documents of that kind, mean over the "
-                "cell's ok seeds. n: test documents of the kind. Bold: highest field F1 of the row (none when every cell ties). "
-                "Columns are the cells of Table 1 (same runs).")
+                "cell's ok seeds. n: test documents of the kind. Bold: highest field F1 of the row "
+                "(none when every cell ties). Columns are the cells of Table 1 (same runs).")
