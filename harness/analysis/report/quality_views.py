@@ -48,12 +48,13 @@ def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown
     if not per_cell:
         return None
     names = sorted({name for runs in per_cell.values() for run in runs for name in run})
+    occurrences = {n: _occurrences(per_cell, n) for n in names}
     extra: list[str] = []
     if reference_rows_only:
         # a half-trained model invents keys ("aieac", "Sexires"): one row each would bury the
         # schema's fields under hundreds of rows of zeros, so they are counted in one row instead
-        extra = [n for n in names if not any(_occurrences(per_cell, n))]
-        names = [n for n in names if any(_occurrences(per_cell, n))]
+        extra = [n for n in names if not any(occurrences[n])]
+        names = [n for n in names if any(occurrences[n])]
     table = Table(key, title, caption, [row_name, "n", *(cell_title(k, keys, shown) for k in per_cell)])
     for name in names:
         firsts, cells = [], []
@@ -64,7 +65,7 @@ def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown
             cells.append(TableCell(_pair_text(a, b)))
         for i in best_index(firsts, "field_f1"):
             cells[i].bold = True
-        counts = _occurrences(per_cell, name)
+        counts = occurrences[name]
         table.rows.append([TableCell(str(name)), TableCell(str(max(counts)) if counts else "—"), *cells])
         table.row_labels.append(str(name))
     if reference_rows_only:
