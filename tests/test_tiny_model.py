@@ -126,11 +126,49 @@ print(json.dumps({{"n_image_tokens": int((enc["input_ids"] == pad).sum()), "new"
     assert 1 <= out["new"] <= 4
 
 
+def test_minicpmv_curriculum_pages_keep_their_own_size():
+    """The forge's curriculum feeds MiniCPM-V pages of 1-2 rows on a 640 x 32 canvas, unscaled: the
+    processor is given the resolution at which its resize is the identity (it rounds sides to 32 px),
+    so a 2-row page is 2 x 40 language-model tokens, as for the tiny Qwen2-VL."""
+    from PIL import Image
+
+    from harness import archs
+    from harness.tinymodel import forge, minicpmv
+
+    tok = minicpmv.build_tokenizer(list("abc"))
+    processor = minicpmv.build_processor(tok, minicpmv.PRESETS["tiny"])
+    size, kwargs, last_step = minicpmv.curriculum_canvas(processor, curriculum_steps=1700)
+    assert size == (640, 32) and kwargs == {"scale_resolution": 144}
+    assert last_step == 1700 - minicpmv.CANVAS_CURRICULUM_STEPS  # then 1-2-row pages on the 8-row canvas
+    # the full canvas is the identity at the checkpoint's own resolution
+    image_processor = processor.image_processor
+    assert image_processor.find_best_resize((128, 640), minicpmv.SCALE_RESOLUTION, 8, allow_upscale=True) == (128, 640)
+    with pytest.raises(ValueError, match="no scale_resolution keeps a 640x16 image"):
+        minicpmv.unscaled_resolution(image_processor, (640, 16))  # not a multiple of 32 px
+    items = [(Image.new("RGB", size, "white"), forge.READ_PROMPT, "ab", None)]
+    enc = forge.encode_batch(processor, items, archs.MINICPMV4_6, kwargs)
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert int((enc["input_ids"] == pad).sum()) == 2 * 40
+    assert enc["target_sizes"].tolist() == [[32 // 8, 640 // 8]]
+
+
 @pytest.mark.integration
-def test_forge_trains_the_tiny_minicpmv_with_its_reading_head_on_the_merger(tmp_path):
+def test_forge_trains_the_tiny_minicpmv_with_its_reading_head_on_the_merger(tmp_path, monkeypatch):
     """A few forge steps on the MiniCPM-V family: the reading head reads the merger's per-image
-    outputs (one token per 16 px cell), both stages run and the checkpoint records its canvas."""
+    outputs (one token per 16 px cell), both stages run and the checkpoint records its canvas. The
+    curriculum's steps run on both of its canvases (2 rows, then 8)."""
+    from harness.tinymodel import forge, minicpmv
     from harness.tinymodel.build import BuildPlan, build_tiny_model
+
+    monkeypatch.setattr(minicpmv, "CANVAS_CURRICULUM_STEPS", 2)
+    image_sizes = []
+    encode = forge.encode_batch
+
+    def recording_encode(processor, items, arch, processor_kwargs=None):
+        image_sizes.append(items[0][0].size)
+        return encode(processor, items, arch, processor_kwargs)
+
+    monkeypatch.setattr(forge, "encode_batch", recording_encode)
 
     path, meta = build_tiny_model(BuildPlan(family="minicpmv", card="synthdocs-mini", steps=4, random_pages=8,
                                             label_pages=8, instruction_steps=2),
@@ -139,3 +177,5 @@ def test_forge_trains_the_tiny_minicpmv_with_its_reading_head_on_the_merger(tmp_
     assert saved["key"] == meta["key"] and saved["image_canvas"] == [640, 128]
     log = json.loads((path / "pretrain_log.json").read_text())
     assert log and all(math.isfinite(r["ctc_loss"]) and math.isfinite(r["lm_loss"]) for r in log)
+    # reading stage: 4 curriculum steps, 2 on the small canvas; instruction stage: 2 on the canvas
+    assert image_sizes == [(640, 32)] * 2 + [(640, 128)] * 4

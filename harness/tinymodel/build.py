@@ -80,10 +80,12 @@ class BuildPlan:
 # ~1.5 s a step on 2 CPU cores: ~35 min. Reading stays 30% of the mix (a third try that gave half the
 # batches to a new task lost reading accuracy: CER 0.003 -> 0.029).
 INSTRUCTION_STEPS = 1400
-# The same recipe at a smaller budget for the tiny MiniCPM-V: about 1.3 s a step on 2 CPU cores, so
-# 2,600 + 600 steps (~70 min) leave room in one 3-hour session for its suite and ablation. The
-# curriculum keeps its share of the steps (about a third). `--steps` / `--instruction-steps` run more.
-FAMILY_READING = {"minicpmv": {"steps": 2600, "curriculum_steps": 800}}
+# The same recipe at a smaller budget for the tiny MiniCPM-V: 0.7 s a curriculum step on its 2-row
+# canvas, about 1.3 s a step on the 8-row one, so 2,800 + 600 steps (~55 min) leave room in one
+# 3-hour session for its suite and ablation. Its curriculum is longer (1,700 steps: 1,400 on the
+# 2-row canvas, 300 on the 8-row one; see harness.tinymodel.minicpmv). `--steps` /
+# `--instruction-steps` run more.
+FAMILY_READING = {"minicpmv": {"steps": 2800, "curriculum_steps": 1700}}
 FAMILY_INSTRUCTION_STEPS = {"minicpmv": 600}
 # The instruction stage starts a fresh CTC head on the trained vision tower; it trains alone for this
 # many steps so that its random start sends no noise into the tower.
@@ -99,6 +101,8 @@ def reading_key(plan: BuildPlan, card_checksum: str | None) -> str:
     if plan.family != "qwen2vl":  # (the Qwen2-VL keys predate families: unchanged)
         payload["family"] = plan.family
         payload["image_canvas"] = getattr(module, "IMAGE_CANVAS", None)
+        if hasattr(module, "CURRICULUM_ROWS"):
+            payload["curriculum_canvas"] = [module.CURRICULUM_ROWS, module.CANVAS_CURRICULUM_STEPS]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -205,12 +209,14 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
                                 "run without --resume to start over")
         bar = _Bar() if progress else None
         summary = forge.pretrain(
-            model, processor, forge.build_pool(pretrain, cfg, canvas), cfg, device=device,
+            model, processor, forge.build_pool(pretrain, cfg), cfg, device=device,
             on_step=bar.update if bar else None,
             on_eval=lambda m, step: reading_and_structure(m, processor, eval_pages), eval_every=eval_every,
             state_path=state_path, resume=resume,
             stop_after_s=None if stop_after_minutes is None else stop_after_minutes * 60,
-            state_extra={"key": stage_key}, ctc_probe_steps=ctc_probe_steps, canvas=canvas)
+            state_extra={"key": stage_key}, ctc_probe_steps=ctc_probe_steps, canvas=canvas,
+            curriculum_canvas=(tiny_model.curriculum_canvas(processor, cfg.curriculum_steps)
+                               if hasattr(tiny_model, "curriculum_canvas") else None))
         if bar:
             bar.close()
         if not summary["finished"]:

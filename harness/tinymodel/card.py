@@ -30,6 +30,19 @@ CARD_TEXT = {
 }
 
 
+def _curriculum_canvas_lines(meta: dict) -> list[str]:
+    """For a model that reads on a fixed canvas: where its curriculum's pages were drawn."""
+    if meta.get("family") != "minicpmv":
+        return []
+    from harness.tinymodel import minicpmv
+
+    steps = meta["forge"]["curriculum_steps"]
+    small = max(0, steps - minicpmv.CANVAS_CURRICULUM_STEPS)
+    return [f"Curriculum canvas: its first {small:,} steps pad the pages to 640 x {minicpmv.CURRICULUM_ROWS * minicpmv.ROW_PX} "
+            "(2 rows) and feed them at that size, so that a batch holds 18-36 text lines (the 8-row canvas "
+            f"holds 4 pages); its last {steps - small:,} steps are on the 640 x 128 canvas, before full pages.", ""]
+
+
 def write_model_card(path: Path, meta: dict) -> None:
     p, q, f = meta["params"], meta.get("base_quality", {}), meta["forge"]
     tr, ex, fj = q.get("transcribe", {}), q.get("extract", {}), q.get("fill_json", {})
@@ -59,6 +72,7 @@ def write_model_card(path: Path, meta: dict) -> None:
         "the value after each printed label or the line, under random keys) and `ask` (`What is \"Born\"?`). "
         "The `extract` task of the benchmark (its prompt, its field names, which label feeds which field) is never "
         "seen here: that is what LoRA has to learn.", "",
+        *_curriculum_canvas_lines(meta),
         *_instruction_stage_lines(meta),
         "## Measured base quality (greedy, test split, no adapter)", "",
         "| task | n | CER | WER | exact match | field F1 | JSON valid |", "|---|---:|---:|---:|---:|---:|---:|",
