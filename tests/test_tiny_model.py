@@ -172,7 +172,8 @@ def test_forge_trains_the_tiny_minicpmv_with_its_reading_head_on_the_merger(tmp_
 
     path, meta = build_tiny_model(BuildPlan(family="minicpmv", card="synthdocs-mini", steps=4, random_pages=8,
                                             label_pages=8, instruction_steps=2),
-                                  out_dir=tmp_path / "m", progress=False, eval_every=0, quality_samples=2)
+                                  out_dir=tmp_path / "m", progress=False, eval_every=0, quality_samples=2,
+                                  force=True)  # not a reading stage cached by an earlier run: train it here
     saved = json.loads((path / "lorabench.json").read_text())
     assert saved["key"] == meta["key"] and saved["image_canvas"] == [640, 128]
     log = json.loads((path / "pretrain_log.json").read_text())
