@@ -101,7 +101,7 @@ def reading_key(plan: BuildPlan, card_checksum: str | None) -> str:
     if plan.family != "qwen2vl":  # (the Qwen2-VL keys predate families: unchanged)
         payload["family"] = plan.family
         payload["image_canvas"] = getattr(module, "IMAGE_CANVAS", None)
-        if hasattr(module, "CURRICULUM_ROWS"):
+        if hasattr(module, "curriculum_canvas"):
             payload["curriculum_canvas"] = [module.CURRICULUM_ROWS, module.CANVAS_CURRICULUM_STEPS]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

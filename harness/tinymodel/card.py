@@ -37,10 +37,12 @@ def _curriculum_canvas_lines(meta: dict) -> list[str]:
     from harness.tinymodel import minicpmv
 
     steps = meta["forge"]["curriculum_steps"]
-    small = max(0, steps - minicpmv.CANVAS_CURRICULUM_STEPS)
-    return [f"Curriculum canvas: its first {small:,} steps pad the pages to 640 x {minicpmv.CURRICULUM_ROWS * minicpmv.ROW_PX} "
-            "(2 rows) and feed them at that size, so that a batch holds 18-36 text lines (the 8-row canvas "
-            f"holds 4 pages); its last {steps - small:,} steps are on the 640 x 128 canvas, before full pages.", ""]
+    small = minicpmv.small_canvas_steps(steps)
+    width, height = minicpmv.IMAGE_CANVAS
+    return [f"Curriculum canvas: its first {small:,} steps pad the pages to {width} x "
+            f"{minicpmv.CURRICULUM_ROWS * minicpmv.ROW_PX} ({minicpmv.CURRICULUM_ROWS} rows) and feed them at "
+            "that size, so that a batch holds 18-36 text lines (the 8-row canvas holds 4 pages); its last "
+            f"{steps - small:,} steps are on the {width} x {height} canvas, before full pages.", ""]
 
 
 def write_model_card(path: Path, meta: dict) -> None:

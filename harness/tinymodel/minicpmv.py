@@ -147,10 +147,14 @@ def unscaled_resolution(image_processor, size: tuple[int, int]) -> int:
     raise ValueError(f"no scale_resolution keeps a {width}x{height} image unscaled")
 
 
+def small_canvas_steps(curriculum_steps: int) -> int:
+    """How many of the curriculum's first steps run on the small canvas (the rest on IMAGE_CANVAS)."""
+    return max(0, curriculum_steps - CANVAS_CURRICULUM_STEPS)
+
+
 def curriculum_canvas(processor, curriculum_steps: int) -> tuple[tuple[int, int], dict, int]:
     """The forge curriculum's small canvas, the processor kwargs that feed it unscaled, and the last
     step on it (the curriculum's remaining steps are on IMAGE_CANVAS)."""
     size = (IMAGE_CANVAS[0], CURRICULUM_ROWS * ROW_PX)
     kwargs = {"scale_resolution": unscaled_resolution(processor.image_processor, size)}
-    return size, kwargs, max(0, curriculum_steps - CANVAS_CURRICULUM_STEPS)
-
+    return size, kwargs, small_canvas_steps(curriculum_steps)
