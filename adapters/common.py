@@ -341,11 +341,18 @@ def global_loss(rank_loss: float) -> float:
     return float(total.item()) / dist.get_world_size()
 
 
+# Where a step's time goes, in every adapter's step records: fetching and collating or encoding the
+# micro-batches, the forward passes (with the loss), the backward passes, and the optimizer step
+# (gradient clipping, the scheduler and logging are the rest of `seconds`).
+STEP_PHASES = ("data_s", "forward_s", "backward_s", "optimizer_s")
+
+
 class StepRecorder:
-    """Exact per-step loss, lr, grad norm, tokens and time for any transformers Trainer.
+    """Exact per-step loss, lr, grad norm, tokens, time and its phases for any transformers Trainer.
 
     Wraps `trainer.training_step` (sums the accumulation-scaled micro-batch losses, exactly what the
-    Trainer adds to its running loss) and listens to the Trainer's callbacks for step boundaries.
+    Trainer adds to its running loss), `compute_loss` (the forward) and `get_batch_samples` (the data),
+    and listens to the Trainer's callbacks for step boundaries and the optimizer step.
     """
 
     def __init__(self, trainer, hooks, on_begin=None, mean_of_means: bool = False):
@@ -361,13 +368,34 @@ class StepRecorder:
         self._t0 = None
         self.first_step_at = None
         self.hooks = hooks
+        self._phase = dict.fromkeys(STEP_PHASES, 0.0)
         recorder = self
         original = trainer.training_step
+        original_forward = trainer.compute_loss
+        original_fetch = trainer.get_batch_samples
+
+        def get_batch_samples(*args, **kwargs):
+            # The Trainer fetches (and collates or template-encodes) a step's micro-batches before its
+            # step-begin callback: timed here so a step's seconds include its data, as the torch loop's do.
+            t = time.perf_counter()
+            out = original_fetch(*args, **kwargs)
+            recorder._phase["data_s"] += time.perf_counter() - t
+            return out
+
+        def compute_loss(*args, **kwargs):
+            t = time.perf_counter()
+            out = original_forward(*args, **kwargs)
+            recorder._phase["forward_s"] += time.perf_counter() - t
+            return out
 
         def training_step(model, inputs, num_items_in_batch=None):
             if mean_of_means:  # no global token count: each micro-batch is a mean, divided by GA
                 num_items_in_batch = None
+            t = time.perf_counter()
+            forward_before = recorder._phase["forward_s"]
             loss = original(model, inputs, num_items_in_batch)
+            # what training_step spent outside the forward: the backward (and the loss scaling around it)
+            recorder._phase["backward_s"] += (time.perf_counter() - t) - (recorder._phase["forward_s"] - forward_before)
             recorder._loss += float(loss.detach().float())
             recorder._tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
             recorder._samples += int(inputs["labels"].shape[0])
@@ -376,6 +404,8 @@ class StepRecorder:
             return loss
 
         trainer.training_step = training_step
+        trainer.compute_loss = compute_loss
+        trainer.get_batch_samples = get_batch_samples
 
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
@@ -389,6 +419,12 @@ class StepRecorder:
                     recorder.first_step_at = recorder._t0
                 recorder._lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
 
+            def on_pre_optimizer_step(self, args, state, control, **kw):
+                recorder._t_opt = time.perf_counter()
+
+            def on_optimizer_step(self, args, state, control, **kw):
+                recorder._phase["optimizer_s"] += time.perf_counter() - recorder._t_opt
+
             def on_log(self, args, state, control, logs=None, **kw):
                 if logs and "grad_norm" in logs and recorder.steps and recorder.steps[-1]["grad_norm"] is None:
                     recorder.steps[-1]["grad_norm"] = float(logs["grad_norm"])
@@ -397,8 +433,10 @@ class StepRecorder:
                 rec = {"step": state.global_step, "loss": global_loss(recorder._loss), "lr": recorder._lr, "grad_norm": None,
                        "tokens": recorder._tokens, "samples": recorder._samples,
                        "max_seq_len": recorder._padded_max, "image_tokens": recorder._image_tokens,
-                       "seconds": time.perf_counter() - recorder._t0}
+                       "seconds": time.perf_counter() - recorder._t0 + recorder._phase["data_s"],
+                       **recorder._phase}
                 recorder.steps.append(rec)
+                recorder._phase = dict.fromkeys(STEP_PHASES, 0.0)
                 recorder._loss, recorder._tokens, recorder._samples = 0.0, 0, 0
                 recorder._padded_max, recorder._image_tokens = 0, 0
                 hooks.on_step(rec)

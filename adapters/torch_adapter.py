@@ -70,6 +70,8 @@ class TorchAdapter:
             t_step = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             batches = [collate([rows[i] for i in next(micro_batches)]) for _ in range(t["grad_accum"])]
+            phase = dict.fromkeys(common.STEP_PHASES, 0.0)
+            phase["data_s"] = time.perf_counter() - t_step
             # per token over the accumulated batch: every micro-batch divides by the step's token count
             n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
             step_loss, tokens, samples = 0.0, 0, 0
@@ -79,21 +81,27 @@ class TorchAdapter:
                 fingerprints.append(common.batch_fingerprint(batch))
                 micro_batch_sizes.append(int(batch["labels"].shape[0]))
                 batch = {k: v.to(device) for k, v in batch.items()}
+                t_phase = time.perf_counter()
                 if t["loss_norm"] == "tokens":
                     loss = model(**batch, num_items_in_batch=n_tokens).loss
                 else:  # mean of micro-batch means
                     loss = model(**batch).loss / t["grad_accum"]
+                phase["forward_s"] += time.perf_counter() - t_phase
+                t_phase = time.perf_counter()
                 loss.backward()
+                phase["backward_s"] += time.perf_counter() - t_phase
                 step_loss += float(loss.detach())
                 tokens += int(batch["attention_mask"].sum())
                 samples += int(batch["labels"].shape[0])
             grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], MAX_GRAD_NORM)
+            t_phase = time.perf_counter()
             optimizer.step()
+            phase["optimizer_s"] = time.perf_counter() - t_phase
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             record = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
                       "samples": samples, "max_seq_len": max_seq_len, "image_tokens": image_tokens,
-                      "seconds": time.perf_counter() - t_step}
+                      "seconds": time.perf_counter() - t_step, **phase}
             steps.append(record)
             hooks.on_step(record)
         t_end = time.perf_counter()

@@ -39,6 +39,13 @@ PROBE = """<script>window.addEventListener('load', function () {
   b.setAttribute('data-scroll-width', String(document.documentElement.scrollWidth));
   b.setAttribute('data-inner-width', String(w));
   b.setAttribute('data-too-wide', wide.slice(0, 5).join('; '));
+  var q = document.getElementById('quality');
+  if (q) {
+    var box = q.parentElement, right = 0;
+    q.querySelectorAll('th').forEach(function (h) { right = Math.max(right, h.getBoundingClientRect().right); });
+    b.setAttribute('data-quality-right', String(Math.round(right)));
+    b.setAttribute('data-quality-box-overflow', String(box.scrollWidth - box.clientWidth));
+  }
 });</script>"""
 HASH = "0123456789abcdef" * 4
 
@@ -74,7 +81,8 @@ def _measure(chromium: str, page_html: str, tmp_path) -> dict[str, str]:
     probe.write_text(page_html.replace("</body>", PROBE + "</body>"), encoding="utf-8")
     result = subprocess.run([chromium, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
                              probe.resolve().as_uri()], capture_output=True, text=True, timeout=180)
-    found = dict(re.findall(r'data-(scroll-width|inner-width|too-wide)="([^"]*)"', result.stdout))
+    found = dict(re.findall(r'data-(scroll-width|inner-width|too-wide|quality-right|quality-box-overflow)="([^"]*)"',
+                            result.stdout))
     assert "scroll-width" in found, f"no measurement from the browser: {result.stderr[-500:]}"
     return found
 
@@ -113,3 +121,22 @@ def test_report_fits_a_1280_px_window(chromium, tmp_path):
     wide = _measure(chromium, '<!DOCTYPE html><html><body><div style="width:2000px">x</div></body></html>',
                     tmp_path)
     assert int(wide["scroll-width"]) >= 2000
+
+
+@pytest.mark.slow  # installs Chromium on first use (about a minute)
+def test_quality_table_shows_every_column_without_scrolling(chromium, tmp_path):
+    """Table 1 of a default-suite report (two frameworks x aligned/native over two seeds, a control)
+    shows field F1, CER and JSON validity, every column, inside a 1280-px window: its box does not scroll."""
+    results = tmp_path / "results"
+    fx.write_suite(results, frameworks=("peft", "swift"), alignments=("aligned", "native"), seeds=(0, 1),
+                   detail=True)
+    for seed in (0, 1):
+        record, rows = fx.make_record("peft", "aligned", seed, detail=True, field_hit=0.3,
+                                      extra_cell={"control": "lr / 20"})
+        fx.write_run(results, record, rows)
+    page = write_report(load_records(results), tmp_path / "out")["html"].read_text(encoding="utf-8")
+    for column in ("field F1", "CER", "JSON valid"):
+        assert f">{column}</th>" in page, f"Table 1 has no {column} column"
+    found = _measure(chromium, page, tmp_path)
+    assert int(found["quality-box-overflow"]) <= 0, "Table 1 scrolls sideways"
+    assert int(found["quality-right"]) <= WINDOW_WIDTH, f"Table 1's last column ends at {found['quality-right']} px"

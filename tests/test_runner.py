@@ -54,6 +54,18 @@ def test_suite_runs_records_and_survives_failures(tmp_path, tiny_model_dir, mini
     assert 0 <= m["meter_overhead_fraction"] < 0.25
     assert ok["env"]["packages"]["transformers"] and ok["env"]["dataset"]["checksum"]
     assert (results / "runs" / ok["eval"]["predictions_file"]).is_file()
+    # where the wall time went: every phase measured, none negative, together the wall time
+    phases = ok["phases"]
+    assert set(phases) == {"start_imports_s", "setup_s", "data_s", "forward_s", "backward_s", "optimizer_s",
+                           "save_s", "eval_load_s", "eval_generate_s", "eval_score_s", "roundtrip_s", "other_s"}
+    assert all(v >= 0 for v in phases.values())
+    for name in ("start_imports_s", "setup_s", "data_s", "forward_s", "backward_s", "optimizer_s",
+                 "eval_load_s", "eval_generate_s", "roundtrip_s"):
+        assert phases[name] > 0, name
+    assert sum(phases.values()) == pytest.approx(ok["wall_s"], rel=0.02)
+    step = ok["train"]["steps"][-1]
+    assert step["data_s"] + step["forward_s"] + step["backward_s"] + step["optimizer_s"] <= step["seconds"]
+    assert ok["load"]["other_cpu_fraction"] is not None and ok["load"]["own_cpu_s"] > 0
     statuses = sorted(r["status"] for r in records.values())
     assert statuses == ["failed", "ok", "timeout"]
     failed = next(r for r in records.values() if r["status"] == "failed")

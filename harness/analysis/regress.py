@@ -11,6 +11,10 @@ A cell is matched by its cell keys without `seed` (seeds are the repeats). For e
     better      when -bad > threshold and -bad > noise
     same        otherwise
 
+A speed or duration (TIMING_METRICS) measured while other processes used the machine (the record's
+`load.loaded`, harness.run.machine_load) on either side is not compared: its verdict is "loaded", which
+is not a regression, because load on a 2-core machine changes speed by 2-36x and says nothing of the code.
+
 With one seed per side the spread is 0, and the records' bootstrap interval over test samples is what
 keeps sampling noise from being called a regression. A cell of the baseline with no ok run in the
 current results, or a seed that was ok in the baseline and is not ok now, is "missing" (a
@@ -25,11 +29,11 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from harness.errors import UserError
-from harness.results.metric_table import DEFAULT_THRESHOLDS, METRIC_DIRECTION, QUALITY_METRICS
-from harness.results.store import cell_keys, ci_half_widths, env_fingerprint_diff, metric_values
+from harness.results.metric_table import DEFAULT_THRESHOLDS, METRIC_DIRECTION, QUALITY_METRICS, TIMING_METRICS
+from harness.results.store import cell_keys, ci_half_widths, env_fingerprint_diff, metric_values, timed_under_load
 
 NOISE_STD_FACTOR = 2.0
-VERDICTS = ("better", "same", "worse", "missing", "new")
+VERDICTS = ("better", "same", "worse", "missing", "new", "loaded")
 REGRESSION_VERDICTS = ("worse", "missing")
 
 
@@ -98,9 +102,13 @@ def compare_metric(metric: str, base_records: Sequence[Mapping], cur_records: Se
         verdict = "better"
     else:
         verdict = "same"
+    note = f"threshold {amount:g}{' abs' if kind == 'abs' else ' rel'}"
+    loaded = [side for side, recs in (("baseline", base_records), ("current", cur_records))
+              if any(timed_under_load(r) for r in recs)]
+    if metric in TIMING_METRICS and loaded and verdict != "same":
+        verdict, note = "loaded", f"not compared: timed under load ({' and '.join(loaded)})"
     row.update(current=c_mean, ratio=(c_mean / b_mean) if b_mean else None, delta=c_mean - b_mean,
-               threshold=limit, noise=noise, verdict=verdict,
-               note=f"threshold {amount:g}{' abs' if kind == 'abs' else ' rel'}")
+               threshold=limit, noise=noise, verdict=verdict, note=note)
     return row
 
 

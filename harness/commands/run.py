@@ -18,13 +18,17 @@ def add_parser(parser) -> None:
                         help="skip finished runs (the default; kept for scripts that say it explicitly)")
     parser.add_argument("--force", action="store_true", help="re-run finished runs too")
     parser.add_argument("--results", type=Path, help="results directory (default: results/runs/<suite name>)")
+    parser.add_argument("--lanes", metavar="N|auto",
+                        help="cells run at a time, each pinned to its own cores (default: the suite's `lanes`, "
+                             "else 1); auto: one per core for one-process CPU cells")
 
 
 def run(args) -> int:
     from harness.run.runner import run_suite
-    from harness.config.suite import load_suite
+    from harness.config.suite import load_suite, parse_lanes, suite_lanes
 
     name, cells = load_suite(args.suite, only=args.only, overrides=args.set)
+    lanes = parse_lanes(args.lanes, "--lanes") if args.lanes is not None else suite_lanes(args.suite)
     if not cells:
         print(f"no cells match {' '.join(args.only)}", file=sys.stderr)
         return 2
@@ -32,7 +36,7 @@ def run(args) -> int:
     command = "lorabench run " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["run"] else \
         f"lorabench run {args.suite}"
     try:
-        bad = run_suite(name, cells, results_dir, command, force=args.force, dry_run=args.dry_run)
+        bad = run_suite(name, cells, results_dir, command, force=args.force, dry_run=args.dry_run, lanes=lanes)
     except KeyboardInterrupt:
         print("\ninterrupted: the interrupted run is recorded as cancelled; re-run to resume", file=sys.stderr)
         return 130

@@ -24,7 +24,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.config.spec import deep_update, get, load_yaml, make_spec, nested, parse_set, spec_hash
 
-SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells")
+SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells", "lanes")
 SHORTHANDS = {"seed": ("train.seed", "train.data_seed")}
 # Keys that name a cell for the report, not spec keys: `lever` (a memory lever) and `control`
 # (a negative control: an aligned cell with one deliberately harmful setting, named by the value).
@@ -92,6 +92,26 @@ def load_suite(path: str | Path, only: list[str] | None = None, overrides: list[
         seen.add(h)
         out.append(Cell(key=cell, spec=spec, spec_hash=h, run_id=f"{name}-{h[:10]}"))
     return name, out
+
+
+def parse_lanes(value, source: str) -> int | str:
+    """A suite's `lanes` (or `--lanes`): a positive number of cells run at a time, or "auto"
+    (harness.run.lanes). Not part of any spec: where a cell runs does not change what it computes,
+    and its record says how it was timed."""
+    if value == "auto":
+        return value
+    try:
+        lanes = int(value)
+    except (TypeError, ValueError):
+        lanes = 0
+    if lanes < 1 or str(value).strip() not in (str(lanes), f"{lanes}.0"):
+        raise UserError(f"{source}: lanes must be a positive whole number or 'auto', got {value!r}")
+    return lanes
+
+
+def suite_lanes(path: str | Path) -> int | str:
+    """The suite file's `lanes` (1 when it does not say)."""
+    return parse_lanes(load_yaml(Path(path)).get("lanes", 1), f"{path}: lanes")
 
 
 def _lookup(spec: dict, dotted: str):

@@ -22,6 +22,7 @@ class Metric:
     group: str  # "quality" (from predictions), "cost" (memory / speed / time) or "training"
     in_report: bool = True  # a column of the report's quality or cost table
     in_history: bool = False  # shown by `lorabench history` without --metric
+    timing: bool = False  # a speed or a duration: distorted when other processes share the machine
 
 
 QUALITY = "quality"
@@ -52,13 +53,13 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("gpu_max_allocated_mib", False, "MiB", "GPU max alloc (MiB)", ("rel", 0.10), COST),
     Metric("gpu_max_reserved_mib", False, "MiB", "GPU max reserved (MiB)", ("rel", 0.10), COST, in_report=False),
     # speed and time (the IQR of step time is jitter: less is better too)
-    Metric("train_samples_per_s", True, "1/s", "samples/s", ("rel", 0.15), COST, in_history=True),
-    Metric("train_tokens_per_s", True, "1/s", "tokens/s", ("rel", 0.15), COST),
-    Metric("mfu", True, "", "MFU", None, COST),
-    Metric("wall_s", False, "s", "wall (s)", ("rel", 0.25), COST),
-    Metric("step_time_s_median", False, "s", "step time (s)", ("rel", 0.25), COST, in_report=False),
-    Metric("step_time_s_iqr", False, "s", "step time IQR (s)", None, COST, in_report=False),
-    Metric("eval_s", False, "s", "eval (s)", ("rel", 0.25), COST, in_report=False),
+    Metric("train_samples_per_s", True, "1/s", "samples/s", ("rel", 0.15), COST, in_history=True, timing=True),
+    Metric("train_tokens_per_s", True, "1/s", "tokens/s", ("rel", 0.15), COST, timing=True),
+    Metric("mfu", True, "", "MFU", None, COST, timing=True),
+    Metric("wall_s", False, "s", "wall (s)", ("rel", 0.25), COST, timing=True),
+    Metric("step_time_s_median", False, "s", "step time (s)", ("rel", 0.25), COST, in_report=False, timing=True),
+    Metric("step_time_s_iqr", False, "s", "step time IQR (s)", None, COST, in_report=False, timing=True),
+    Metric("eval_s", False, "s", "eval (s)", ("rel", 0.25), COST, in_report=False, timing=True),
 )}
 
 # Views of the table, for the places that need one aspect of it.
@@ -68,4 +69,5 @@ METRIC_DIRECTION = {m.name: "higher" if m.higher_is_better else "lower" for m in
 DEFAULT_THRESHOLDS = {m.name: m.threshold for m in METRICS.values() if m.threshold is not None}
 QUALITY_COLUMNS = tuple((m.name, m.label) for m in METRICS.values() if m.group == QUALITY and m.in_report)
 COST_COLUMNS = tuple((m.name, m.label) for m in METRICS.values() if m.group == COST and m.in_report)
+TIMING_METRICS = frozenset(m.name for m in METRICS.values() if m.timing)
 HISTORY_DEFAULT = tuple(m.name for m in METRICS.values() if m.in_history)

@@ -30,6 +30,11 @@ class StepRecord(TypedDict, total=False):
     seconds: float  # wall time of the step
     max_seq_len: int  # longest sequence in the step
     image_tokens: int  # image placeholder tokens in the step
+    # where `seconds` went (adapters.common.STEP_PHASES); absent in records from before they were timed
+    data_s: float  # fetching and collating (or template-encoding) the step's micro-batches
+    forward_s: float  # forward passes with the loss
+    backward_s: float  # backward passes
+    optimizer_s: float  # the optimizer step
 
 
 class RankResult(TypedDict, total=False):
@@ -48,6 +53,7 @@ class RankResult(TypedDict, total=False):
     initial_adapter: str  # rank 0: safetensors of the LoRA tensors before the first step
     framework_args: str | None  # rank 0: the framework's resolved arguments as JSON
     command_line: str | None  # rank 0: a command line or script that reruns the training outside lorabench
+    process: dict  # the process's own clock: imports_s (start-up + imports), process_s (start to this write)
 
 
 class EvalSummary(TypedDict, total=False):
@@ -61,6 +67,7 @@ class EvalSummary(TypedDict, total=False):
     per_field: dict  # field name -> n, precision, recall, f1, anls
     per_kind: dict  # document kind -> corpus metrics
     system_prompt: str | None  # the system prompt setting the run trained with (and was evaluated with)
+    process: dict  # imports_s, load_s (model + adapter + PEFT round trip), process_s (start to this write)
 
 
 class RunRecord(TypedDict, total=False):
@@ -87,6 +94,8 @@ class RunRecord(TypedDict, total=False):
     eval: dict  # task, split, n, seconds, per_field, per_kind, system_prompt, predictions_file
     metrics: dict  # flat metric name -> number (names and directions: harness.results.metric_table)
     per_sample_file: str | None  # sidecar JSONL of per-sample quality counts, relative to the record
+    phases: dict  # where the wall time went, seconds (harness.run.runner.phase_times); ok runs
+    load: dict  # what else the machine did meanwhile (harness.run.machine_load): other_cpu_fraction, loaded
 
 
 SCHEMA_VERSION = 1

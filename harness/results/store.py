@@ -259,6 +259,12 @@ def metric_values(records: Iterable[Mapping], metric: str) -> list[float]:
     return values
 
 
+def timed_under_load(record: Mapping) -> bool:
+    """Whether the run's timing was taken while other processes used the machine (harness.run.machine_load);
+    a record from before the runner watched the load counts as not known to be loaded."""
+    return bool((record.get("load") or {}).get("loaded"))
+
+
 def ci_half_widths(records: Iterable[Mapping], metric: str) -> list[float]:
     """Half-widths of the bootstrap intervals `<metric>_ci` of the ok records that have one."""
     widths = []

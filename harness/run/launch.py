@@ -27,6 +27,7 @@ class WorkerResult:
     returncode: int | None
     error_tail: str | None
     seconds: float
+    cpu_s: float | None = None  # CPU time of the worker and the processes it waited for (its ranks)
 
 
 def free_port() -> int:
@@ -48,8 +49,10 @@ def worker_command(mode: str, job_path: Path, world_size: int, rdzv: dict | None
     return cmd + ["-m", "harness.run.worker", mode, str(job_path)]
 
 
-def worker_env(world_size: int, device: str) -> dict:
+def worker_env(world_size: int, device: str, cpus: list[int] | None = None) -> dict:
     env = dict(os.environ)
+    if cpus:  # a lane's cores: as many threads as it has cores, whatever the caller's environment says
+        env["OMP_NUM_THREADS"] = str(max(1, len(cpus) // max(1, world_size)))
     cores = os.cpu_count() or 1
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores // max(1, world_size))))
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
@@ -73,47 +76,62 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:])
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the runner dies (kill -9 leaves no orphans)."""
-    try:
-        import ctypes
+def _child_setup(cpus: list[int] | None):
+    """What the child does before exec: get SIGKILL when the runner dies (kill -9 leaves no orphans),
+    and keep to its lane's cores."""
+    def setup() -> None:
+        try:
+            import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
+def _reap(proc: subprocess.Popen) -> tuple[int, float] | None:
+    """(exit code, CPU seconds) once the worker has ended, else None. wait4's resource usage covers
+    the worker and every process it waited for (torchrun's ranks), which Popen.wait does not give."""
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def run_worker(mode: str, job_path: Path, log_path: Path, timeout_s: float, world_size: int = 1,
-               device: str = "cpu", poll=None, rdzv: dict | None = None) -> WorkerResult:
-    """Run one worker to completion; `poll()` is called about twice a second while it runs."""
+               device: str = "cpu", poll=None, rdzv: dict | None = None,
+               cpus: list[int] | None = None) -> WorkerResult:
+    """Run one worker to completion; `poll()` is called about twice a second while it runs (it may
+    raise KeyboardInterrupt to cancel the worker). `cpus`: the cores the worker may run on."""
     t0 = time.perf_counter()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(worker_command(mode, job_path, world_size, rdzv), stdout=log, stderr=subprocess.STDOUT,
-                                env=worker_env(world_size, device), start_new_session=True,
-                                preexec_fn=_die_with_parent,
-                                cwd=str(REPO_ROOT))
+                                env=worker_env(world_size, device, cpus), start_new_session=True,
+                                preexec_fn=_child_setup(cpus), cwd=str(REPO_ROOT))
         try:
-            while True:
-                try:
-                    rc = proc.wait(timeout=0.5)
-                    break
-                except subprocess.TimeoutExpired:
-                    if poll:
-                        poll()
-                    if time.perf_counter() - t0 > timeout_s:
-                        _kill(proc)
-                        return WorkerResult("timeout", None, f"timed out after {timeout_s:.0f} s\n" + tail(log_path),
-                                            time.perf_counter() - t0)
+            while (ended := _reap(proc)) is None:
+                time.sleep(0.5)
+                if poll:
+                    poll()
+                if time.perf_counter() - t0 > timeout_s:
+                    _kill(proc)
+                    return WorkerResult("timeout", None, f"timed out after {timeout_s:.0f} s\n" + tail(log_path),
+                                        time.perf_counter() - t0)
         except KeyboardInterrupt:
             _kill(proc)
             return WorkerResult("cancelled", None, "cancelled (Ctrl-C)\n" + tail(log_path), time.perf_counter() - t0)
+    rc, cpu_s = ended
     seconds = time.perf_counter() - t0
     if rc == 0:
-        return WorkerResult("ok", 0, None, seconds)
+        return WorkerResult("ok", 0, None, seconds, cpu_s)
     text = tail(log_path, 60)
     # SIGKILL with no message is what the kernel's OOM killer leaves (or a manual kill -9)
     oom = rc in (-signal.SIGKILL, 137) or any(m in text for m in OOM_MARKERS)
-    return WorkerResult("oom" if oom else "failed", rc, f"exit status {rc}\n{text}", seconds)
+    return WorkerResult("oom" if oom else "failed", rc, f"exit status {rc}\n{text}", seconds, cpu_s)
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -256,20 +256,29 @@ def throughput(steps: list[dict]) -> dict:
     }
 
 
-def matmul_peak_gflops(seconds: float = 1.0, n: int = 1024) -> float:
-    """The machine's own fp32 matmul peak (GFLOP/s), measured, for MFU. Best of a few timed runs."""
+def matmul_peak_gflops(seconds: float = 1.0, n: int = 1024, threads: int | None = None) -> float:
+    """The machine's own fp32 matmul peak (GFLOP/s), measured, for MFU. Best of a few timed runs.
+
+    `threads`: measure with that many threads (a lane's cores), so MFU compares a cell with the peak of
+    the share of the machine it ran on."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return best
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):
+            a @ b
+        best = 0.0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        return best
+    finally:
+        torch.set_num_threads(before)
 
 
 def lora_train_flops_per_token(total_params: int, trainable_params: int) -> float:

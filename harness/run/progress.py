@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,20 +36,45 @@ def last_error_line(error: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
+class RunCounter:
+    """Runs started and finished, shared by the displays of parallel lanes."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.started = self.done = 0
+
+    def start(self) -> int:
+        with self._lock:
+            self.started += 1
+            return self.started
+
+    def finish(self) -> None:
+        with self._lock:
+            self.done += 1
+
+
 class Progress:
     """One display over the runs of a suite: `start` a run, `poll` its progress file while it runs
     (the runner calls it about twice a second), `finish` it with its record."""
 
     def __init__(self, total: int, results_dir: Path | None = None, *, tty: bool | None = None,
-                 out=None, clock=time.monotonic):
+                 out=None, clock=time.monotonic, counter: RunCounter | None = None, lanes: int = 1):
+        """`lanes` > 1: runs go on in parallel lanes, one Progress each, sharing one `counter`; their
+        lines name the run they belong to, and no bars are drawn (bars of parallel runs would overwrite
+        each other)."""
         self.total = total
-        self.done = 0
+        self.counter = counter or RunCounter()
+        self.lanes = lanes
         self.results_dir = Path(results_dir) if results_dir is not None else None
         self.out = out or sys.stdout
-        self.tty = self.out.isatty() if tty is None else tty
+        self.tty = (self.out.isatty() if tty is None else tty) and lanes == 1
         self.clock = clock
         self.current = ""
         self.bar = None
+
+    @property
+    def done(self) -> int:
+        return self.counter.done
 
     # ---- one run --------------------------------------------------------------------------------
 
@@ -65,10 +91,11 @@ class Progress:
         self.eval_done = self.eval_total = 0
         self.eval_first: tuple[float, int] | None = None  # (time, samples done) at the first eval event
         self.beat_at, self.beat_step = self.started, 0
+        number = self.counter.start()
         if self.tty:
             self._open_bar(steps, "step")
         else:
-            self._print(f"[{self.done + 1}/{self.total}] {cell.run_id} {self.current}")
+            self._print(f"[{number}/{self.total}] {cell.run_id} {self.current}")
 
     def poll(self, progress_file: Path):
         new_events = self._read_events(Path(progress_file))
@@ -80,13 +107,15 @@ class Progress:
             self.bar.refresh()  # the elapsed time moves on between steps too
 
     def finish(self, record: dict):
-        self.done += 1
+        self.counter.finish()
         self._close_bar()
         m = record.get("metrics") or {}
         summary = (f"{record['status']}" + (f" cer={m['cer']:.4f}" if "cer" in m else "") +
                    (f" field_f1={m['field_f1']:.3f}" if "field_f1" in m else "") +
                    (f" anon+{m['peak_anon_above_baseline_mib']:.0f}MiB" if m.get("peak_anon_above_baseline_mib") else "") +
                    f" {record['wall_s']:.0f}s")
+        if self.lanes > 1:  # lines of parallel runs interleave: say whose result this is
+            summary = f"{record['run_id']} {summary}"
         self._print(f"[{self.done}/{self.total}] {self.current}: {summary}" if self.tty else f"    -> {summary}")
         if record["status"] != "ok":
             error = last_error_line(record.get("error"))

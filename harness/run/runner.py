@@ -19,7 +19,7 @@ from harness.results import store as results
 from harness.errors import UserError
 from harness.results.schema import RunRecord
 from harness.run import training_check
-from harness.run.launch import run_worker
+from harness.run.launch import run_worker as _run_worker
 from harness.run.progress import Progress
 from harness.config.suite import Cell
 
@@ -29,8 +29,12 @@ def _now() -> str:
 
 
 def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, force: bool = False,
-              dry_run: bool = False) -> int:
-    """Run every unfinished cell; returns the number of runs that did not end ok."""
+              dry_run: bool = False, lanes: int = 1) -> int:
+    """Run every unfinished cell; returns the number of runs that did not end ok.
+
+    `lanes` > 1 runs that many cells at a time, each lane pinned to its own cores with as many threads
+    as it has cores (harness.run.lanes), so that every cell is timed on the same share of the machine.
+    """
     finished = set() if force else results.finished_hashes(results_dir)
     todo = [c for c in cells if c.spec_hash not in finished]
     if dry_run:
@@ -43,30 +47,57 @@ def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, for
         print(f"all {len(cells)} runs of suite {name!r} are finished ({results_dir})")
         return 0
     from harness.run.env import fingerprint
+    from harness.run.lanes import lane_cpus, run_in_lanes
     from harness.run.meters import matmul_peak_gflops
 
-    env = fingerprint(matmul_peak_gflops())
-    progress = Progress(len(todo), results_dir)  # it prints a failed run's worker log
+    cpus = lane_cpus(lanes, todo)
+    env = fingerprint(matmul_peak_gflops(threads=len(cpus[0]) if cpus else None))
+    env["lanes"] = len(cpus) if cpus else 1
+    counter = Progress(len(todo), results_dir).counter
     bad = 0
-    for cell in todo:
+
+    def one(cell: Cell, lane_cores: list[int] | None) -> dict:
+        # it prints a failed run's worker log
+        progress = Progress(len(todo), results_dir, counter=counter, lanes=len(cpus) if cpus else 1)
         progress.start(cell, cell.spec["train"]["steps"])
-        record = run_cell(name, cell, results_dir, env, command, progress)
+        record = run_cell(name, cell, results_dir, env, command, progress, lane_cores)
         results.write_record(results_dir, record)
         progress.finish(record)
-        bad += record["status"] != "ok"
-        if record["status"] == "cancelled":
-            raise KeyboardInterrupt
+        return record
+
+    if not cpus:
+        for cell in todo:
+            record = one(cell, None)
+            bad += record["status"] != "ok"
+            if record["status"] == "cancelled":
+                raise KeyboardInterrupt
+        return bad
+    records = run_in_lanes(todo, cpus, one)
+    bad = sum(r["status"] != "ok" for r in records)
+    if any(r["status"] == "cancelled" for r in records):
+        raise KeyboardInterrupt
     return bad
 
 
-def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str, progress: Progress) -> dict:
+def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str, progress: Progress,
+             cpus: list[int] | None = None) -> dict:
+    """One cell through its workers into a record; `cpus`: the lane's cores (None: the whole machine)."""
     from harness.run.env import dataset_fingerprint, model_fingerprint
     from harness.run.job import prepare_job
+    from harness.run.lanes import PREPARE_LOCK, cancelled
+    from harness.run.machine_load import LoadWatch
 
     spec = cell.spec
     work = results_dir / "work" / cell.run_id
     shutil.rmtree(work, ignore_errors=True)
-    started, t0 = _now(), time.perf_counter()
+    started, t0, load = _now(), time.perf_counter(), LoadWatch(cpus)
+    worker_cpu = [0.0]
+
+    def run_worker(*args, **kwargs):  # every worker of the cell: on the lane's cores, its CPU time counted
+        res = _run_worker(*args, cpus=cpus, **kwargs)
+        worker_cpu[0] += res.cpu_s or 0.0
+        return res
+
     record: RunRecord = {
         "schema_version": results.SCHEMA_VERSION, "run_id": cell.run_id, "suite": suite, "spec_hash": cell.spec_hash,
         "spec": spec, "cell": record_cell(cell),
@@ -75,21 +106,28 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     }
 
     def done(status: str, error: str | None) -> dict:
-        record.update(status=status, error=error, finished_at=_now(), wall_s=time.perf_counter() - t0)
+        record.update(status=status, error=error, finished_at=_now(), wall_s=time.perf_counter() - t0,
+                      load=load.stop(worker_cpu[0] if cpus else None))
         return record
 
     try:
-        job = prepare_job(spec, work)
+        with PREPARE_LOCK:  # lanes share the dataset build and the canvas cache
+            job = prepare_job(spec, work)
     except UserError as exc:
         return done("failed", f"lorabench: error: {exc}")
     record["env"]["dataset"] = dataset_fingerprint(job["dataset_dir"], spec["dataset"])
     record["env"]["model"] = model_fingerprint(job["model_dir"], spec["model"])
-    poll = lambda: progress.poll(work / "progress.jsonl")  # noqa: E731
+    def poll():
+        if cancelled():  # Ctrl-C in the main thread: the lanes' workers stop and are recorded as cancelled
+            raise KeyboardInterrupt
+        progress.poll(work / "progress.jsonl")
+
     world = spec["distributed"]["world_size"]
     res = run_worker("train", work / "job.json", work / "worker.log", spec["timeout_s"], world_size=world,
                      device=spec["device"], poll=poll)
     if res.status != "ok":
         return done(res.status, res.error_tail)
+    worker_s = {"train": res.seconds}
     ranks = [json.loads(p.read_text()) for p in sorted(work.glob("train.rank*.json"))]
     rank0 = next(r for r in ranks if r["rank"] == 0)
     record["env"]["torch_threads"] = rank0["torch_threads"]
@@ -130,10 +168,11 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                          poll=poll)
         if res.status != "ok":
             record["metrics"] = metrics
-            record["roundtrip"], roundtrip_failure = adapter_roundtrip(work, spec, poll)
+            record["roundtrip"], roundtrip_failure = adapter_roundtrip(work, spec, poll, run_worker)
             if roundtrip_failure:  # an adapter that does not load fails the evaluation too: name the cause
                 return done("failed", f"adapter round trip: {roundtrip_failure}")
             return done(res.status, "evaluation: " + (res.error_tail or ""))
+        worker_s["eval"] = res.seconds
         ev = json.loads((work / "eval.json").read_text())
         record["eval"] = {k: ev[k] for k in ("task", "split", "n", "seconds", "per_field", "per_kind", "system_prompt")}
         runs_dir = results_dir / "runs"
@@ -147,19 +186,21 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     else:
         record["eval"] = {"task": spec["task"], "split": spec["eval"]["split"], "n": 0, "seconds": 0.0,
                           "predictions_file": None}
-    record["roundtrip"], roundtrip_failure = adapter_roundtrip(work, spec, poll)
+    record["roundtrip"], roundtrip_failure = adapter_roundtrip(work, spec, poll, run_worker)
     from harness.run.memory_timeline import save_timeline
 
     record["memory"]["timeline_file"] = save_timeline(results_dir / "runs", cell.run_id, ranks,
                                                       work / "eval.memory.json")
     metrics["wall_s"] = time.perf_counter() - t0
+    record["phases"] = phase_times(rank0, ev if spec["eval"]["enabled"] else None, record["roundtrip"],
+                                   metrics["wall_s"])
     record["metrics"] = metrics
     if roundtrip_failure:
         return done("failed", f"adapter round trip: {roundtrip_failure}")
     return done("ok", None)
 
 
-def adapter_roundtrip(work: Path, spec: dict, poll) -> tuple[dict, str | None]:
+def adapter_roundtrip(work: Path, spec: dict, poll, run_worker=_run_worker) -> tuple[dict, str | None]:
     """Reload the saved adapter through each framework's loader (harness.run.roundtrip).
 
     The PEFT loader ran inside the evaluation worker; ms-swift's runs here in its own process.
@@ -184,6 +225,32 @@ def adapter_roundtrip(work: Path, spec: dict, poll) -> tuple[dict, str | None]:
     summary, failure = roundtrip.summarise(blocks)
     summary["seconds"] = time.perf_counter() - t0  # the separate loader processes (PEFT's is in eval's time)
     return summary, failure
+
+
+def phase_times(rank0: dict, ev: dict | None, roundtrip: dict, wall_s: float) -> dict:
+    """Where the cell's wall time went, in seconds: PHASES in order, from the workers' own clocks.
+
+    The train worker gives its start-up and imports, set-up, the per-step data / forward / backward /
+    optimizer times (summed over steps) and its saving; the eval worker its start-up and imports,
+    model + adapter loading, generation and scoring; the ms-swift loader's process is the round trip.
+    `other_s` is what is left of the wall time: preparing the job, starting and ending processes,
+    the step loop's callbacks and logging, writing the record.
+    """
+    steps = rank0.get("steps") or []
+    step_sum = {k: sum(s.get(k) or 0.0 for s in steps) for k in ("data_s", "forward_s", "backward_s", "optimizer_s")}
+    proc = rank0.get("process") or {}
+    train_imports = proc.get("imports_s") or 0.0
+    saving = (proc["process_s"] - train_imports - rank0["setup_s"] - rank0["train_s"]) if proc.get("process_s") else 0.0
+    ev_proc = (ev or {}).get("process") or {}
+    generate = (ev or {}).get("seconds") or 0.0
+    eval_s = (ev_proc["process_s"] - (ev_proc.get("imports_s") or 0.0)) if ev_proc.get("process_s") else generate
+    phases = {"start_imports_s": train_imports + (ev_proc.get("imports_s") or 0.0),
+              "setup_s": rank0["setup_s"], **step_sum, "save_s": max(0.0, saving),
+              "eval_load_s": ev_proc.get("load_s") or 0.0, "eval_generate_s": generate,
+              "eval_score_s": max(0.0, eval_s - (ev_proc.get("load_s") or 0.0) - generate),
+              "roundtrip_s": roundtrip.get("seconds") or 0.0}
+    phases["other_s"] = max(0.0, wall_s - sum(phases.values()))
+    return {k: round(v, 3) for k, v in phases.items()}
 
 
 def record_cell(cell: Cell) -> dict:

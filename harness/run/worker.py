@@ -49,18 +49,20 @@ def train(job: dict) -> int:
 
     import adapters
     from adapters.base import TrainData
-    from harness.run.meters import MemoryMeter, throughput
+    from harness.run.meters import MemoryMeter, seconds_since_process_start, throughput
 
     spec, run_dir = job["spec"], Path(job["run_dir"])
-    if "RANK" not in os.environ:
-        # One process without a launcher: DeepSpeed (and swift through it) would otherwise look
-        # for mpi4py to discover its rank and fail without it.
+    dist = spec["distributed"]
+    if "RANK" not in os.environ and dist["zero_stage"] is not None:
+        # One DeepSpeed process without a launcher: DeepSpeed (and swift through it) would otherwise
+        # look for mpi4py to discover its rank and fail without it. Only then: with RANK set,
+        # accelerate wraps even one CPU process in DistributedDataParallel, which a user's plain
+        # `python train.py` does not do.
         from harness.run.launch import free_port
 
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
     rank = int(os.environ.get("RANK", "0"))
-    dist = spec["distributed"]
     if spec["device"] == "cpu" and dist["world_size"] > 1:
         from harness.run.distributed import enable_cpu_data_parallel
 
@@ -68,6 +70,7 @@ def train(job: dict) -> int:
     torch.manual_seed(spec["train"]["seed"])
     adapter = adapters.get(spec["framework"])
     _import_framework(spec["framework"])  # so the baseline includes the framework's own imports
+    imports_s = seconds_since_process_start()  # interpreter start and imports, before any model work
     meter = MemoryMeter()  # baseline: RSS and anonymous memory after imports
     meter.watch("load")  # model loading and set-up, until the adapter's on_train_begin starts "train"
     hooks = ProgressHooks(run_dir, meter, rank)
@@ -77,6 +80,8 @@ def train(job: dict) -> int:
     result: RankResult = {
         "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "memory": memory,
         "torch_threads": torch.get_num_threads(),
+        # the process's own clock: start-up and imports, and its whole life up to this write
+        "process": {"imports_s": imports_s, "process_s": seconds_since_process_start()},
     }
     if rank == 0:
         result.update(steps=outcome.steps, effective=outcome.effective, setup_s=outcome.setup_s,
@@ -100,8 +105,12 @@ def _import_framework(name: str) -> None:
 def evaluate(job: dict) -> int:
     from harness.data.samples import load_samples
     from harness.eval.evaluate import evaluate as evaluate_samples, system_prompt
-    from harness.run.meters import MemoryMeter
+    import peft  # noqa: F401  (imported here so the import phase is timed apart from model loading)
+    import transformers  # noqa: F401
 
+    from harness.run.meters import MemoryMeter, seconds_since_process_start
+
+    imports_s = seconds_since_process_start()
     meter = MemoryMeter()  # the eval process's own memory: its timeline is the run's "eval" phase
     meter.start("eval")
     spec, run_dir = job["spec"], Path(job["run_dir"])
@@ -118,6 +127,7 @@ def evaluate(job: dict) -> int:
             f.write(json.dumps({"event": "eval", "done": done[0], "total": len(samples)}) + "\n")
 
     model = processor = None
+    t_load = time.perf_counter()
     probe = run_dir / "probe.pt"
     if adapter_dir is not None and probe.is_file():
         # the PEFT half of the adapter round trip; its merged model is the one evaluated
@@ -129,6 +139,11 @@ def evaluate(job: dict) -> int:
             from harness.errors import UserError
 
             raise UserError(f"the saved adapter does not load: {block['error']}")
+    if model is None:
+        from harness.eval.generation import load_model
+
+        model, processor = load_model(job["model_dir"], adapter_dir, device=spec["device"])
+    load_s = time.perf_counter() - t_load  # base model + adapter (and the PEFT loader's round-trip check)
     result = evaluate_samples(job["model_dir"], samples, adapter_dir=adapter_dir,
                               system=system_prompt(trained.get("system_prompt")), device=spec["device"],
                               answer_prefix=trained.get("answer_prefix", "template"),
@@ -138,7 +153,9 @@ def evaluate(job: dict) -> int:
     _write_json(run_dir / "eval.memory.json", meter.stop())
     summary: EvalSummary = {"task": spec["task"], "split": ev["split"], "n": len(samples), "seconds": result.seconds,
                             "metrics": result.metrics, "per_field": result.per_field, "per_kind": result.per_kind,
-                            "system_prompt": trained.get("system_prompt")}
+                            "system_prompt": trained.get("system_prompt"),
+                            "process": {"imports_s": imports_s, "load_s": load_s,
+                                        "process_s": seconds_since_process_start()}}
     _write_json(run_dir / "eval.json", summary)
     return 0
 

@@ -15,7 +15,7 @@ from harness.analysis.report.markdown import render_markdown
 from harness.analysis.report.methods import error_line, methods_facts
 from harness.analysis.report.model import Report, Table, label, shown_keys
 from harness.analysis.report.quality_views import per_field_table, per_kind_table
-from harness.analysis.report.tables import cost_table, levers_table, parity_tables, quality_table
+from harness.analysis.report.tables import cost_table, levers_table, parity_tables, phase_table, quality_table
 from harness.results.store import cell_keys, group_cells
 
 
@@ -28,7 +28,7 @@ def build_report(records: Sequence[Mapping], parity_docs: Sequence[Mapping] = ()
     tables: list[Table] = []
     # numbered in this order; the breakdowns come after cost so that records written before they
     # existed keep the numbering they always had
-    for make in (quality_table, cost_table, per_field_table, per_kind_table):
+    for make in (quality_table, cost_table, phase_table, per_field_table, per_kind_table):
         table = make(groups, keys, shown, len(tables) + 1)
         if table:
             tables.append(table)

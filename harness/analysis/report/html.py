@@ -26,7 +26,7 @@ color:#444;max-width:60em;padding-top:4px}pre{background:#f6f6f6;padding:8px;ove
 img{max-width:100%}figure{margin:1em 0}tr[title]:hover{background:#f0f4ff}
 pre.text{white-space:pre-wrap;overflow-wrap:anywhere;margin:2px 0 10px}.who{font-weight:600;font-size:90%}
 img.sample{max-height:320px;border:1px solid #ccc}ins{background:#d4f7d4;text-decoration:none}
-del{background:#ffd6d6;text-decoration:line-through}"""
+del{background:#ffd6d6;text-decoration:line-through}.d{font-size:80%;color:#555}"""
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
          ".webp": "image/webp"}
 
@@ -43,13 +43,28 @@ def _short(text: str) -> tuple[str, str | None]:
     return text, None
 
 
+# A number's spread (" ± 0.01", " [lo, hi]", " (min–max)") goes on a line of its own under the value,
+# so that a table of many metric columns fits a 1280-px window without scrolling sideways.
+_DETAIL_SEPARATORS = (" ± ", " [", " (")
+
+
+def _split_detail(text: str) -> tuple[str, str | None]:
+    cuts = [text.index(sep) for sep in _DETAIL_SEPARATORS if sep in text]
+    if not cuts:
+        return text, None
+    return text[:min(cuts)], text[min(cuts) + 1:]
+
+
 def _html_cell(cell: TableCell, left: bool = False) -> str:
-    shown, full = _short(cell.text)
+    value, detail = (cell.text, None) if left else _split_detail(cell.text)
+    shown, full = _short(value)
     text = _h(shown)
     if cell.bold:
         text = f"<strong>{text}</strong>"
     if cell.mark:
         text += f"<sup>{_h(cell.mark)}</sup>"
+    if detail:
+        text += f'<br><span class="d">{_h(detail)}</span>'
     attrs = (' class="l"' if left else "") + (f' title="{_h(full)}"' if full else "")
     return f"<td{attrs}>{text}</td>"
 

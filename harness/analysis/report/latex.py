@@ -12,7 +12,7 @@ from harness.analysis.report.model import TableCell, Report
 _TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                  "<": r"\textless{}", ">": r"\textgreater{}"}
-_TEX_SYMBOLS = {"±": r"$\pm$", "–": "--", "†": r"$^\dagger$", "×": r"$\times$", "—": "---",
+_TEX_SYMBOLS = {"±": r"$\pm$", "–": "--", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "×": r"$\times$", "—": "---",
                 "Δ": r"$\Delta$", "|": r"$|$", "−": "$-$"}
 
 
@@ -28,6 +28,8 @@ def _tex_cell(cell: TableCell) -> str:
         text += r"$^{*}$"
     if "†" in cell.mark:
         text += r"$^{\dagger}$"
+    if "‡" in cell.mark:
+        text += r"$^{\ddagger}$"
     return text
 
 

@@ -16,7 +16,7 @@ from harness.results.metric_table import METRIC_DIRECTION
 class TableCell:
     text: str
     bold: bool = False
-    mark: str = ""  # "*" significance, "†" bootstrap interval
+    mark: str = ""  # "*" significance, "†" bootstrap interval, "‡" timed under load
 
 
 @dataclasses.dataclass

@@ -12,7 +12,8 @@ from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cos
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS
 from harness.results.stats import mean_t_interval
-from harness.results.store import group_cells, metric_values
+from harness.results.store import group_cells, metric_values, timed_under_load
+from harness.results.metric_table import TIMING_METRICS
 
 
 def _quality_cell(group: Sequence[Mapping], metric: str) -> tuple[TableCell, float | None]:
@@ -105,7 +106,8 @@ def cost_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequ
     idx = [keys.index(k) for k in shown]
     table = Table("cost", f"Table {number}. Cost per cell", "Median over ok seeds, (min–max) over seeds "
                   "in brackets; one value when one seed. Bold: best per column. Memory is the peak "
-                  "over processes; MFU against the machine's measured matmul peak.",
+                  "over processes; MFU against the machine's measured matmul peak. "
+                  + load_caption(all_records),
                   [*shown, "ok runs", *(name for _, name in columns)], label_cols=len(shown))
     per_metric: dict[str, list[TableCell]] = {}
     for metric, _ in columns:
@@ -118,7 +120,8 @@ def cost_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequ
                 medians.append(None)
                 continue
             med, text = _median_range(values)
-            cells.append(TableCell(text))
+            loaded = metric in TIMING_METRICS and any(timed_under_load(r) for r in group if r["status"] == "ok")
+            cells.append(TableCell(text, mark=LOADED_MARK if loaded else ""))
             medians.append(med)
         for i in best_index(medians, metric):
             cells[i].bold = True
@@ -126,6 +129,82 @@ def cost_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequ
     for i, (key, group) in enumerate(groups.items()):
         row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group)]
         table.rows.append(row + [per_metric[m][i] for m, _ in columns])
+        table.row_runs.append([r["run_id"] for r in group])
+        table.row_labels.append(label(key))
+    return table
+
+
+LOADED_MARK = "‡"
+
+
+def load_caption(records: Sequence[Mapping]) -> str:
+    """How the timings were taken: alone on the machine, or which runs shared it with other work."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    watched = [r for r in ok if (r.get("load") or {}).get("other_cpu_fraction") is not None]
+    if not watched:
+        return "The machine's load was not recorded for these runs: their timings may include other work."
+    loaded = [r for r in watched if timed_under_load(r)]
+    worst = max(r["load"]["other_cpu_fraction"] for r in watched)
+    lanes = max(int((r.get("env") or {}).get("lanes") or 1) for r in watched)
+    if lanes > 1:
+        cores = sorted({len(r["load"].get("cpus") or []) for r in watched})
+        text = (f"Runs went {lanes} at a time, each pinned to {'/'.join(map(str, cores))} core(s) of its own with "
+                "as many threads, so every run is timed on the same share of the machine; other processes "
+                f"took at most {worst:.0%} of a run's cores' CPU time.")
+    else:
+        text = (f"Runs went one at a time on the whole machine; other processes took at most "
+                f"{worst:.0%} of the machine's CPU time during a run.")
+    if loaded:
+        limit = loaded[0]["load"]["thresholds"]["other_cpu_fraction"]
+        text += (f" {LOADED_MARK}: timed under load ({len(loaded)} of {len(watched)} runs: other processes "
+                 f"took more than {limit:.0%} of the CPU, or the hypervisor stole time); its speed is not "
+                 "the framework's, and regress does not compare it.")
+    return text
+
+
+# The phases of harness.run.runner.phase_times, as the phase table shows them (several records' keys
+# fold into one column).
+PHASE_COLUMNS = (
+    ("start + imports", ("start_imports_s",)),
+    ("set-up", ("setup_s",)),
+    ("data", ("data_s",)),
+    ("forward", ("forward_s",)),
+    ("backward", ("backward_s",)),
+    ("optimizer", ("optimizer_s",)),
+    ("save", ("save_s",)),
+    ("eval: load", ("eval_load_s",)),
+    ("eval: generate", ("eval_generate_s",)),
+    ("eval: score", ("eval_score_s",)),
+    ("round trip", ("roundtrip_s",)),
+    ("other", ("other_s",)),
+)
+
+
+def phase_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequence[str],
+                number: int) -> Table | None:
+    """Where each cell's wall time went, in seconds (median over ok seeds); None for records without phases."""
+    if not any(r.get("phases") for g in groups.values() for r in g if r["status"] == "ok"):
+        return None
+    idx = [keys.index(k) for k in shown]
+    table = Table("phases", f"Table {number}. Where each cell's time went (s)",
+                  "Median over ok seeds of each phase's seconds, from the workers' own clocks. Start + imports: "
+                  "the train and eval processes' interpreter start and imports. Data / forward / backward / "
+                  "optimizer: summed over the training steps. Eval: load is the base model, the adapter and the "
+                  "PEFT loader's round-trip check; generate is batched greedy decoding. Round trip: the ms-swift "
+                  "loader's own process. Other: job preparation, process start and exit, the step loop's "
+                  "callbacks, the record. " + load_caption([r for g in groups.values() for r in g]),
+                  [*shown, *(name for name, _ in PHASE_COLUMNS), "wall"], label_cols=len(shown))
+    for key, group in groups.items():
+        ok = [r for r in group if r["status"] == "ok" and r.get("phases")]
+        row = [TableCell(label((key[j],))) for j in idx]
+        loaded = any(timed_under_load(r) for r in ok)
+        for _, names in PHASE_COLUMNS:
+            values = [sum(r["phases"].get(n) or 0.0 for n in names) for r in ok]
+            row.append(TableCell(fmt_cost(statistics.median(values)) if values else "—"))
+        walls = [r["wall_s"] for r in ok if r.get("wall_s")]
+        row.append(TableCell(fmt_cost(statistics.median(walls)) if walls else "—",
+                             mark=LOADED_MARK if loaded else ""))
+        table.rows.append(row)
         table.row_runs.append([r["run_id"] for r in group])
         table.row_labels.append(label(key))
     return table
