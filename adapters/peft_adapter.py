@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from adapters import common
+from adapters import common, trainer_steps
 from adapters.base import Hooks, TrainData, TrainOutcome
 from harness import archs
 
@@ -108,7 +108,7 @@ class PeftAdapter:
             effective.update(common.optimizer_settings(kw["optimizer"]))
             effective["scheduler"] = type(kw["lr_scheduler"]).__name__
 
-        recorder = common.StepRecorder(trainer, hooks, on_begin=on_begin,
+        recorder = trainer_steps.StepRecorder(trainer, hooks, on_begin=on_begin,
                                        mean_of_means=spec["train"]["loss_norm"] == "mean_of_means" and not native)
         trainer.train()
         t_end = time.perf_counter()
@@ -116,7 +116,7 @@ class PeftAdapter:
         # on every rank: under ZeRO-3 the Trainer gathers the partitioned LoRA tensors before rank 0 writes
         trainer.save_model(str(adapter_dir))
         common.save_probe(trainer.model, processor, rows, system, out_dir / "probe.pt", arch)
-        effective.update(common.run_settings(trainer.args, recorder, system, label_mask, arch))
+        effective.update(trainer_steps.run_settings(trainer.args, recorder, system, label_mask, arch))
         (out_dir / "training_args.json").write_text(trainer.args.to_json_string())
         (out_dir / "reproduce_peft.py").write_text(PEFT_SNIPPET.format(model=data.model_dir, data=data.train_jsonl,
                                                                        out=out_dir, system=system, label_mask=label_mask,

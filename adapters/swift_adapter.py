@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from adapters import common
+from adapters import common, trainer_steps
 from adapters.base import Hooks, TrainData, TrainOutcome
 from harness import archs
 
@@ -131,7 +131,7 @@ class SwiftAdapter:
                     effective["scheduler"] = type(kw["lr_scheduler"]).__name__
 
                 mean_of_means = spec["train"]["loss_norm"] == "mean_of_means" and not native
-                recorder = common.StepRecorder(trainer, hooks, on_begin=on_begin, mean_of_means=mean_of_means)
+                recorder = trainer_steps.StepRecorder(trainer, hooks, on_begin=on_begin, mean_of_means=mean_of_means)
                 out = super().train(trainer)
                 t_end = time.perf_counter()
                 # on every rank: under ZeRO-3 the trainer gathers the partitioned LoRA tensors first
@@ -144,7 +144,7 @@ class SwiftAdapter:
                                            answer_prefix=meta.non_thinking_prefix if wrote_prefix else "")
                 common.save_probe(trainer.model, self.template.processor, common.read_jsonl(data.train_jsonl),
                                   system or None, out_dir / "probe.pt", arch)
-                effective.update(common.run_settings(trainer.args, recorder, system, "answer", arch))
+                effective.update(trainer_steps.run_settings(trainer.args, recorder, system, "answer", arch))
                 effective["swift.dataset_shuffle"] = self.args.dataset_shuffle
                 effective["swift.use_logits_to_keep"] = self.args.use_logits_to_keep
                 (out_dir / "sft_args.json").write_text(json.dumps(dataclasses.asdict(self.args), indent=1,

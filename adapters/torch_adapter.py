@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from adapters import common
+from adapters import common, trainer_steps
 from adapters.base import Hooks, TrainData, TrainOutcome
 from harness import archs
 
@@ -70,7 +70,7 @@ class TorchAdapter:
             t_step = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             batches = [collate([rows[i] for i in next(micro_batches)]) for _ in range(t["grad_accum"])]
-            phase = dict.fromkeys(common.STEP_PHASES, 0.0)
+            phase = dict.fromkeys(trainer_steps.STEP_PHASES, 0.0)
             phase["data_s"] = time.perf_counter() - t_step
             # per token over the accumulated batch: every micro-batch divides by the step's token count
             n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
@@ -78,7 +78,7 @@ class TorchAdapter:
             max_seq_len = max(int(b["input_ids"].shape[1]) for b in batches)
             image_tokens = sum(int((b["mm_token_type_ids"] == 1).sum()) for b in batches)
             for batch in batches:
-                fingerprints.append(common.batch_fingerprint(batch))
+                fingerprints.append(trainer_steps.batch_fingerprint(batch))
                 micro_batch_sizes.append(int(batch["labels"].shape[0]))
                 batch = {k: v.to(device) for k, v in batch.items()}
                 t_phase = time.perf_counter()
@@ -169,7 +169,7 @@ def reference_settings(model, scheduler, sampler: TrainerOrderSampler, collate, 
         "seed": torch.initial_seed(), "data_seed": sampler.epoch_seeds[0] if sampler.epoch_seeds else None,
         "precision": PRECISIONS.get(dtype, dtype),
         "average_tokens_across_devices": loss_norm == "tokens",
-        **common.step_fingerprints(steps, fingerprints),
+        **trainer_steps.step_fingerprints(steps, fingerprints),
         "system_prompt": "default" if collate.system else "none", "label_mask": collate.label_mask,
         "answer_prefix": common.answer_prefix_setting(collate.arch),
         "deepspeed_zero_stage": None,

@@ -64,3 +64,29 @@ def tiny_minicpmv_dir() -> Path:
                                    out_dir=CACHE_DIR / "test-quick-minicpmv", progress=False, eval_every=0,
                                    quality_samples=4)
         return path
+
+
+# A few steps of the dummy adapter on the mini dataset, no evaluation: a suite that runs in seconds.
+DUMMY_DEFAULTS = {"framework": "dummy", "dataset": "synthdocs-mini", "task": "extract",
+                  "train": {"steps": 3, "batch_size": 2, "grad_accum": 1, "max_train_samples": 8},
+                  "eval": {"enabled": False}}
+
+
+@pytest.fixture
+def dummy_suite(tmp_path):
+    """`dummy_suite(name="fast", **doc) -> Path`: a suite file of dummy-adapter cells with DUMMY_DEFAULTS,
+    on a checkpoint directory as far as the dummy adapter looks (a config.json); `doc` adds suite keys."""
+    import json
+
+    import yaml
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 8, "num_attention_heads": 2}}))
+
+    def make(name: str = "fast", **doc) -> Path:
+        path = tmp_path / "suite.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "defaults": {**DUMMY_DEFAULTS, "model": str(model)}, **doc}))
+        return path
+
+    return make

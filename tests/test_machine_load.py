@@ -5,24 +5,16 @@ unit tests pin the arithmetic on fixed counters, so they hold whatever the test 
 """
 
 import copy
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.analysis.regress import compare_to_baseline
 from harness.analysis.report import build_report
 from harness.cli import main
 from harness.run import machine_load
 from harness.results.store import load_records
-
-FAST = {"framework": "dummy", "dataset": "synthdocs-mini", "task": "extract",
-        "train": {"steps": 3, "batch_size": 2, "grad_accum": 1, "max_train_samples": 8},
-        "eval": {"enabled": False}}
-
 
 def _counters(monkeypatch, busy: list[float], own: list[float], steal=(0.0, 0.0)):
     """Make LoadWatch read `busy[i]`/`steal[i]` machine CPU seconds and `own[i]` own CPU seconds."""
@@ -64,19 +56,9 @@ def test_without_counters_the_load_is_unknown_not_zero(monkeypatch):
     assert out["other_cpu_fraction"] is None and out["loaded"] is None
 
 
-@pytest.fixture
-def model_dir(tmp_path) -> Path:
-    path = tmp_path / "model"
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 8, "num_attention_heads": 2}}))
-    return path
-
-
 def test_a_cell_beside_a_cpu_bound_process_is_marked_in_the_cost_table_and_not_regressed(
-        tmp_path, model_dir, mini_dataset):
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(yaml.safe_dump({"name": "load", "defaults": {**FAST, "model": str(model_dir)},
-                                     "matrix": {"seed": [0]}}))
+        tmp_path, dummy_suite, mini_dataset):
+    suite = dummy_suite("load", matrix={"seed": [0]})
     results = tmp_path / "results"
     # one busy loop per core: whatever the cell does not use, they take
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]

@@ -4,46 +4,22 @@ Seconds per run, so `make test-fast` covers the runner; the integration tests ru
 with the real frameworks.
 """
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.cli import main
 from harness.results.store import load_records, validate_record
 
-FAST = {"framework": "dummy", "dataset": "synthdocs-mini", "task": "extract",
-        "train": {"steps": 3, "batch_size": 2, "grad_accum": 1, "max_train_samples": 8},
-        "eval": {"enabled": False}}
-
-
-@pytest.fixture
-def model_dir(tmp_path) -> Path:
-    """A checkpoint directory as far as the dummy adapter looks: a config.json."""
-    path = tmp_path / "model"
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 8, "num_attention_heads": 2}}))
-    return path
-
-
-def _suite(tmp_path, model_dir, **doc) -> Path:
-    body = {"name": "fast", "defaults": {**FAST, "model": str(model_dir)}, **doc}
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
-
-
-def test_dummy_runs_are_recorded_and_failures_do_not_stop_the_suite(tmp_path, model_dir, mini_dataset, capsys):
+def test_dummy_runs_are_recorded_and_failures_do_not_stop_the_suite(tmp_path, dummy_suite, mini_dataset, capsys):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    suite = _suite(tmp_path, model_dir, matrix={"seed": [0, 1]},
+    suite = dummy_suite(matrix={"seed": [0, 1]},
                    include=[{"seed": 0, "model": str(broken)},
                             {"seed": 0, "timeout_s": 3, "train.steps": 10_000_000}])
     results = tmp_path / "results"
@@ -64,8 +40,8 @@ def test_dummy_runs_are_recorded_and_failures_do_not_stop_the_suite(tmp_path, mo
     assert "2 to run, 2 finished" in capsys.readouterr().out
 
 
-def test_report_renders_from_dummy_records(tmp_path, model_dir, mini_dataset):
-    suite = _suite(tmp_path, model_dir, matrix={"seed": [0, 1]})
+def test_report_renders_from_dummy_records(tmp_path, dummy_suite, mini_dataset):
+    suite = dummy_suite(matrix={"seed": [0, 1]})
     results = tmp_path / "results"
     assert main(["run", str(suite), "--results", str(results)]) == 0
     out = tmp_path / "report"
@@ -74,8 +50,8 @@ def test_report_renders_from_dummy_records(tmp_path, model_dir, mini_dataset):
     assert "dummy" in (out / "report.md").read_text()
 
 
-def test_kill_minus_9_then_resume_loses_and_duplicates_nothing(tmp_path, model_dir, mini_dataset):
-    suite = _suite(tmp_path, model_dir, matrix={"seed": [0, 1]},
+def test_kill_minus_9_then_resume_loses_and_duplicates_nothing(tmp_path, dummy_suite, mini_dataset):
+    suite = dummy_suite(matrix={"seed": [0, 1]},
                    cells={"seed=1": {"train": {"steps": 400}}})  # the second run lasts long enough to be killed
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "harness.cli", "run", str(suite), "--results", str(results)]
@@ -96,8 +72,8 @@ def test_kill_minus_9_then_resume_loses_and_duplicates_nothing(tmp_path, model_d
     assert not list((results / "runs").glob("*.tmp"))
 
 
-def test_a_run_that_did_not_train_is_recorded_as_failed(tmp_path, model_dir, mini_dataset):
-    suite = _suite(tmp_path, model_dir, matrix={"seed": [0]}, include=[{"seed": 1, "optim.lr": 0.0}])
+def test_a_run_that_did_not_train_is_recorded_as_failed(tmp_path, dummy_suite, mini_dataset):
+    suite = dummy_suite(matrix={"seed": [0]}, include=[{"seed": 1, "optim.lr": 0.0}])
     results = tmp_path / "results"
     assert main(["run", str(suite), "--results", str(results)]) == 1
     by_seed = {r["cell"]["seed"]: r for r in load_records(results)}

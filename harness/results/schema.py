@@ -30,7 +30,7 @@ class StepRecord(TypedDict, total=False):
     seconds: float  # wall time of the step
     max_seq_len: int  # longest sequence in the step
     image_tokens: int  # image placeholder tokens in the step
-    # where `seconds` went (adapters.common.STEP_PHASES); absent in records from before they were timed
+    # where `seconds` went (adapters.trainer_steps.STEP_PHASES); absent in records from before they were timed
     data_s: float  # fetching and collating (or template-encoding) the step's micro-batches
     forward_s: float  # forward passes with the loss
     backward_s: float  # backward passes

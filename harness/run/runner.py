@@ -20,7 +20,7 @@ from harness.errors import UserError
 from harness.results.schema import RunRecord
 from harness.run import training_check
 from harness.run.launch import run_worker as _run_worker
-from harness.run.progress import Progress
+from harness.run.progress import Progress, RunCounter
 from harness.config.suite import Cell
 
 
@@ -53,7 +53,7 @@ def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, for
     cpus = lane_cpus(lanes, todo)
     env = fingerprint(matmul_peak_gflops(threads=len(cpus[0]) if cpus else None))
     env["lanes"] = len(cpus) if cpus else 1
-    counter = Progress(len(todo), results_dir).counter
+    counter = RunCounter()
     bad = 0
 
     def one(cell: Cell, lane_cores: list[int] | None) -> dict:

@@ -10,10 +10,9 @@ from typing import Any
 from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
                                            label, roundtrip_cell, runs_cell, shown_keys)
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
-from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS
+from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS, TIMING_METRICS
 from harness.results.stats import mean_t_interval
 from harness.results.store import group_cells, metric_values, timed_under_load
-from harness.results.metric_table import TIMING_METRICS
 
 
 def _quality_cell(group: Sequence[Mapping], metric: str) -> tuple[TableCell, float | None]:
