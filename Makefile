@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-fast benchmark report regress parity memory memory-gpu minicpmv microbench model data clean
+.PHONY: help setup lint test test-fast benchmark report regress parity memory memory-gpu minicpmv microbench model data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,10 +24,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import torch, torchvision, transformers, peft, swift, deepspeed, jiwer; print('lorabench stack ok: torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 	touch $(STAMP)
 
-test: setup  ## run the whole test suite (unit, integration on the tiny model, CLI)
+lint: setup  ## ruff, mypy on the spec and records, and the import layers (docs/architecture.md)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
+
+test: setup lint  ## lint, then the whole test suite (unit, integration on the tiny model, CLI)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=1200
 
-test-fast: setup  ## unit and CLI tests only (no framework training)
+test-fast: setup lint  ## lint, then unit and CLI tests only (no framework training)
 	$(PY) -m pytest -q -m "not integration and not slow"
 
 data: setup  ## build the default synthetic dataset
@@ -69,7 +74,7 @@ MICROBENCH_FAIL ?= median:25%
 
 memory-gpu: setup  ## memory suite on a GPU (bf16, ZeRO-2/3, offload) + plan --validate; DRY_RUN=1 lists, MODEL=DIR
 	$(if $(DRY_RUN)$(MODEL),,$(MAKE) model)
-	$(PY) -m harness.run.memory_gpu $(if $(DRY_RUN),--dry-run) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m harness.memory_gpu $(if $(DRY_RUN),--dry-run) $(if $(MODEL),--model $(MODEL))
 
 microbench: setup model  ## micro-benchmarks (encode, train step); fails on a median slowdown > 25% vs the last pass
 	@mkdir -p $(MICROBENCH_DIR)

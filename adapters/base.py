@@ -1,8 +1,9 @@
 """The adapter protocol: what every framework wrapper provides, and what it returns.
 
 In the spirit of lm-evaluation-harness's `LM`: a Protocol, no implementation inheritance. Shared
-helpers (LoRA target resolution, read-back of live objects, per-step recording) live in
-`adapters.common` as plain functions.
+helpers are plain functions, one module per idea: the LoRA config and snapshots (`adapters.lora_setup`),
+the rows and collator (`adapters.chat_data`), read-back of live objects (`adapters.readback`) and
+per-step recording (`adapters.trainer_steps`); the target presets are `harness.lora_targets`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class TrainOutcome:
     train_s: float
     framework_args: Path | None = None  # the framework's own arguments as resolved (TrainingArguments, SftArguments)
     command_line: Path | None = None  # how to run the same training outside lorabench (a command or a script)
-    probe: Path | None = None  # the live model's logits and trainable tensors (adapters.common.save_probe)
+    probe: Path | None = None  # the live model's logits and trainable tensors (adapters.readback.save_probe)
 
 
 class Adapter(Protocol):
@@ -43,6 +44,7 @@ class TrainData:
     model_dir: Path
     train_jsonl: Path  # rows: id, messages (user with <image>, assistant target), images (absolute)
     n_samples: int
+    deepspeed_config: Path | None = None  # the run's DeepSpeed config file, written by the harness; None: no ZeRO
 
 
 class Hooks:

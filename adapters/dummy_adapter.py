@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from adapters import common
+from adapters import chat_data, lora_setup, readback
 from adapters.base import Hooks, TrainData, TrainOutcome
 from harness.errors import UserError
 
@@ -36,21 +36,22 @@ class DummyAdapter:
         config = json.loads((data.model_dir / "config.json").read_text())
         text = config.get("text_config") or config
         hidden = int(text["hidden_size"])
-        q_out = int(text["num_attention_heads"]) * int(text.get("head_dim") or hidden // int(text["num_attention_heads"]))
-        rows = common.read_jsonl(data.train_jsonl)
+        heads = int(text["num_attention_heads"])
+        q_out = heads * int(text.get("head_dim") or hidden // heads)
+        rows = chat_data.read_jsonl(data.train_jsonl)
         torch.manual_seed(t["seed"])
         lora_a = torch.nn.Linear(hidden, spec["lora"]["r"], bias=False)
         target = torch.randn(spec["lora"]["r"])
         optimizer = torch.optim.AdamW(lora_a.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
                                       weight_decay=o["weight_decay"])
         effective = {"trainable_params": lora_a.weight.numel(), "total_params": lora_a.weight.numel(),
-                     **common.optimizer_settings(optimizer)}
+                     **readback.optimizer_settings(optimizer)}
         from safetensors.torch import save_file
 
         initial = out_dir / "initial_adapter.safetensors"
         initial_tensors = _tensors(lora_a, q_out, spec["lora"]["r"])
         save_file(initial_tensors, str(initial))
-        effective["lora.init_sha"] = common.tensors_checksum(initial_tensors)
+        effective["lora.init_sha"] = lora_setup.tensors_checksum(initial_tensors)
 
         hooks.on_train_begin()
         steps, first_step_at = [], time.perf_counter()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from adapters import common, trainer_steps
+from adapters import chat_data, lora_setup, readback, trainer_steps
 from adapters.base import Hooks, TrainData, TrainOutcome
-from harness import archs
+from harness import archs, lora_targets
 
 PRECISION_ARGS = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}}
 
@@ -52,12 +52,13 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments, set_seed
 
-from adapters.common import ChatCollator, read_jsonl
+from adapters.chat_data import ChatCollator, read_jsonl
 from harness import archs
 
 out = Path({out!r})
+fields = TrainingArguments.__dataclass_fields__
 args = TrainingArguments(**{{k: v for k, v in json.loads((out / "training_args.json").read_text()).items()
-                            if k in TrainingArguments.__dataclass_fields__ and TrainingArguments.__dataclass_fields__[k].init}})
+                            if k in fields and fields[k].init}})
 set_seed(args.seed)
 processor = AutoProcessor.from_pretrained({model!r})
 model = AutoModelForImageTextToText.from_pretrained({model!r}, dtype=torch.float32)
@@ -76,36 +77,35 @@ class PeftAdapter:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoProcessor, AutoModelForImageTextToText, Trainer, set_seed
 
-        from harness.run.distributed import deepspeed_config_file
-
         t0 = time.perf_counter()
         native = spec["alignment"] == "native"
         set_seed(spec["train"]["seed"])  # before loading: LoRA init draws from this state
         processor = AutoProcessor.from_pretrained(str(data.model_dir))
         # fp32 master weights; fp16/bf16 run as autocast mixed precision through the Trainer
         model = AutoModelForImageTextToText.from_pretrained(str(data.model_dir), dtype=torch.float32)
-        arch = archs.for_model(model) if native else common.chat_arch(model, spec)
+        arch = archs.for_model(model) if native else chat_data.chat_arch(model, spec)
         if native:
             config = LoraConfig(r=spec["lora"]["r"], target_modules="all-linear", task_type="CAUSAL_LM")
         else:
-            unfrozen = common.full_modules(model, spec)
-            config = common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"]), unfrozen)
+            unfrozen = lora_setup.full_modules(model, spec)
+            targets = lora_targets.resolve_targets(model, spec["lora"]["targets"])
+            config = lora_setup.lora_config(spec, targets, unfrozen)
         model = get_peft_model(model, config)
         if spec["train"]["grad_checkpointing"] and not native:
             model.enable_input_require_grads()
-        rows = common.read_jsonl(data.train_jsonl)
-        system = arch.default_system if native else common.system_for(spec, arch)
+        rows = chat_data.read_jsonl(data.train_jsonl)
+        system = arch.default_system if native else chat_data.system_for(spec, arch)
         label_mask = "all" if native else spec["train"]["label_mask"]
-        collator = common.ChatCollator(processor, system, label_mask, spec["train"]["max_length"], arch)
-        args = training_args(spec, out_dir, deepspeed_config_file(spec, out_dir))
+        collator = chat_data.ChatCollator(processor, system, label_mask, spec["train"]["max_length"], arch)
+        args = training_args(spec, out_dir, str(data.deepspeed_config) if data.deepspeed_config else None)
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
         effective: dict = {}
         initial = out_dir / "initial_adapter.safetensors"
 
         def on_begin(kw):
-            effective.update(common.model_settings(kw["model"]))
-            effective["lora.init_sha"] = common.save_lora_state(model, initial)
-            effective.update(common.optimizer_settings(kw["optimizer"]))
+            effective.update(readback.model_settings(kw["model"]))
+            effective["lora.init_sha"] = lora_setup.save_lora_state(model, initial)
+            effective.update(readback.optimizer_settings(kw["optimizer"]))
             effective["scheduler"] = type(kw["lr_scheduler"]).__name__
 
         recorder = trainer_steps.StepRecorder(trainer, hooks, on_begin=on_begin,
@@ -115,12 +115,12 @@ class PeftAdapter:
         adapter_dir = out_dir / "adapter"
         # on every rank: under ZeRO-3 the Trainer gathers the partitioned LoRA tensors before rank 0 writes
         trainer.save_model(str(adapter_dir))
-        common.save_probe(trainer.model, processor, rows, system, out_dir / "probe.pt", arch)
+        readback.save_probe(trainer.model, processor, rows, system, out_dir / "probe.pt", arch)
         effective.update(trainer_steps.run_settings(trainer.args, recorder, system, label_mask, arch))
         (out_dir / "training_args.json").write_text(trainer.args.to_json_string())
-        (out_dir / "reproduce_peft.py").write_text(PEFT_SNIPPET.format(model=data.model_dir, data=data.train_jsonl,
-                                                                       out=out_dir, system=system, label_mask=label_mask,
-                                                                       max_length=spec["train"]["max_length"]))
+        (out_dir / "reproduce_peft.py").write_text(PEFT_SNIPPET.format(
+            model=data.model_dir, data=data.train_jsonl, out=out_dir, system=system, label_mask=label_mask,
+            max_length=spec["train"]["max_length"]))
         return TrainOutcome(adapter_dir=adapter_dir, initial_adapter=initial, steps=recorder.steps,
                             effective=effective, setup_s=(recorder.first_step_at or t_end) - t0,
                             train_s=t_end - (recorder.first_step_at or t_end),

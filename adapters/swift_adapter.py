@@ -19,9 +19,9 @@ import os
 import time
 from pathlib import Path
 
-from adapters import common, trainer_steps
+from adapters import chat_data, lora_setup, readback, trainer_steps
 from adapters.base import Hooks, TrainData, TrainOutcome
-from harness import archs
+from harness import archs, lora_targets
 
 SWIFT_INIT = {"kaiming": "true", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -55,7 +55,7 @@ def sft_kwargs(spec: dict, data: TrainData, out_dir: Path, target_names: list[st
         return dict(**base, target_modules=["all-linear"])
     vision = any(archs.for_dir(data.model_dir).is_vision(n) for n in target_names)
     return dict(
-        **base, target_regex=common.targets_regex(target_names), lora_alpha=lora["alpha"],
+        **base, target_regex=lora_targets.targets_regex(target_names), lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"], init_weights=SWIFT_INIT[lora["init"]], use_rslora=lora["rslora"],
         learning_rate=o["lr"], adam_beta1=o["betas"][0], adam_beta2=o["betas"][1], adam_epsilon=o["eps"],
         weight_decay=o["weight_decay"], optim="adamw_torch", lr_scheduler_type=s["type"],
@@ -100,8 +100,6 @@ class SwiftAdapter:
     def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
         from adapters.swift_model import register, template_env
 
-        from harness.run.distributed import deepspeed_config_file
-
         t0 = time.perf_counter()
         register()
         from swift.pipelines import SwiftSft
@@ -109,7 +107,8 @@ class SwiftAdapter:
         target_names, unfrozen = None, []
         if spec["alignment"] != "native":
             target_names, unfrozen = _target_names(spec, data)
-        kwargs = sft_kwargs(spec, data, out_dir, target_names, deepspeed_config_file(spec, out_dir), unfrozen)
+        ds_config = str(data.deepspeed_config) if data.deepspeed_config else None
+        kwargs = sft_kwargs(spec, data, out_dir, target_names, ds_config, unfrozen)
         from swift.arguments import SftArguments
 
         env = template_env(data.model_dir)
@@ -125,9 +124,9 @@ class SwiftAdapter:
                 effective: dict = {}
 
                 def on_begin(kw):
-                    effective.update(common.model_settings(kw["model"]))
-                    effective["lora.init_sha"] = common.save_lora_state(kw["model"], initial)
-                    effective.update(common.optimizer_settings(kw["optimizer"]))
+                    effective.update(readback.model_settings(kw["model"]))
+                    effective["lora.init_sha"] = lora_setup.save_lora_state(kw["model"], initial)
+                    effective.update(readback.optimizer_settings(kw["optimizer"]))
                     effective["scheduler"] = type(kw["lr_scheduler"]).__name__
 
                 mean_of_means = spec["train"]["loss_norm"] == "mean_of_means" and not native
@@ -142,7 +141,7 @@ class SwiftAdapter:
                 wrote_prefix = meta.is_thinking and self.template.add_non_thinking_prefix
                 arch = dataclasses.replace(archs.for_model(trainer.model),
                                            answer_prefix=meta.non_thinking_prefix if wrote_prefix else "")
-                common.save_probe(trainer.model, self.template.processor, common.read_jsonl(data.train_jsonl),
+                readback.save_probe(trainer.model, self.template.processor, chat_data.read_jsonl(data.train_jsonl),
                                   system or None, out_dir / "probe.pt", arch)
                 effective.update(trainer_steps.run_settings(trainer.args, recorder, system, "answer", arch))
                 effective["swift.dataset_shuffle"] = self.args.dataset_shuffle
@@ -169,5 +168,5 @@ def _target_names(spec: dict, data: TrainData) -> tuple[list[str], list[str]]:
     config = AutoConfig.from_pretrained(str(data.model_dir))
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
-    unfrozen = common.full_modules(model, spec)
-    return common.resolve_targets(model, spec["lora"]["targets"]), unfrozen
+    unfrozen = lora_setup.full_modules(model, spec)
+    return lora_targets.resolve_targets(model, spec["lora"]["targets"]), unfrozen

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from adapters import common, trainer_steps
+from adapters import chat_data, lora_setup, readback, trainer_steps
 from adapters.base import Hooks, TrainData, TrainOutcome
-from harness import archs
+from harness import chat, lora_targets
 
 MAX_GRAD_NORM = 1.0  # what transformers.Trainer clips to by default
 
@@ -36,16 +36,16 @@ class TorchAdapter:
         set_seed(t["seed"])  # before loading: LoRA init draws from this state
         processor = AutoProcessor.from_pretrained(str(data.model_dir))
         model = AutoModelForImageTextToText.from_pretrained(str(data.model_dir), dtype=torch.float32)
-        unfrozen = common.full_modules(model, spec)
-        model = get_peft_model(model, common.lora_config(spec, common.resolve_targets(model, spec["lora"]["targets"]),
-                                                         unfrozen))
+        unfrozen = lora_setup.full_modules(model, spec)
+        targets = lora_targets.resolve_targets(model, spec["lora"]["targets"])
+        model = get_peft_model(model, lora_setup.lora_config(spec, targets, unfrozen))
         if t["grad_checkpointing"]:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.to(device).train()
-        effective = common.model_settings(model)
+        effective = readback.model_settings(model)
         initial = out_dir / "initial_adapter.safetensors"
-        effective["lora.init_sha"] = common.save_lora_state(model, initial)
+        effective["lora.init_sha"] = lora_setup.save_lora_state(model, initial)
 
         # AdamW as the Trainer builds it: decay on weights, none on biases and norms.
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -55,12 +55,13 @@ class TorchAdapter:
         optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
         scheduler = get_scheduler(s["type"], optimizer, num_warmup_steps=s["warmup_steps"],
                                   num_training_steps=t["steps"])
-        effective.update(common.optimizer_settings(optimizer))
+        effective.update(readback.optimizer_settings(optimizer))
         effective["scheduler"] = type(scheduler).__name__
 
-        rows = common.read_jsonl(data.train_jsonl)
-        arch = common.chat_arch(model, spec)
-        collate = common.ChatCollator(processor, common.system_for(spec, arch), t["label_mask"], t["max_length"], arch)
+        rows = chat_data.read_jsonl(data.train_jsonl)
+        arch = chat_data.chat_arch(model, spec)
+        system = chat_data.system_for(spec, arch)
+        collate = chat_data.ChatCollator(processor, system, t["label_mask"], t["max_length"], arch)
         sampler = TrainerOrderSampler(len(rows), t["batch_size"], t["data_seed"])
         micro_batches = iter(sampler)
         hooks.on_train_begin()
@@ -106,7 +107,7 @@ class TorchAdapter:
             hooks.on_step(record)
         t_end = time.perf_counter()
         model.save_pretrained(str(out_dir / "adapter"))
-        common.save_probe(model, processor, rows, common.system_for(spec, arch), out_dir / "probe.pt", arch)
+        readback.save_probe(model, processor, rows, chat_data.system_for(spec, arch), out_dir / "probe.pt", arch)
         effective.update(reference_settings(model, scheduler, sampler, collate, steps, fingerprints, micro_batch_sizes,
                                             t["loss_norm"]))
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=steps,
@@ -171,6 +172,6 @@ def reference_settings(model, scheduler, sampler: TrainerOrderSampler, collate, 
         "average_tokens_across_devices": loss_norm == "tokens",
         **trainer_steps.step_fingerprints(steps, fingerprints),
         "system_prompt": "default" if collate.system else "none", "label_mask": collate.label_mask,
-        "answer_prefix": common.answer_prefix_setting(collate.arch),
+        "answer_prefix": chat.answer_prefix_setting(collate.arch),
         "deepspeed_zero_stage": None,
     }

@@ -134,7 +134,8 @@ class StepRecorder:
                     recorder.steps[-1]["grad_norm"] = float(logs["grad_norm"])
 
             def on_step_end(self, args, state, control, **kw):
-                rec = {"step": state.global_step, "loss": global_loss(recorder._loss), "lr": recorder._lr, "grad_norm": None,
+                rec = {"step": state.global_step, "loss": global_loss(recorder._loss), "lr": recorder._lr,
+                       "grad_norm": None,
                        "tokens": recorder._tokens, "samples": recorder._samples,
                        "max_seq_len": recorder._padded_max, "image_tokens": recorder._image_tokens,
                        "seconds": time.perf_counter() - recorder._t0 + recorder._phase["data_s"],

@@ -1,4 +1,4 @@
-"""Tiny random checkpoints of every family in harness.archs, and the worker tests/test_archs.py runs.
+"""Tiny random checkpoints of every family in harness.archs, and the worker tests/adapters/test_archs.py runs.
 
 Each checkpoint is built from a config written here (1-2 layers, hidden sizes 32-64), with a
 character-level tokenizer, the family's own processor and a chat template, saved as a normal Hugging
@@ -272,16 +272,16 @@ def module_facts(path: str, train_jsonl: str) -> dict:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from adapters import common
-    from harness import archs
+    from adapters import chat_data, lora_setup
+    from harness import archs, chat, lora_targets
 
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(path)
     arch = archs.for_model(model)
     tok = processor.tokenizer
-    rows = common.read_jsonl(Path(train_jsonl))
-    batch = common.ChatCollator(processor, arch.default_system, "answer", 1024, arch)(rows)
-    answers = [len(tok(common.build_answer(r["messages"][1]["content"]), add_special_tokens=False).input_ids)
+    rows = chat_data.read_jsonl(Path(train_jsonl))
+    batch = chat_data.ChatCollator(processor, arch.default_system, "answer", 1024, arch)(rows)
+    answers = [len(tok(chat.build_answer(r["messages"][1]["content"]), add_special_tokens=False).input_ids)
                for r in rows]
     return {
         "arch": arch.name,
@@ -290,8 +290,8 @@ def module_facts(path: str, train_jsonl: str) -> dict:
         "modules": [n for n, _ in model.named_modules()],
         "linears": [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)],
         "params": [n for n, _ in model.named_parameters()],
-        "presets": {p: common.resolve_targets(model, p) for p in common.TARGET_PRESETS},
-        "vision_full": common.vision_modules_to_save(model),
+        "presets": {p: lora_targets.resolve_targets(model, p) for p in lora_targets.TARGET_PRESETS},
+        "vision_full": lora_setup.vision_modules_to_save(model),
         "image_token_id": tok.convert_tokens_to_ids(arch.image_token),
         "config_image_token_id": model.config.image_token_id,
         # what the swift adapter resolves on a meta-device copy built from config.json alone

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.dotted import flatten
 from harness.errors import UserError
 
 FORMATS = ("csv", "parquet", "tensorboard")
@@ -44,14 +45,12 @@ _STEP_SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/gra
 # Tables as plain rows
 
 
-def _flatten(prefix: str, value: Any, out: dict) -> None:
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _flatten(f"{prefix}.{key}", item, out)
-    elif isinstance(value, (list, tuple)):
-        out[prefix] = json.dumps(value, sort_keys=True)
-    else:
-        out[prefix] = value
+def _flatten(prefix: str, value: Mapping, out: dict) -> None:
+    """Columns `prefix.a.b`; a list is one JSON cell, an empty section no column."""
+    for key, item in flatten(value, prefix + ".").items():
+        if isinstance(item, Mapping):
+            continue
+        out[key] = json.dumps(item, sort_keys=True) if isinstance(item, (list, tuple)) else item
 
 
 def _last_line(text: str | None) -> str | None:

@@ -288,7 +288,7 @@ def _phase_segments(t: Sequence[float], values: Sequence[float | None], phases: 
     """(phase, xs, ys) runs of consecutive points of one phase; a run continues from the last point
     of the run before it when both belong to one process (load into train), so the line has no gap."""
     segments: list[tuple[str, list, list]] = []
-    for i, (x, y, phase) in enumerate(zip(t, values, phases)):
+    for x, y, phase in zip(t, values, phases):
         if y is None:
             continue
         if segments and segments[-1][0] == phase:

@@ -1,6 +1,6 @@
 """Are the frameworks aligned? Run each for N steps and compare what they built and what they did.
 
-Three pieces of evidence, all read back from the live runs (adapters.common):
+Three pieces of evidence, all read back from the live runs (adapters.readback, adapters.trainer_steps):
 1. the effective settings side by side (differences marked);
 2. the initial LoRA tensors: same module set, and max |difference| per tensor (aligned = bit-identical);
 3. the per-step loss: largest |Δloss| between any two frameworks, and the first step beyond tolerance.
@@ -13,13 +13,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.run.job import prepare_job
-from harness.run.launch import run_worker
+from harness.config.native_defaults import FACTOR_NOTES, NATIVE_FACTORS, native_override
 from harness.config.spec import make_spec, merge
+from harness.dotted import get
+from harness.errors import UserError
+from harness.run.train_run import train
 
 # Settings that are framework-specific by nature: shown, never compared.
 NOT_COMPARED_PREFIXES = ("swift.",)
@@ -30,57 +30,15 @@ CAUSE_ORDER = ("lora.n_targets", "lora.targets_sha", "lora.targets_vision", "lor
                "global_batch", "data_order_sha", "system_prompt", "label_mask", "grad_checkpointing", "precision",
                "dtype")
 
-# Native values per factor, as spec overrides (measured defaults of ms-swift 4.6.0 / peft 0.20 /
-# transformers 5.19; README lists them). PEFT's all-linear = every-linear (vision tower included);
-# swift's all-linear = lm-linear (language model only: freeze_vit).
-NATIVE_FACTORS: dict[str, dict[str, dict]] = {
-    "targets": {"peft": {"lora": {"targets": "every-linear"}}, "swift": {"lora": {"targets": "lm-linear"}}},
-    "alpha": {"peft": {"lora": {"alpha": 8}}, "swift": {"lora": {"alpha": 32}}},
-    "dropout": {"peft": {"lora": {"dropout": 0.0}}, "swift": {"lora": {"dropout": 0.05}}},
-    "lr": {"peft": {"optim": {"lr": 5e-5}}, "swift": {"optim": {"lr": 1e-4}}},
-    "weight_decay": {"peft": {"optim": {"weight_decay": 0.0}}, "swift": {"optim": {"weight_decay": 0.1}}},
-    "beta2": {"peft": {"optim": {"betas": [0.9, 0.999]}}, "swift": {"optim": {"betas": [0.9, 0.95]}}},
-    "scheduler": {"peft": {"schedule": {"type": "linear", "warmup_steps": 0}},
-                  "swift": {"schedule": {"type": "cosine", "warmup_steps": 0}}},
-    "accumulation": {"peft": {}, "swift": {}},  # filled per spec by _native_accumulation
-    "loss_norm": {"peft": {"train": {"loss_norm": "tokens"}}, "swift": {"train": {"loss_norm": "mean_of_means"}}},
-    "data_order": {"peft": {"train": {"data_order": "sampler"}}, "swift": {"train": {"data_order": "swift_shuffle"}}},
-    "template": {"peft": {"train": {"label_mask": "all"}}, "swift": {"train": {"label_mask": "answer"}}},
-    "grad_checkpointing": {"peft": {"train": {"grad_checkpointing": False}},
-                           "swift": {"train": {"grad_checkpointing": True}}},
-    "precision": {"peft": {"train": {"precision": "fp32"}}, "swift": {"train": {"precision": "fp32"}}},
-}
-FACTOR_NOTES = {
-    "accumulation": "swift picks ceil(16 / batch) accumulation steps, the Trainer 1: a different global batch",
-    "loss_norm": "not a native difference today (swift and transformers >= 4.46 both normalise per token over the "
-                 "accumulated batch); the mean of micro-batch means of transformers < 4.46 is put on one side",
-    "precision": "swift switches fp16 on for fp32 models only on a GPU; on the CPU both stay fp32",
-    "template": "a PEFT user's cookbook collator puts labels on every non-pad, non-image token; swift on the answer only",
-}
-
-
-def _native_accumulation(spec: dict, framework: str) -> dict:
-    """Accumulation steps as each framework picks them: swift ceil(16 / batch), Trainer 1."""
-    bs = spec["train"]["batch_size"]
-    return {"train": {"grad_accum": max(1, math.ceil(16 / bs)) if framework == "swift" else 1}}
-
-
-def run_one(spec: dict, run_dir: Path, timeout_s: float = 900) -> dict:
-    """Train one framework in its own process; returns its train.rank0.json (or raises)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    job = prepare_job(spec, run_dir)
-    result = run_worker("train", run_dir / "job.json", run_dir / "worker.log", timeout_s,
-                        world_size=spec["distributed"]["world_size"], device=spec["device"])
-    if result.status != "ok":
-        raise UserError(f"{spec['framework']} run {result.status}: {(result.error_tail or '').strip().splitlines()[-1:]}"
-                        f" (log: {run_dir / 'worker.log'})")
-    out = json.loads((run_dir / "train.rank0.json").read_text())
-    ran_as, asked = out["effective"].get("world_size"), spec["distributed"]["world_size"]
-    if ran_as is not None and ran_as != asked:
-        raise UserError(f"{spec['framework']} was asked for {asked} processes and ran as a world of {ran_as} "
-                        f"(its processes trained independently; log: {run_dir / 'worker.log'})")
-    out["job"] = job
-    return out
+def run_one(spec: dict, run_dir: Path) -> dict:
+    """Train one framework in its own worker; returns its train.rank0.json (or raises UserError)."""
+    run = train(spec, run_dir)
+    if run.result.status != "ok":
+        last = (run.result.error_tail or "").strip().splitlines()[-1:]
+        raise UserError(f"{spec['framework']} run {run.result.status}: {last} (log: {run_dir / 'worker.log'})")
+    if mismatch := run.world_mismatch():
+        raise UserError(f"{spec['framework']}: {mismatch} (log: {run_dir / 'worker.log'})")
+    return {**run.rank0, "job": run.job}
 
 
 def compare_runs(runs: dict[str, dict], tolerance: float) -> dict:
@@ -152,7 +110,7 @@ def parity(base: dict, frameworks: list[str], out_dir: Path, tolerance: float, p
     for fw in frameworks:
         spec = make_spec(base, {"framework": fw})
         progress(f"parity: training {fw} for {spec['train']['steps']} steps ...")
-        runs[fw] = run_one(spec, out_dir / fw, timeout_s=spec["timeout_s"])
+        runs[fw] = run_one(spec, out_dir / fw)
     return compare_runs(runs, tolerance)
 
 
@@ -164,12 +122,10 @@ def ablate(base: dict, out_dir: Path, tolerance: float, factors=None, progress=p
             raise UserError(f"unknown ablation factor {factor!r} (valid: {', '.join(NATIVE_FACTORS)})")
         runs = {}
         for fw in ("peft", "swift"):
-            override = copy.deepcopy(NATIVE_FACTORS[factor][fw])
-            if factor == "accumulation":
-                override = _native_accumulation(make_spec(base), fw)
+            override = native_override(factor, fw, make_spec(base))
             spec = make_spec(merge(make_spec(base), override), {"framework": fw, "alignment": "aligned"})
             progress(f"ablation {factor}: {fw} ...")
-            runs[fw] = run_one(spec, out_dir / factor / fw, timeout_s=spec["timeout_s"])
+            runs[fw] = run_one(spec, out_dir / factor / fw)
         verdict = compare_runs(runs, tolerance)
         rows.append({"factor": factor, "max_abs_dloss": verdict["max_abs_dloss"],
                      "final_loss_gap": abs(verdict["final_loss"]["peft"] - verdict["final_loss"]["swift"]),
@@ -193,16 +149,11 @@ PROFILE_FACTORS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _get(spec: dict, dotted: str):
-    section, key = dotted.split(".")
-    return spec[section][key]
-
-
 def _override(keys: tuple[str, ...], source: dict) -> dict:
     out: dict = {}
     for dotted in keys:
         section, key = dotted.split(".")
-        out.setdefault(section, {})[key] = copy.deepcopy(_get(source, dotted))
+        out.setdefault(section, {})[key] = copy.deepcopy(get(source, dotted))
     return out
 
 
@@ -222,14 +173,14 @@ def ablate_profiles(base: dict, first: str, second: str, out_dir: Path, progress
     spec_a = make_spec(base, {"alignment": first, "framework": home})
     spec_b = make_spec(base, {"alignment": second, "framework": HOME_FRAMEWORK[second]})
     progress(f"profile {first} on {home} ...")
-    run_a = run_one(spec_a, out_dir / first, timeout_s=spec_a["timeout_s"])
+    run_a = run_one(spec_a, out_dir / first)
     losses_a = [s["loss"] for s in run_a["steps"]]
 
     def compare(label: str, spec: dict, values) -> dict:
         row = {"factor": label, "values": values}
         progress(f"ablation {label}: {spec['framework']} ...")
         try:
-            run = run_one(spec, out_dir / label.replace(" ", "_"), timeout_s=spec["timeout_s"])
+            run = run_one(spec, out_dir / label.replace(" ", "_"))
         except UserError as exc:
             return {**row, "error": str(exc)}
         losses = [s["loss"] for s in run["steps"]]
@@ -239,9 +190,9 @@ def ablate_profiles(base: dict, first: str, second: str, out_dir: Path, progress
 
     rows = []
     for factor, keys in PROFILE_FACTORS.items():
-        if all(_get(spec_a, k) == _get(spec_b, k) for k in keys):
+        if all(get(spec_a, k) == get(spec_b, k) for k in keys):
             continue
-        values = {first: [_get(spec_a, k) for k in keys], second: [_get(spec_b, k) for k in keys]}
+        values = {first: [get(spec_a, k) for k in keys], second: [get(spec_b, k) for k in keys]}
         try:
             spec = make_spec(merge(spec_a, _override(keys, spec_b)), {"alignment": "aligned", "framework": home})
         except UserError as exc:
@@ -303,7 +254,7 @@ def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, toleran
                                     "distributed": {"world_size": world}})
             name = split_name(batch, accum, world)
             progress(f"accumulation: {fw} {name} ...")
-            run = run_one(spec, out_dir / "accumulation" / f"{fw}-{name.replace(' ', '-')}", timeout_s=spec["timeout_s"])
+            run = run_one(spec, out_dir / "accumulation" / f"{fw}-{name.replace(' ', '-')}")
             losses[name] = [st["loss"] for st in run["steps"]]
         reference = next(iter(losses))
         for split, values in losses.items():
@@ -321,6 +272,5 @@ def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, toleran
 def _factor_value(factor: str, run: dict):
     """What the factor was set to in this run, for the table (from the spec the worker ran)."""
     spec = run["job"]["spec"]
-    override = NATIVE_FACTORS[factor][spec["framework"]] or {"train": {"grad_accum": None}}
-    section, values = next(iter(override.items()))
+    section, values = next(iter(NATIVE_FACTORS[factor][spec["framework"]].items()))
     return {k: spec[section][k] for k in values}

@@ -44,7 +44,8 @@ def _build(args) -> int:
     from harness.tinymodel.build import BuildPlan, ForgePaused, build_tiny_model
 
     t = time.perf_counter()
-    plan = BuildPlan(family=args.family, preset=args.preset, seed=args.seed, steps=args.steps, instruction_steps=args.instruction_steps)
+    plan = BuildPlan(family=args.family, preset=args.preset, seed=args.seed, steps=args.steps,
+                     instruction_steps=args.instruction_steps)
     try:
         path, meta = build_tiny_model(plan, out_dir=args.out, force=args.force, resume=args.resume,
                            stop_after_minutes=args.stop_after, device=args.device)
@@ -63,19 +64,22 @@ def _build(args) -> int:
 
 
 def _eval(args) -> int:
-    from harness.data.samples import load_samples, resolve_dataset_dir, split_file
+    from harness.data.cards import resolve_dataset_dir
+    from harness.data.samples import load_samples, split_file
     from harness.eval.evaluate import evaluate
     from harness.run.job import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model_dir)
     if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
         raise UserError(f"{args.adapter}: not a PEFT adapter directory (no adapter_config.json)")
-    samples = load_samples(split_file(resolve_dataset_dir(args.dataset), args.split, args.task), task=args.task)[: args.n]
+    split = split_file(resolve_dataset_dir(args.dataset), args.split, args.task)
+    samples = load_samples(split, task=args.task)[: args.n]
     scores = evaluate(model_dir, samples, adapter_dir=args.adapter).metrics
     if args.json:
         print(json.dumps(scores))
     else:
-        print(f"{model_dir}{' + ' + str(args.adapter) if args.adapter else ''} on {args.split}/{args.task} (n={scores['n']})")
+        adapter = f" + {args.adapter}" if args.adapter else ""
+        print(f"{model_dir}{adapter} on {args.split}/{args.task} (n={scores['n']})")
         for k in ("cer", "wer", "exact_match", "field_precision", "field_recall", "field_f1", "field_anls",
                   "json_valid_rate"):
             if k in scores:

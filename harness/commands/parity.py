@@ -32,8 +32,6 @@ def add_parser(parser) -> None:
 
 
 def run(args) -> int:
-    import adapters
-    from harness.analysis import parity as P
     from harness.config.spec import load_yaml, make_spec, merge, parse_set
 
     raw = merge(make_spec(load_yaml(args.spec), source=args.spec), parse_set(args.set), source="--set")
@@ -42,13 +40,20 @@ def run(args) -> int:
     base = make_spec(raw, source=args.spec)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     for fw in frameworks:
-        if fw not in adapters.REGISTRY:
-            raise UserError(f"unknown framework {fw!r} (valid: {', '.join(sorted(adapters.REGISTRY))})")
+        make_spec(base, {"framework": fw}, source="--frameworks")  # an unknown name: the spec's own error
     if len(frameworks) < 2 and not (args.ablate or args.check):
         raise UserError("parity needs at least two frameworks")
+    from harness.run.dir_lock import hold
+
+    with hold(args.out):  # one run at a time on a directory (it also creates it)
+        return _run_held(args, base, frameworks)
+
+
+def _run_held(args, base: dict, frameworks: list[str]) -> int:
+    from harness.analysis import parity as P
+
     quiet = (lambda *_: None) if args.json else (lambda m: print(m, flush=True))
     t0 = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.check == "accumulation":
         tolerance = 1e-5 if args.tolerance is None else args.tolerance
         doc = P.check_accumulation(base, frameworks, args.out, tolerance, progress=quiet,

@@ -1,4 +1,5 @@
-"""`lorabench regress --baseline FILE --current RESULTS [--format text|json|markdown] [--threshold METRIC=FRACTION ...]`.
+"""`lorabench regress --baseline FILE --current RESULTS [--format text|json|markdown]
+[--threshold METRIC=FRACTION ...]`.
 
 `--format markdown` prints a table for a CI job summary (e.g. `>> "$GITHUB_STEP_SUMMARY"`).
 

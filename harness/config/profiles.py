@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 
+from harness.config.native_defaults import swift_grad_accum
+
 SOURCES = {
     "swift-default": "ms-swift 4.6.0 argument defaults: swift/arguments/tuner_args.py (lora_rank 8, lora_alpha 32, "
                      "lora_dropout 0.05, target_modules all-linear, freeze_vit/freeze_aligner true), "
@@ -112,7 +114,8 @@ def apply_profile(spec: dict, merge) -> dict:
         schedule["warmup_steps"] = math.ceil(ratio * spec["train"]["steps"])
     train = settings.get("train", {})
     if name == "swift-default":  # swift's rule, for the spec's number of processes
-        train["grad_accum"] = max(1, math.ceil(16 / (train["batch_size"] * spec["distributed"]["world_size"])))
-    if spec["device"] == "cpu" and settings.get("distributed", {}).get("zero_stage") and train.get("precision") == "fp16":
+        train["grad_accum"] = swift_grad_accum(train["batch_size"], spec["distributed"]["world_size"])
+    zero = settings.get("distributed", {}).get("zero_stage")
+    if spec["device"] == "cpu" and zero and train.get("precision") == "fp16":
         settings["distributed"] = {**settings["distributed"], "zero_stage": None}
     return merge(spec, settings, source=f"profile {name}")

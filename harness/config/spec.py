@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 import adapters
-from adapters.common import RENAMED_TARGET_PRESETS, TARGET_PRESETS  # noqa: F401 (the presets' one home)
+from harness.lora_targets import RENAMED_TARGET_PRESETS, TARGET_PRESETS  # noqa: F401 (the presets' one home)
 from harness.config.profiles import PROFILES, apply_profile
 from harness.errors import UserError
 
@@ -163,7 +163,8 @@ def validate_spec(spec: dict, source: str = "spec") -> dict:
     lora, optim, sched, train, dist = spec["lora"], spec["optim"], spec["schedule"], spec["train"], spec["distributed"]
     if isinstance(lora["targets"], str):
         _check_choice(lora["targets"], TARGET_PRESETS, "lora.targets", source)
-    elif not (isinstance(lora["targets"], list) and lora["targets"] and all(isinstance(t, str) for t in lora["targets"])):
+    elif not (isinstance(lora["targets"], list) and lora["targets"]
+              and all(isinstance(t, str) for t in lora["targets"])):
         raise UserError(f"{source}: lora.targets must be one of {', '.join(TARGET_PRESETS)} or a list of module names")
     _check_number(lora["r"], "lora.r", source, low=1, integer=True)
     _check_number(lora["alpha"], "lora.alpha", source, low=0)
@@ -186,7 +187,8 @@ def validate_spec(spec: dict, source: str = "spec") -> dict:
     _check_choice(train["label_mask"], LABEL_MASKS, "train.label_mask", source)
     _check_choice(train["answer_prefix"], ANSWER_PREFIXES, "train.answer_prefix", source)
     if not (isinstance(lora["modules_to_save"], list) and all(isinstance(m, str) for m in lora["modules_to_save"])):
-        raise UserError(f"{source}: lora.modules_to_save must be a list of module names, got {lora['modules_to_save']!r}")
+        raise UserError(f"{source}: lora.modules_to_save must be a list of module names, "
+                        f"got {lora['modules_to_save']!r}")
     if lora["targets"] == "lm+vision-linear" and not train["freeze_vision"]:
         raise UserError(f"{source}: lora.targets=lm+vision-linear with train.freeze_vision=false: the vision tower "
                         "is then trained in full and neither PEFT nor swift puts LoRA inside a module trained in "
@@ -358,9 +360,3 @@ def deep_update(a: dict, b: dict) -> dict:
             out[k] = v
     return out
 
-
-def get(spec: dict, dotted: str):
-    node = spec
-    for part in dotted.split("."):
-        node = node[part]
-    return node

@@ -22,7 +22,8 @@ import itertools
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.config.spec import deep_update, get, load_yaml, make_spec, nested, parse_set, spec_hash
+from harness.config.spec import deep_update, load_yaml, make_spec, nested, parse_set, spec_hash
+from harness.dotted import get
 
 SUITE_KEYS = ("name", "description", "defaults", "matrix", "include", "exclude", "cells", "lanes")
 SHORTHANDS = {"seed": ("train.seed", "train.data_seed")}

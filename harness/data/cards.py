@@ -338,3 +338,11 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 def ensure_built(name_or_card_path: str | os.PathLike) -> Path:
     """The build directory of a card (name or path), built and verified if needed."""
     return build_dataset(load_card(name_or_card_path)).path
+
+
+def resolve_dataset_dir(name: str) -> Path:
+    """A card name or path -> its (verified) build; a directory of JSONL files -> itself."""
+    path = Path(name)
+    if path.is_dir() and not (path / "card.yaml").exists():
+        return path
+    return Path(ensure_built(name))

@@ -49,16 +49,6 @@ def split_file_name(split: str, task: str) -> str:
     return f"{split}.{task}.jsonl"
 
 
-def resolve_dataset_dir(name: str) -> Path:
-    """A card name or path -> its (verified) build; a directory of JSONL files -> itself."""
-    path = Path(name)
-    if path.is_dir() and not (path / "card.yaml").exists():
-        return path
-    from harness.data.cards import ensure_built
-
-    return Path(ensure_built(name))
-
-
 # ---- loading and validating JSONL ----------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Sample:

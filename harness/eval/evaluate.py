@@ -55,8 +55,9 @@ def references(samples: Sequence) -> list[dict]:
     return refs
 
 
-def evaluate(model_dir, samples: Sequence, *, adapter_dir=None, system=TEMPLATE_DEFAULT, answer_prefix: str = "template",
-             device: str = "cpu", max_new_tokens: int = 320, batch_size: int = 16, n_boot: int = 1000,
+def evaluate(model_dir, samples: Sequence, *, adapter_dir=None, system=TEMPLATE_DEFAULT,
+             answer_prefix: str = "template", device: str = "cpu", max_new_tokens: int = 320, batch_size: int = 16,
+             n_boot: int = 1000,
              progress: Callable[[int], None] | None = None, model=None, processor=None) -> EvalResult:
     """Generate greedily for `samples` on the base model (+ adapter) and score the answers.
 
@@ -75,8 +76,9 @@ def evaluate(model_dir, samples: Sequence, *, adapter_dir=None, system=TEMPLATE_
     canvas = image_canvas(model_dir)
     images = [fit_canvas(Image.open(s.image).convert("RGB"), canvas) for s in samples]
     t0 = time.perf_counter()
-    answers = generate_answers(model, processor, images, [s.prompt for s in samples], system=system, answer_prefix=answer_prefix,
-                       max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    answers = generate_answers(model, processor, images, [s.prompt for s in samples], system=system,
+                               answer_prefix=answer_prefix, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=progress)
     seconds = time.perf_counter() - t0
     refs = references(samples)
     predictions = [{"id": s.id, "prediction": a, "reference": s.target, "image": str(Path(s.image).resolve())}

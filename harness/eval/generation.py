@@ -25,8 +25,9 @@ def load_model(model_dir, adapter_dir=None, dtype="float32", device="cpu"):
     return model, processor
 
 
-def generate_answers(model, processor, images: Sequence, prompts: Sequence[str], *, system=TEMPLATE_DEFAULT, answer_prefix: str = "template",
-             max_new_tokens: int = 320, batch_size: int = 16, progress=None) -> list[str]:
+def generate_answers(model, processor, images: Sequence, prompts: Sequence[str], *, system=TEMPLATE_DEFAULT,
+                     answer_prefix: str = "template", max_new_tokens: int = 320, batch_size: int = 16,
+                     progress=None) -> list[str]:
     """Greedy answers for (image, prompt) pairs, in order. `prompts` are user texts (`<image>` optional);
     `system` a system prompt, None for none, or TEMPLATE_DEFAULT for the model family's default;
     `answer_prefix` the run's `train.answer_prefix`."""

@@ -6,7 +6,7 @@ Inputs
   Files of other tools (ms-swift's `swift infer` output, lm-eval samples) are read through
   `InputKeys` by the loaders (`load_refs`, `load_preds`, `load_pairs`) into these two forms.
 
-Rules (the `lorabench score` contract; every choice the issue left open is marked DECISION)
+Rules (the `lorabench score` contract; each choice that is ours, not a standard's, is marked DECISION)
 - Texts are stripped before anything else. CER / WER are jiwer's corpus values over the list of
   stripped references against the list of stripped predictions (jiwer's default transforms: CER
   compares characters as they are, WER also collapses runs of whitespace and splits on spaces).
@@ -36,7 +36,6 @@ recomputing the *corpus* statistic on each resample, e.g. CER = sum(char edits) 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping

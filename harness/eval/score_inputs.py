@@ -180,15 +180,17 @@ def load_preds(path: str | Path, ref_ids: Iterable[str] | None = None,
     With `ref_ids`, an id outside them is a UserError naming FILE:LINE. With `keys.id` None the
     rows have no id: row n is the prediction for the n-th of `ref_ids` (the counts must agree).
     """
+    rows = list(_read_jsonl(path))
+    if not rows:  # scoring nothing would print zeros: an empty file is a wrong path or a failed inference
+        raise UserError(f"{path}: no predictions")
     if keys.id is None and ref_ids is not None:
         ordered = list(ref_ids)
-        rows = list(_read_jsonl(path))
         if len(rows) != len(ordered):
             raise UserError(f"{path}: {len(rows)} predictions for {len(ordered)} references: rows "
                             "without an id are matched by order, so the counts must be equal")
         by_position = _check_preds(rows, None, keys)
         return {rid: by_position[_row_id(i)] for i, rid in enumerate(ordered)}
-    return _check_preds(_read_jsonl(path), None if ref_ids is None else set(ref_ids), keys)
+    return _check_preds(rows, None if ref_ids is None else set(ref_ids), keys)
 
 
 def load_pairs(path: str | Path, keys: InputKeys) -> tuple[list[dict], dict[str, str]]:

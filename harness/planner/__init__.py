@@ -7,7 +7,7 @@ Modules, one idea each:
   `search_fits`);
 - `deepspeed_check`: DeepSpeed's own estimators next to ours;
 - `deepspeed_config`: a user's DeepSpeed config file as planner inputs (the ZeRO section the runs
-  use comes from harness.run.distributed, the same function for both);
+  use comes from harness.planner.zero_templates, the same function for both);
 - `validate`: the estimate against measured runs (imported on demand: it needs the results store).
 
 The names below are the planner's API, so callers write `planner.estimate(...)` without knowing

@@ -3,7 +3,7 @@
 `lorabench plan --deepspeed-config FILE` reads the file the user trains with. Its zero_optimization
 section is checked the way DeepSpeed checks it (an unknown key is an error there too, so a misspelt
 budget never silently falls back to a default), "auto" values are resolved with Hugging Face's rule
-from the model's hidden size (the same function the runs use: harness.run.distributed.resolve_auto),
+from the model's hidden size (the same function the runs use: harness.planner.zero_templates.resolve_auto),
 and keys left out take DeepSpeed's defaults. Every problem is one UserError line naming the file.
 """
 
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.run.distributed import HF_AUTO, resolve_auto
+from harness.planner.zero_templates import HF_AUTO, resolve_auto
 
 # DeepSpeed 0.19.8's defaults (deepspeed/runtime/zero/config.py) for the keys the planner reads.
 DEEPSPEED_DEFAULTS = {
@@ -29,7 +29,7 @@ DEEPSPEED_DEFAULTS = {
 }
 
 # Every key DeepSpeed 0.19.8's DeepSpeedZeroConfig accepts in zero_optimization (field names and
-# their aliases; it rejects any other). tests/test_plan.py compares this with DeepSpeed's own list.
+# their aliases; it rejects any other). tests/planner/test_plan.py compares this with DeepSpeed's own list.
 ZERO_KEYS = frozenset({
     "allgather_bucket_size", "allgather_partitions", "allgather_sequential", "compute_grad_norm",
     "contiguous_gradients", "cpu_offload", "cpu_offload_param", "cpu_offload_use_pin_memory",

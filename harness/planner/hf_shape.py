@@ -216,8 +216,8 @@ def shape_from_model(model, model_type: str, name: str, source: dict, image_proc
                                     largest["projector"], {}),
         language_model=_tower_from_model(model, parts["language_model"], arch.lm_blocks, owned["language_model"],
                                          linears["language_model"], largest["language_model"], lm_widths),
-        vocab=int(text.vocab_size), tied_embeddings=tied, image_tokens=_image_tokens(model_type, config, image_processor),
-        source=source)
+        vocab=int(text.vocab_size), tied_embeddings=tied,
+        image_tokens=_image_tokens(model_type, config, image_processor), source=source)
 
 
 def _first_line(exc: Exception) -> str:

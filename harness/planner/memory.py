@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from harness.planner.deepspeed_config import DEEPSPEED_DEFAULTS
 from harness.planner.shape import (LM_ONLY_TARGETS, SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, Shape, Tower,
                                    lm_lora_filter)
-from harness.run.distributed import ModelSize, zero_optimization
+from harness.planner.zero_templates import ModelSize, zero_optimization
 
 GIB = 2**30
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per weight / activation element
@@ -56,7 +56,7 @@ class PlanInput:
     full_finetune: bool = False  # train every parameter (the DeepSpeed cross-check uses this)
     adapter_fp32: bool | None = None  # None: fp32 without DeepSpeed (stage 0), compute dtype with it
     # the DeepSpeed zero_optimization section (resolved: numbers, no "auto"); None: the one runs get
-    # (harness.run.distributed.zero_optimization for this shape), i.e. ms-swift's templates
+    # (harness.planner.zero_templates.zero_optimization for this shape), i.e. ms-swift's templates
     zero_config: Mapping | None = None
     cuda_context_gib: float = CUDA_CONTEXT_GIB
     fragmentation_factor: float = FRAGMENTATION_FACTOR

@@ -15,7 +15,7 @@ framework's `baseline` run and every other lever is predicted. The estimate comp
 process: GPU bytes + host bytes divided by the processes, without the CUDA context and
 fragmentation terms, against the measured peak above the post-import baseline (largest rank).
 The ZeRO buffers are those the run's DeepSpeed config had: the planner and the runs read them from
-the same function (harness.run.distributed.zero_optimization). The sequence length is the longest
+the same function (harness.planner.zero_templates.zero_optimization). The sequence length is the longest
 padded batch the run saw (its steps' `max_seq_len`), the image tokens per sample the run's own
 average: the estimate is for the batch that set the peak.
 """

@@ -228,12 +228,12 @@ def _hashable(value: Any) -> Any:
 
 
 def group_cells(records: Iterable[Mapping], by: Sequence[str] = ("framework", "alignment")
-                ) -> dict[tuple, list[dict]]:
+                ) -> dict[tuple, list[Mapping]]:
     """Records grouped by the values of `by` in their `cell` (a missing key counts as None).
 
     Returns {(value, ...): [records]} with keys in a stable sorted order and records in input order.
     """
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[Mapping]] = {}
     for record in records:
         key = tuple(_hashable(record.get("cell", {}).get(k)) for k in by)
         groups.setdefault(key, []).append(record)

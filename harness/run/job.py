@@ -11,21 +11,30 @@ import os
 from pathlib import Path
 
 from harness.data.pages import image_canvas
-from harness.data.samples import PROMPTS, load_samples, resolve_dataset_dir, split_file
+from harness.data.cards import resolve_dataset_dir
+from harness.run.distributed import deepspeed_config_file
+from harness.data.samples import PROMPTS, load_samples, split_file
 from harness.errors import UserError
 from harness.results.store import write_text_atomic
+
+
+def check_model(name: str) -> None:
+    """A spec's `model` names an embedded model or a checkpoint directory (a UserError naming both kinds
+    otherwise); nothing is built or loaded."""
+    from harness.tinymodel.build import EMBEDDED_MODELS
+
+    if name not in EMBEDDED_MODELS and not (Path(name) / "config.json").is_file():
+        raise UserError(f"model {name!r}: not an embedded model ({', '.join(EMBEDDED_MODELS)}) and not a "
+                        "checkpoint directory with a config.json")
 
 
 def resolve_model_dir(name: str) -> Path:
     from harness.tinymodel.build import EMBEDDED_MODELS, BuildPlan, tiny_checkpoint
 
+    check_model(name)
     if name in EMBEDDED_MODELS:
         return tiny_checkpoint(BuildPlan(family=EMBEDDED_MODELS[name]))
-    path = Path(name)
-    if not (path / "config.json").is_file():
-        raise UserError(f"model {name!r}: not an embedded model ({', '.join(EMBEDDED_MODELS)}) and not a "
-                        "checkpoint directory with a config.json")
-    return path
+    return Path(name)
 
 
 def canvas_copy(image_path: Path, canvas: tuple[int, int]) -> Path:
@@ -87,5 +96,7 @@ def prepare_job(spec: dict, run_dir: Path) -> dict:
            "dataset_dir": str(dataset_dir.resolve()), "train_jsonl": str(train_jsonl.resolve()),
            "n_train": n_train,
            "eval_jsonl": str(split_file(dataset_dir, spec["eval"]["split"], spec["task"]).resolve())}
+    # one DeepSpeed config for every framework, written here so that adapters only pass its path on
+    job["deepspeed_config"] = deepspeed_config_file(spec, run_dir, model_dir)
     (run_dir / "job.json").write_text(json.dumps(job, indent=1))
     return job

@@ -46,15 +46,17 @@ def lane_cpus(lanes: int | str, cells: Sequence) -> list[list[int]] | None:
     cpus = _available_cpus()
     if lanes == "auto":
         lanes = len(cpus) if one_process_cpu else 1
-    lanes = min(int(lanes), len(cpus), len(cells))
+    lanes = min(int(lanes), len(cpus))
     if lanes <= 1:
         return None
     if not one_process_cpu:
         from harness.errors import UserError
 
         raise UserError("lanes > 1 need one-process CPU cells: a GPU or multi-process cell needs the whole machine")
+    # a lane's share of the cores follows the lanes asked for, not the cells left: a cell resumed alone
+    # runs on the share its neighbours had, so its timing stays comparable with theirs
     share = len(cpus) // lanes
-    return [cpus[i * share:(i + 1) * share] for i in range(lanes)]
+    return [cpus[i * share:(i + 1) * share] for i in range(min(lanes, len(cells)))]
 
 
 def run_in_lanes(cells: Sequence, cpus: list[list[int]], run_one: Callable) -> list[dict]:

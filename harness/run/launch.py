@@ -43,7 +43,8 @@ def worker_command(mode: str, job_path: Path, world_size: int, rdzv: dict | None
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world_size}"]
     if rdzv.get("nnodes", 1) > 1:  # multi-node: torchrun's rendezvous options, passed through
         cmd += [f"--nnodes={rdzv['nnodes']}", f"--node-rank={rdzv.get('node_rank', 0)}",
-                f"--rdzv-endpoint={rdzv['endpoint']}", "--rdzv-backend=c10d", f"--rdzv-id={rdzv.get('id', 'lorabench')}"]
+                f"--rdzv-endpoint={rdzv['endpoint']}", "--rdzv-backend=c10d",
+                f"--rdzv-id={rdzv.get('id', 'lorabench')}"]
     else:
         cmd += [f"--master-port={free_port()}", "--master-addr=127.0.0.1"]
     return cmd + ["-m", "harness.run.worker", mode, str(job_path)]

@@ -112,7 +112,8 @@ class Progress:
         m = record.get("metrics") or {}
         summary = (f"{record['status']}" + (f" cer={m['cer']:.4f}" if "cer" in m else "") +
                    (f" field_f1={m['field_f1']:.3f}" if "field_f1" in m else "") +
-                   (f" anon+{m['peak_anon_above_baseline_mib']:.0f}MiB" if m.get("peak_anon_above_baseline_mib") else "") +
+                   (f" anon+{m['peak_anon_above_baseline_mib']:.0f}MiB"
+                    if m.get("peak_anon_above_baseline_mib") else "") +
                    f" {record['wall_s']:.0f}s")
         if self.lanes > 1:  # lines of parallel runs interleave: say whose result this is
             summary = f"{record['run_id']} {summary}"

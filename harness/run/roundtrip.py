@@ -10,7 +10,7 @@ fresh process, by each framework's own loading path:
 Both frameworks save PEFT's format with the same key names, so an adapter trained by one loads in
 the other as is; no key mapping is applied, and the comparison below would name any difference.
 
-Against the probe the training process took from the live model (adapters.common.save_probe):
+Against the probe the training process took from the live model (adapters.readback.save_probe):
 - logits on the probe rows within LOGIT_TOLERANCE (fp32);
 - every tensor that was trainable is in the saved files, with its shape (a missing one is named);
 - the merged model (`merge_and_unload`) gives the same greedy answers as the unmerged one.
@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.errors import UserError
+
 LOGIT_TOLERANCE = {"float32": 1e-5, "bfloat16": 5e-2, "float16": 5e-2}  # fp32 is the check; half precision is noise
 GREEDY_TOKENS = 48
 
@@ -29,7 +31,7 @@ def saved_tensors(adapter_dir: Path) -> dict[str, list[int]]:
     """Name (normalised as the probe's) -> shape of every tensor in the saved adapter."""
     from safetensors import safe_open
 
-    from adapters.common import normalize_key
+    from adapters.lora_setup import normalize_key
 
     out = {}
     with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), framework="pt") as f:
@@ -50,9 +52,17 @@ def missing_tensors(trainable: dict[str, list[int]], saved: dict[str, list[int]]
 
 
 def load_probe(path: Path) -> dict:
+    """The probe, unpickling nothing but tensors and plain containers: a results directory may come from
+    someone else, and a pickled object could run code as it loads."""
+    import pickle
+
     import torch
 
-    return torch.load(str(path), map_location="cpu", weights_only=False)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path}: refused to load, it holds more than tensors and plain values "
+                        f"({str(exc).splitlines()[0]})") from None
 
 
 def logits_difference(model, probe: dict) -> float:
@@ -155,6 +165,6 @@ def summarise(blocks: dict[str, dict]) -> tuple[dict, str | None]:
             failures.append(f"{loader} loader: the merged model's greedy answers differ from the adapter's")
     worst = max((b.get("max_abs_logit_diff", math.inf) for b in blocks.values()), default=None)
     effect = blocks.get("peft", {}).get("adapter_effect")
-    summary = {"loaders": blocks, "max_abs_logit_diff": worst, "adapter_effect": effect, "ok": not failures and bool(blocks),
-               "cause": "; ".join(failures) or None}
+    summary = {"loaders": blocks, "max_abs_logit_diff": worst, "adapter_effect": effect,
+               "ok": not failures and bool(blocks), "cause": "; ".join(failures) or None}
     return summary, summary["cause"]

@@ -35,6 +35,10 @@ def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, for
     `lanes` > 1 runs that many cells at a time, each lane pinned to its own cores with as many threads
     as it has cores (harness.run.lanes), so that every cell is timed on the same share of the machine.
     """
+    from harness.run.job import check_model
+
+    for model in sorted({c.spec["model"] for c in cells}):  # before anything runs, dry or not
+        check_model(model)
     finished = set() if force else results.finished_hashes(results_dir)
     todo = [c for c in cells if c.spec_hash not in finished]
     if dry_run:
@@ -46,6 +50,13 @@ def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, for
     if not todo:
         print(f"all {len(cells)} runs of suite {name!r} are finished ({results_dir})")
         return 0
+    from harness.run.dir_lock import hold
+
+    with hold(results_dir):  # one run at a time on a directory (it also creates it)
+        return _run_todo(name, todo, results_dir, command, lanes)
+
+
+def _run_todo(name: str, todo: list[Cell], results_dir: Path, command: str, lanes: int) -> int:
     from harness.run.env import fingerprint
     from harness.run.lanes import lane_cpus, run_in_lanes
     from harness.run.meters import matmul_peak_gflops
@@ -83,13 +94,12 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
              cpus: list[int] | None = None) -> dict:
     """One cell through its workers into a record; `cpus`: the lane's cores (None: the whole machine)."""
     from harness.run.env import dataset_fingerprint, model_fingerprint
-    from harness.run.job import prepare_job
     from harness.run.lanes import PREPARE_LOCK, cancelled
     from harness.run.machine_load import LoadWatch
+    from harness.run.train_run import train
 
     spec = cell.spec
     work = results_dir / "work" / cell.run_id
-    shutil.rmtree(work, ignore_errors=True)
     started, t0, load = _now(), time.perf_counter(), LoadWatch(cpus)
     worker_cpu = [0.0]
 
@@ -110,26 +120,21 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                       load=load.stop(worker_cpu[0] if cpus else None))
         return record
 
-    try:
-        with PREPARE_LOCK:  # lanes share the dataset build and the canvas cache
-            job = prepare_job(spec, work)
-    except UserError as exc:
-        return done("failed", f"lorabench: error: {exc}")
-    record["env"]["dataset"] = dataset_fingerprint(job["dataset_dir"], spec["dataset"])
-    record["env"]["model"] = model_fingerprint(job["model_dir"], spec["model"])
     def poll():
         if cancelled():  # Ctrl-C in the main thread: the lanes' workers stop and are recorded as cancelled
             raise KeyboardInterrupt
         progress.poll(work / "progress.jsonl")
 
-    world = spec["distributed"]["world_size"]
-    res = run_worker("train", work / "job.json", work / "worker.log", spec["timeout_s"], world_size=world,
-                     device=spec["device"], poll=poll)
+    try:  # the lanes share the dataset build and the canvas cache: one prepares at a time
+        run = train(spec, work, poll=poll, run_worker=run_worker, prepare_lock=PREPARE_LOCK)
+    except UserError as exc:
+        return done("failed", f"lorabench: error: {exc}")
+    job, res = run.job, run.result
+    record["env"]["dataset"] = dataset_fingerprint(job["dataset_dir"], spec["dataset"])
+    record["env"]["model"] = model_fingerprint(job["model_dir"], spec["model"])
     if res.status != "ok":
         return done(res.status, res.error_tail)
-    worker_s = {"train": res.seconds}
-    ranks = [json.loads(p.read_text()) for p in sorted(work.glob("train.rank*.json"))]
-    rank0 = next(r for r in ranks if r["rank"] == 0)
+    ranks, rank0 = run.ranks, run.rank0
     record["env"]["torch_threads"] = rank0["torch_threads"]
     record["effective_settings"] = rank0["effective"]
     record["train"] = {"steps": rank0["steps"], "warmup_steps_excluded": rank0["throughput"]["warmup_steps_excluded"],
@@ -152,12 +157,9 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                "gpu_max_reserved_mib": _gpu_max(ranks, "max_reserved_mib"),
                "meter_overhead_fraction": max(r["memory"]["meter_overhead_fraction"] for r in ranks)}
     metrics["mfu"] = _mfu(metrics["train_tokens_per_s"], rank0, env.get("matmul_peak_gflops"))
-    ran_as = rank0["effective"].get("world_size")
-    if ran_as is not None and ran_as != world:
-        # each process trained alone (the framework never joined the process group): not the run asked for
+    if mismatch := run.world_mismatch():  # each process trained alone: not the run asked for
         record["metrics"] = metrics
-        return done("failed", f"asked for {world} processes, the framework ran as a world of {ran_as}: "
-                              "its processes trained independently")
+        return done("failed", mismatch)
     record["training_check"], not_trained = training_check.check(Path(rank0["initial_adapter"]),
                                                                  Path(rank0["adapter_dir"]), rank0["steps"])
     if not_trained:
@@ -172,7 +174,6 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
             if roundtrip_failure:  # an adapter that does not load fails the evaluation too: name the cause
                 return done("failed", f"adapter round trip: {roundtrip_failure}")
             return done(res.status, "evaluation: " + (res.error_tail or ""))
-        worker_s["eval"] = res.seconds
         ev = json.loads((work / "eval.json").read_text())
         record["eval"] = {k: ev[k] for k in ("task", "split", "n", "seconds", "per_field", "per_kind", "system_prompt")}
         runs_dir = results_dir / "runs"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from adapters.common import normalize_key  # the key form of the initial snapshots
+from adapters.lora_setup import normalize_key  # the key form of the initial snapshots
 
 MIN_LIVE_GRADIENT_FRACTION = 0.5  # below this, most steps updated nothing (a few skipped fp16 steps are normal)
 

@@ -74,7 +74,8 @@ def train(job: dict) -> int:
     meter = MemoryMeter()  # baseline: RSS and anonymous memory after imports
     meter.watch("load")  # model loading and set-up, until the adapter's on_train_begin starts "train"
     hooks = ProgressHooks(run_dir, meter, rank)
-    data = TrainData(model_dir=Path(job["model_dir"]), train_jsonl=Path(job["train_jsonl"]), n_samples=job["n_train"])
+    data = TrainData(model_dir=Path(job["model_dir"]), train_jsonl=Path(job["train_jsonl"]), n_samples=job["n_train"],
+                     deepspeed_config=Path(job["deepspeed_config"]) if job.get("deepspeed_config") else None)
     outcome = adapter.train(spec, data, run_dir, hooks)
     memory = meter.stop()
     result: RankResult = {

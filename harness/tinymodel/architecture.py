@@ -25,7 +25,8 @@ UNK = "<|unk|>"
 
 @dataclasses.dataclass(frozen=True)
 class TinyPreset:
-    """Shapes of the embedded model. `tiny` (~2.2 M params) is the size that learnt to read in minutes on 2 CPU cores."""
+    """Shapes of the embedded model. `tiny` (~2.2 M params) is the size that learnt to read in minutes on
+    2 CPU cores."""
 
     vision_embed_dim: int = 128
     vision_depth: int = 3

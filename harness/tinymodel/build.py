@@ -21,8 +21,10 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.paths import ASSETS_DIR, CACHE_DIR as CACHE_ROOT
+from harness.tinymodel.card import EVAL_DOCS_DURING_TRAINING
 
-FORGE_VERSION = 2  # bump when harness.tinymodel.forge / harness.tinymodel.architecture change what the reading stage produces
+# bump when harness.tinymodel.forge / harness.tinymodel.architecture change what the reading stage produces
+FORGE_VERSION = 2
 INSTRUCTION_VERSION = 1  # bump when the instruction stage's recipe changes what it produces
 ASSET_DIR = ASSETS_DIR / "tiny-qwen2vl"
 CACHE_DIR = CACHE_ROOT / "models"
@@ -72,7 +74,8 @@ class BuildPlan:
             return None
         reading = self.forge_config()
         return ForgeConfig(
-            steps=self.instruction_steps or FAMILY_INSTRUCTION_STEPS.get(self.family, INSTRUCTION_STEPS), lr=5e-4, warmup_steps=50, seed=self.seed,
+            steps=self.instruction_steps or FAMILY_INSTRUCTION_STEPS.get(self.family, INSTRUCTION_STEPS), lr=5e-4,
+            warmup_steps=50, seed=self.seed,
             random_pages=reading.random_pages, label_pages=reading.label_pages, curriculum_steps=0,
             task_weights=(("read", 0.3), ("read_json", 0.1), ("read_kv", 0.4), ("fill_json", 0.1), ("ask", 0.1)))
 
@@ -159,7 +162,6 @@ class ForgePaused(Exception):
         self.step, self.steps, self.state_path = step, steps, state_path
 
 
-EVAL_DOCS_DURING_TRAINING = 40  # test documents for the quality curve (each point costs ~15 s on 2 cores)
 
 
 def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool = False, progress: bool = True, *,
@@ -203,7 +205,7 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
         """One forge stage, with its own resumable state beside `stage_out`."""
         state_path = stage_out.with_name(stage_out.name + ".forge-state.pt")
         if resume and state_path.is_file():
-            saved_key = torch.load(state_path, map_location="cpu", weights_only=False).get("key")
+            saved_key = torch.load(state_path, map_location="cpu", weights_only=True).get("key")
             if saved_key != stage_key:
                 raise UserError(f"{state_path} belongs to another build (recipe or data changed); "
                                 "run without --resume to start over")
@@ -244,7 +246,8 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
             alphabet = tiny_model.alphabet_from_texts(s.text for s in pretrain)
             model, processor = tiny_model.build_untrained(alphabet, tiny_model.PRESETS[plan.preset], plan.seed)
             summary = train(model, processor, reading_cfg, first_dir, first_key)
-            first_meta = {"key": first_key, "stage": "reading", "preset": plan.preset, **stage_meta(reading_cfg, summary)}
+            first_meta = {"key": first_key, "stage": "reading", "preset": plan.preset,
+                          **stage_meta(reading_cfg, summary)}
             _save(tiny_model, model, processor, first_dir, first_meta, summary)
         first_meta = _meta(first_dir)
         from harness.eval.generation import load_model
@@ -254,7 +257,8 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
         meta = {"key": key, "forge": first_meta["forge"], "pretrain": first_meta["pretrain"],
                 "reading_key": first_key, "instruction": stage_meta(instruction_cfg, summary),
                 "ctc_probe_steps": CTC_PROBE_STEPS}
-    meta.update({"family": plan.family, "image_canvas": canvas, "preset": plan.preset, "forge_version": FORGE_VERSION, "instruction_version": INSTRUCTION_VERSION,
+    meta.update({"family": plan.family, "image_canvas": canvas, "preset": plan.preset, "forge_version": FORGE_VERSION,
+                 "instruction_version": INSTRUCTION_VERSION,
                  "card": plan.card, "card_checksum": card.checksum, "seed": plan.seed,
                  "params": tiny_model.param_counts(model), "torch_threads": torch.get_num_threads(),
                  "device": device, "build_s": None})
@@ -361,11 +365,12 @@ def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> 
 
     pages = _test_pages(data_dir, max_samples, image_canvas(model_dir))
     items = structured_items(pages)
-    fills = generate_answers(model, processor, [p.image for p in pages], [prompt for prompt, _ in items], max_new_tokens=160)
+    images = [p.image for p in pages]
+    fills = generate_answers(model, processor, images, [prompt for prompt, _ in items], max_new_tokens=160)
     out["fill_json"] = {"n": len(pages), **fill_json_scores(fills, [a for _, a in items]),
                         "eval_s": time.perf_counter() - t}
     t = time.perf_counter()
-    kvs = generate_answers(model, processor, [p.image for p in pages], [READ_KV_PROMPT] * len(pages), max_new_tokens=200)
+    kvs = generate_answers(model, processor, images, [READ_KV_PROMPT] * len(pages), max_new_tokens=200)
     out["read_kv"] = {"n": len(pages), "exact": read_kv_exact(kvs, pages), "eval_s": time.perf_counter() - t}
     return out
 

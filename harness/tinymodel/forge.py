@@ -178,7 +178,8 @@ def reserved_keys() -> set[str]:
         from harness.data import docgen as docgen
 
         rng = np.random.default_rng(0)
-        _RESERVED_KEYS = {k for kind in docgen.KINDS for _ in range(200) for k in docgen.generate_document(kind, rng).fields}
+        _RESERVED_KEYS = {k for kind in docgen.KINDS for _ in range(200)
+                          for k in docgen.generate_document(kind, rng).fields}
     return _RESERVED_KEYS
 
 
@@ -349,7 +350,7 @@ def pretrain(model, processor, pool, cfg: ForgeConfig, *, device: str = "cpu", o
     task_p = [w for _, w in cfg.task_weights]
     step, history, curve, seconds_before = 0, [], [], 0.0
     if resume and state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         ctc.linear.load_state_dict(state["ctc"])
         opt.load_state_dict(state["optimizer"])

@@ -122,7 +122,8 @@ def build_config(tokenizer, preset: TinyMiniCPMVPreset):
             pad_token_id=ids["<|endoftext|>"],
         ),
         insert_layer_id=1, image_size=SCALE_RESOLUTION, downsample_mode=DOWNSAMPLE_MODE, merge_kernel_size=(2, 2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], tie_word_embeddings=False,  # as MiniCPM-V 4.6 (its own lm_head)
+        # tie_word_embeddings False: as MiniCPM-V 4.6 (its own lm_head)
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], tie_word_embeddings=False,
     )
 
 

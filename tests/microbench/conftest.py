@@ -28,6 +28,6 @@ def rows(tmp_path_factory):
     data = Path(ensure_built("synthdocs-mini"))
     out = tmp_path_factory.mktemp("mb") / "train.jsonl"
     write_train_file(data / "train.extract.jsonl", out, "extract", 16)
-    from adapters.common import read_jsonl
+    from adapters.chat_data import read_jsonl
 
     return read_jsonl(out)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from adapters.common import ChatCollator, lora_config, resolve_targets
+from adapters.chat_data import ChatCollator
+from adapters.lora_setup import lora_config
+from harness.lora_targets import resolve_targets
 from harness.config.spec import make_spec
 
 

@@ -8,16 +8,7 @@ from typing import Any
 
 import yaml
 
-
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            flat.update(_flatten(v, name + "."))
-        else:
-            flat[name] = v
-    return flat
+from harness.dotted import flatten
 
 
 def _unique(values: Iterable[Any]) -> list[Any]:
@@ -43,7 +34,7 @@ def error_line(error: str | None) -> str:
 
 def methods_facts(records: Sequence[Mapping]) -> dict:
     envs = [r.get("env") or {} for r in records]
-    flat_specs = [_flatten(r.get("spec") or {}) for r in records]
+    flat_specs = [flatten(r.get("spec") or {}) for r in records]
     all_keys = sorted(set().union(*flat_specs)) if flat_specs else []
     constant, varying = {}, {}
     for k in all_keys:

@@ -331,7 +331,7 @@ def levers_table(records: Sequence[Mapping], keys: Sequence[str], number: int) -
             t_med = statistics.median(t) if t else None
             failed = not any(r["status"] == "ok" for r in lrecs)
 
-            def shown_value(median):
+            def shown_value(median, failed=failed):
                 return TableCell("failed" if failed else fmt_cost(median) if median is not None else "—")
 
             second_cells = []

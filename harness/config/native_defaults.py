@@ -1,0 +1,73 @@
+"""What each framework does with a setting a user leaves unset: one table, per framework and release.
+
+The ablation (`lorabench parity --ablate`, harness.analysis.parity) reverts one factor at a time to
+these values, and the `swift-default` profile (harness.config.profiles) takes its accumulation rule
+from here, so the two cannot disagree. Each value names the release and file it was read from, and a test
+checks the accumulation rule against the installed ms-swift's own argument object.
+"""
+
+from __future__ import annotations
+
+import math
+
+RELEASES = {"peft": "transformers 5.19 + peft 0.20", "swift": "ms-swift 4.6.0"}
+SOURCES = {
+    "peft": "transformers TrainingArguments defaults (learning_rate 5e-5, weight_decay 0, adam betas 0.9/0.999, "
+            "linear schedule, no warm-up, gradient_accumulation_steps 1, no gradient checkpointing) and peft "
+            "LoraConfig defaults (lora_alpha 8, lora_dropout 0) with target_modules='all-linear' (every Linear "
+            "but the output layer, the vision tower's included); a cookbook collator labels every non-pad token",
+    "swift": "swift/arguments/tuner_args.py (lora_alpha 32, lora_dropout 0.05, all-linear on the language model: "
+             "freeze_vit), swift/arguments/sft_args.py and swift/trainers/arguments.py (learning_rate 1e-4 for "
+             "LoRA, weight_decay 0.1, adam_beta2 0.95, cosine, gradient_accumulation_steps "
+             "ceil(16 / per_device_batch / world_size), gradient checkpointing on, dataset shuffle)",
+}
+
+
+def swift_grad_accum(batch_size: int, world_size: int) -> int:
+    """ms-swift's accumulation when `gradient_accumulation_steps` is unset, written as
+    `TrainArgumentsMixin.__post_init__` writes it: a global batch of about 16 samples over all processes."""
+    return max(1, math.ceil(16 / batch_size / world_size))
+
+
+def native_grad_accum(framework: str, batch_size: int, world_size: int) -> int:
+    """Accumulation steps a framework picks by itself: ms-swift's rule, the Trainer's 1."""
+    return swift_grad_accum(batch_size, world_size) if framework == "swift" else 1
+
+
+# Each factor's native value per framework, as spec overrides. PEFT's all-linear = every-linear
+# (vision tower included); swift's all-linear = lm-linear (language model only: freeze_vit).
+# `accumulation` depends on the spec's batch and processes: see native_override.
+NATIVE_FACTORS: dict[str, dict[str, dict]] = {
+    "targets": {"peft": {"lora": {"targets": "every-linear"}}, "swift": {"lora": {"targets": "lm-linear"}}},
+    "alpha": {"peft": {"lora": {"alpha": 8}}, "swift": {"lora": {"alpha": 32}}},
+    "dropout": {"peft": {"lora": {"dropout": 0.0}}, "swift": {"lora": {"dropout": 0.05}}},
+    "lr": {"peft": {"optim": {"lr": 5e-5}}, "swift": {"optim": {"lr": 1e-4}}},
+    "weight_decay": {"peft": {"optim": {"weight_decay": 0.0}}, "swift": {"optim": {"weight_decay": 0.1}}},
+    "beta2": {"peft": {"optim": {"betas": [0.9, 0.999]}}, "swift": {"optim": {"betas": [0.9, 0.95]}}},
+    "scheduler": {"peft": {"schedule": {"type": "linear", "warmup_steps": 0}},
+                  "swift": {"schedule": {"type": "cosine", "warmup_steps": 0}}},
+    "accumulation": {"peft": {"train": {"grad_accum": None}}, "swift": {"train": {"grad_accum": None}}},
+    "loss_norm": {"peft": {"train": {"loss_norm": "tokens"}}, "swift": {"train": {"loss_norm": "mean_of_means"}}},
+    "data_order": {"peft": {"train": {"data_order": "sampler"}}, "swift": {"train": {"data_order": "swift_shuffle"}}},
+    "template": {"peft": {"train": {"label_mask": "all"}}, "swift": {"train": {"label_mask": "answer"}}},
+    "grad_checkpointing": {"peft": {"train": {"grad_checkpointing": False}},
+                           "swift": {"train": {"grad_checkpointing": True}}},
+    "precision": {"peft": {"train": {"precision": "fp32"}}, "swift": {"train": {"precision": "fp32"}}},
+}
+FACTOR_NOTES = {
+    "accumulation": "swift picks ceil(16 / (batch x processes)) accumulation steps, the Trainer 1: a different "
+                    "global batch",
+    "loss_norm": "not a native difference today (swift and transformers >= 4.46 both normalise per token over the "
+                 "accumulated batch); the mean of micro-batch means of transformers < 4.46 is put on one side",
+    "precision": "swift switches fp16 on for fp32 models only on a GPU; on the CPU both stay fp32",
+    "template": "a PEFT user's cookbook collator puts labels on every non-pad, non-image token; swift on the "
+                "answer only",
+}
+
+
+def native_override(factor: str, framework: str, spec: dict) -> dict:
+    """The spec override that puts one factor at `framework`'s native value for this spec."""
+    if factor == "accumulation":
+        return {"train": {"grad_accum": native_grad_accum(framework, spec["train"]["batch_size"],
+                                                          spec["distributed"]["world_size"])}}
+    return {section: dict(values) for section, values in NATIVE_FACTORS[factor][framework].items()}

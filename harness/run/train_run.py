@@ -1,0 +1,52 @@
+"""One training run in its own worker: the path the suite runner, parity, the ablation and the
+accumulation check all take, so they start, time out, collect and check a worker the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from harness.run.job import prepare_job
+from harness.run.launch import WorkerResult, run_worker as launch_worker
+
+
+@dataclasses.dataclass
+class TrainRun:
+    job: dict
+    result: WorkerResult
+    ranks: list[dict]  # every rank's train.rank<R>.json, rank order; empty unless the worker ended ok
+
+    @property
+    def rank0(self) -> dict:
+        return next(r for r in self.ranks if r["rank"] == 0)
+
+    def world_mismatch(self) -> str | None:
+        """Why the run is not the one asked for: its processes never joined one process group."""
+        asked = self.job["spec"]["distributed"]["world_size"]
+        ran_as = self.rank0["effective"].get("world_size")
+        if ran_as is None or ran_as == asked:
+            return None
+        return f"asked for {asked} processes, the framework ran as a world of {ran_as}: its processes trained " \
+               "independently"
+
+
+def train(spec: dict, work: Path, *, cpus: list[int] | None = None, poll=None, run_worker=None,
+          prepare_lock=None) -> TrainRun:
+    """Prepare `work` afresh (job.json, data, model) and train `spec` there in a worker process.
+
+    A user's mistake in preparing (missing data, bad model path) raises UserError; whatever happens
+    to the worker is in `result.status`. `run_worker` replaces the launcher (the runner passes one that
+    counts the cell's CPU time); `prepare_lock` serialises preparation between lanes."""
+    shutil.rmtree(work, ignore_errors=True)
+    with prepare_lock or contextlib.nullcontext():
+        job = prepare_job(spec, work)
+    result = (run_worker or launch_worker)("train", work / "job.json", work / "worker.log", spec["timeout_s"],
+                                           world_size=spec["distributed"]["world_size"], device=spec["device"],
+                                           poll=poll, **({"cpus": cpus} if cpus else {}))
+    ranks = []
+    if result.status == "ok":
+        ranks = sorted((json.loads(p.read_text()) for p in work.glob("train.rank*.json")), key=lambda r: r["rank"])
+    return TrainRun(job, result, ranks)
