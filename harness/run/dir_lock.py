@@ -4,7 +4,7 @@ Two `lorabench run` (or `parity`) processes on one directory would train the sam
 work directories: each slows the other several times over, and one can overwrite the adapter the
 other is evaluating. The directory's lock is an OS file lock (`filelock`), so a process killed with
 kill -9 releases it with its file descriptors and the next run goes ahead. Within one process the
-lock is shared and counted (lanes run cells in threads), so every worker of a run can take it.
+lock is shared and counted, so code that holds a directory may call code that holds it again.
 """
 
 from __future__ import annotations

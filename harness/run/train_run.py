@@ -33,19 +33,19 @@ class TrainRun:
                "independently"
 
 
-def train(spec: dict, work: Path, *, cpus: list[int] | None = None, poll=None, run_worker=None,
-          prepare_lock=None) -> TrainRun:
+def train(spec: dict, work: Path, *, poll=None, run_worker=None, prepare_lock=None) -> TrainRun:
     """Prepare `work` afresh (job.json, data, model) and train `spec` there in a worker process.
 
     A user's mistake in preparing (missing data, bad model path) raises UserError; whatever happens
     to the worker is in `result.status`. `run_worker` replaces the launcher (the runner passes one that
-    counts the cell's CPU time); `prepare_lock` serialises preparation between lanes."""
+    pins it to a lane's cores and counts the cell's CPU time); `prepare_lock` serialises preparation
+    between lanes."""
     shutil.rmtree(work, ignore_errors=True)
     with prepare_lock or contextlib.nullcontext():
         job = prepare_job(spec, work)
     result = (run_worker or launch_worker)("train", work / "job.json", work / "worker.log", spec["timeout_s"],
                                            world_size=spec["distributed"]["world_size"], device=spec["device"],
-                                           poll=poll, **({"cpus": cpus} if cpus else {}))
+                                           poll=poll)
     ranks = []
     if result.status == "ok":
         ranks = sorted((json.loads(p.read_text()) for p in work.glob("train.rank*.json")), key=lambda r: r["rank"])
