@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from typing import Any, Protocol
+from harness.run_spec import Spec
 
 
 @dataclasses.dataclass
@@ -31,7 +32,7 @@ class TrainOutcome:
 class Adapter(Protocol):
     name: str
 
-    def train(self, spec: dict, data: "TrainData", out_dir: Path, hooks: "Hooks") -> TrainOutcome:
+    def train(self, spec: Spec, data: "TrainData", out_dir: Path, hooks: "Hooks") -> TrainOutcome:
         """Train with LoRA as `spec` says (in this process) and save the adapter under `out_dir`.
 
         `data` gives the train JSONL (absolute image paths) and the model directory. `hooks`

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness import archs
 from harness.chat import build_answer, build_prompt, prompt_arch
+from harness.run_spec import Spec
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -15,14 +16,14 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def chat_arch(model, spec: dict) -> archs.Arch:
+def chat_arch(model, spec: Spec) -> archs.Arch:
     """The model family's chat format as the spec trains it (`train.answer_prefix`)."""
-    return prompt_arch(archs.for_model(model), spec["train"]["answer_prefix"])
+    return prompt_arch(archs.for_model(model), spec.train.answer_prefix)
 
 
-def system_for(spec: dict, arch: archs.Arch = archs.DEFAULT) -> str | None:
+def system_for(spec: Spec, arch: archs.Arch = archs.DEFAULT) -> str | None:
     """The system prompt of `train.system_prompt`: "default" is the family's template default."""
-    return arch.default_system if spec["train"]["system_prompt"] == "default" else None
+    return arch.default_system if spec.train.system_prompt == "default" else None
 
 
 class ChatCollator:

@@ -19,6 +19,7 @@ from pathlib import Path
 from adapters import chat_data, lora_setup, readback
 from adapters.base import Hooks, TrainData, TrainOutcome
 from harness.errors import UserError
+from harness.run_spec import Spec
 
 TARGET = "model.language_model.layers.0.self_attn.q_proj"  # a module every Qwen2-VL-style model has
 
@@ -26,12 +27,12 @@ TARGET = "model.language_model.layers.0.self_attn.q_proj"  # a module every Qwen
 class DummyAdapter:
     name = "dummy"
 
-    def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
+    def train(self, spec: Spec, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
         import torch
 
         t0 = time.perf_counter()
-        t, o = spec["train"], spec["optim"]
-        if spec["distributed"]["world_size"] > 1 or spec["distributed"]["zero_stage"] is not None:
+        t, o = spec.train, spec.optim
+        if spec.distributed.world_size > 1 or spec.distributed.zero_stage is not None:
             raise UserError("the dummy adapter runs one process without DeepSpeed")
         config = json.loads((data.model_dir / "config.json").read_text())
         text = config.get("text_config") or config
@@ -39,26 +40,26 @@ class DummyAdapter:
         heads = int(text["num_attention_heads"])
         q_out = heads * int(text.get("head_dim") or hidden // heads)
         rows = chat_data.read_jsonl(data.train_jsonl)
-        torch.manual_seed(t["seed"])
-        lora_a = torch.nn.Linear(hidden, spec["lora"]["r"], bias=False)
-        target = torch.randn(spec["lora"]["r"])
-        optimizer = torch.optim.AdamW(lora_a.parameters(), lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
-                                      weight_decay=o["weight_decay"])
+        torch.manual_seed(t.seed)
+        lora_a = torch.nn.Linear(hidden, spec.lora.r, bias=False)
+        target = torch.randn(spec.lora.r)
+        optimizer = torch.optim.AdamW(lora_a.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                      weight_decay=o.weight_decay)
         effective = {"trainable_params": lora_a.weight.numel(), "total_params": lora_a.weight.numel(),
                      **readback.optimizer_settings(optimizer)}
         from safetensors.torch import save_file
 
         initial = out_dir / "initial_adapter.safetensors"
-        initial_tensors = _tensors(lora_a, q_out, spec["lora"]["r"])
+        initial_tensors = _tensors(lora_a, q_out, spec.lora.r)
         save_file(initial_tensors, str(initial))
         effective["lora.init_sha"] = lora_setup.tensors_checksum(initial_tensors)
 
         hooks.on_train_begin()
         steps, first_step_at = [], time.perf_counter()
-        for step in range(1, t["steps"] + 1):
+        for step in range(1, t.steps + 1):
             t_step = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            batch = [rows[(step * t["batch_size"] + i) % len(rows)] for i in range(t["batch_size"])]
+            batch = [rows[(step * t.batch_size + i) % len(rows)] for i in range(t.batch_size)]
             # one feature vector per sample from its target text: deterministic, cheap, different lengths
             x = torch.stack([_features(r["messages"][-1]["content"], hidden) for r in batch])
             loss = ((lora_a(x) - target) ** 2).mean()
@@ -72,9 +73,9 @@ class DummyAdapter:
             steps.append(record)
             hooks.on_step(record)
         t_end = time.perf_counter()
-        _save_adapter(out_dir / "adapter", _tensors(lora_a, q_out, spec["lora"]["r"]), spec)
-        effective.update(system_prompt=t["system_prompt"], seed=t["seed"], precision="fp32",
-                         batch_size=t["batch_size"], grad_accum=1, global_batch=t["batch_size"])
+        _save_adapter(out_dir / "adapter", _tensors(lora_a, q_out, spec.lora.r), spec)
+        effective.update(system_prompt=t.system_prompt, seed=t.seed, precision="fp32",
+                         batch_size=t.batch_size, grad_accum=1, global_batch=t.batch_size)
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=steps,
                             effective=effective, setup_s=first_step_at - t0, train_s=t_end - first_step_at)
 
@@ -95,13 +96,13 @@ def _tensors(lora_a, q_out: int, r: int) -> dict:
             f"{prefix}.lora_B.weight": torch.zeros(q_out, r)}
 
 
-def _save_adapter(adapter_dir: Path, tensors: dict, spec: dict) -> None:
+def _save_adapter(adapter_dir: Path, tensors: dict, spec: Spec) -> None:
     from safetensors.torch import save_file
 
     adapter_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(adapter_dir / "adapter_model.safetensors"))
     (adapter_dir / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": None, "r": spec["lora"]["r"], "lora_alpha": spec["lora"]["alpha"],
+        "peft_type": "LORA", "task_type": None, "r": spec.lora.r, "lora_alpha": spec.lora.alpha,
         "lora_dropout": 0.0, "target_modules": TARGET.replace(".", r"\."), "bias": "none",
         "base_model_name_or_path": None, "inference_mode": True, "fan_in_fan_out": False, "modules_to_save": None,
     }, indent=1))

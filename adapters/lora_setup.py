@@ -10,17 +10,18 @@ from pathlib import Path
 from harness import archs
 from harness.errors import UserError
 from harness.lora_targets import targets_regex
+from harness.run_spec import Spec
 
 
 PEFT_INIT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 
 
-def full_modules(model, spec: dict) -> list[str]:
+def full_modules(model, spec: Spec) -> list[str]:
     """Modules trained in full (PEFT's and swift's `modules_to_save`): the vision tower when
     `train.freeze_vision` is false, and `lora.modules_to_save` (exact names or dotted suffixes)."""
     names = [n for n, _ in model.named_modules() if n]
-    chosen = [] if spec["train"]["freeze_vision"] else vision_modules_to_save(model)
-    for wanted in spec["lora"]["modules_to_save"]:
+    chosen = [] if spec.train.freeze_vision else vision_modules_to_save(model)
+    for wanted in spec.lora.modules_to_save:
         hits = [n for n in names if n == wanted or n.endswith("." + wanted)]
         if not hits:
             raise UserError(f"lora.modules_to_save {wanted!r} matches no module of the model")
@@ -34,14 +35,14 @@ def vision_modules_to_save(model) -> list[str]:
     return archs.for_model(model).vision_full_modules(n for n, _ in model.named_modules())
 
 
-def lora_config(spec: dict, target_names: list[str], modules_to_save: list[str] | None = None):
+def lora_config(spec: Spec, target_names: list[str], modules_to_save: list[str] | None = None):
     from peft import LoraConfig
 
-    lora = spec["lora"]
+    lora = spec.lora
     return LoraConfig(
-        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-        target_modules=targets_regex(target_names), init_lora_weights=PEFT_INIT[lora["init"]],
-        use_rslora=lora["rslora"], bias="none", task_type="CAUSAL_LM", modules_to_save=modules_to_save or None,
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=targets_regex(target_names), init_lora_weights=PEFT_INIT[lora.init],
+        use_rslora=lora.rslora, bias="none", task_type="CAUSAL_LM", modules_to_save=modules_to_save or None,
     )
 
 

@@ -22,53 +22,54 @@ from pathlib import Path
 from adapters import chat_data, lora_setup, readback, trainer_steps
 from adapters.base import Hooks, TrainData, TrainOutcome
 from harness import archs, lora_targets
+from harness.run_spec import Spec
 
 SWIFT_INIT = {"kaiming": "true", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def sft_arguments(spec: dict, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config,
+def sft_arguments(spec: Spec, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config,
                   modules_to_save: list[str] = ()):
     from swift.arguments import SftArguments
 
     return SftArguments(**sft_kwargs(spec, data, out_dir, target_names, deepspeed_config, modules_to_save))
 
 
-def sft_kwargs(spec: dict, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config,
+def sft_kwargs(spec: Spec, data: TrainData, out_dir: Path, target_names: list[str] | None, deepspeed_config,
                modules_to_save: list[str] = ()) -> dict:
     """The arguments lorabench passes to swift's sft pipeline (everything else is swift's default)."""
     from adapters.swift_model import model_type_for
 
-    t, o, s, lora = spec["train"], spec["optim"], spec["schedule"], spec["lora"]
+    t, o, s, lora = spec.train, spec.optim, spec.schedule, spec.lora
     base = dict(
         model=str(data.model_dir), dataset=[str(data.train_jsonl)], tuner_type="lora",
         output_dir=str(out_dir / "swift"), add_version=False, check_model=False, report_to=["none"],
-        dataloader_num_workers=0, max_steps=t["steps"], per_device_train_batch_size=t["batch_size"],
-        seed=t["seed"], logging_steps=1, save_strategy="no", lora_rank=lora["r"], load_from_cache_file=False,
+        dataloader_num_workers=0, max_steps=t.steps, per_device_train_batch_size=t.batch_size,
+        seed=t.seed, logging_steps=1, save_strategy="no", lora_rank=lora.r, load_from_cache_file=False,
         deepspeed=deepspeed_config, dataset_num_proc=1,
     )
     base["model_type"] = model_type_for(data.model_dir)
     if base["model_type"] == archs.for_dir(data.model_dir).swift_template:
         # swift's own type: name its template too (Qwen2-VL's type also fits `qvq`'s, Qwen2.5-VL's `mimo_vl`'s)
         base["template"] = base["model_type"]
-    if spec["alignment"] == "native":
+    if spec.alignment == "native":
         return dict(**base, target_modules=["all-linear"])
     vision = any(archs.for_dir(data.model_dir).is_vision(n) for n in target_names)
     return dict(
-        **base, target_regex=lora_targets.targets_regex(target_names), lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"], init_weights=SWIFT_INIT[lora["init"]], use_rslora=lora["rslora"],
-        learning_rate=o["lr"], adam_beta1=o["betas"][0], adam_beta2=o["betas"][1], adam_epsilon=o["eps"],
-        weight_decay=o["weight_decay"], optim="adamw_torch", lr_scheduler_type=s["type"],
-        warmup_steps=s["warmup_steps"], max_grad_norm=1.0, gradient_accumulation_steps=t["grad_accum"],
-        gradient_checkpointing=t["grad_checkpointing"], torch_dtype="float32", fp16=t["precision"] == "fp16",
-        bf16=t["precision"] == "bf16", data_seed=t["data_seed"],
-        dataset_shuffle=t["data_order"] == "swift_shuffle", split_dataset_ratio=0.0,
-        system="" if t["system_prompt"] == "none" else None, max_length=t["max_length"],
+        **base, target_regex=lora_targets.targets_regex(target_names), lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout, init_weights=SWIFT_INIT[lora.init], use_rslora=lora.rslora,
+        learning_rate=o.lr, adam_beta1=o.betas[0], adam_beta2=o.betas[1], adam_epsilon=o.eps,
+        weight_decay=o.weight_decay, optim="adamw_torch", lr_scheduler_type=s.type,
+        warmup_steps=s.warmup_steps, max_grad_norm=1.0, gradient_accumulation_steps=t.grad_accum,
+        gradient_checkpointing=t.grad_checkpointing, torch_dtype="float32", fp16=t.precision == "fp16",
+        bf16=t.precision == "bf16", data_seed=t.data_seed,
+        dataset_shuffle=t.data_order == "swift_shuffle", split_dataset_ratio=0.0,
+        system="" if t.system_prompt == "none" else None, max_length=t.max_length,
         truncation_strategy="right",  # as the harness collator: cut the answer's tail, never drop a sample
-        freeze_vit=not vision and t["freeze_vision"], freeze_aligner=True, modules_to_save=list(modules_to_save),
+        freeze_vit=not vision and t.freeze_vision, freeze_aligner=True, modules_to_save=list(modules_to_save),
         average_tokens_across_devices=True,
         # swift writes MiniCPM-V's empty thinking block before every answer unless told not to
-        add_non_thinking_prefix=t["answer_prefix"] == "template",
+        add_non_thinking_prefix=t.answer_prefix == "template",
     )
 
 
@@ -97,7 +98,7 @@ def swift_command_line(kwargs: dict, env: dict | None = None) -> str:
 class SwiftAdapter:
     name = "swift"
 
-    def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
+    def train(self, spec: Spec, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
         from adapters.swift_model import register, template_env
 
         t0 = time.perf_counter()
@@ -105,7 +106,7 @@ class SwiftAdapter:
         from swift.pipelines import SwiftSft
 
         target_names, unfrozen = None, []
-        if spec["alignment"] != "native":
+        if spec.alignment != "native":
             target_names, unfrozen = _target_names(spec, data)
         ds_config = str(data.deepspeed_config) if data.deepspeed_config else None
         kwargs = sft_kwargs(spec, data, out_dir, target_names, ds_config, unfrozen)
@@ -115,7 +116,7 @@ class SwiftAdapter:
         os.environ.update(env)  # read by swift's template when it is built
         args = SftArguments(**kwargs)
         (out_dir / "swift_sft_command.sh").write_text(swift_command_line(kwargs, env) + "\n")
-        native = spec["alignment"] == "native"
+        native = spec.alignment == "native"
         result: dict = {}
         initial = out_dir / "initial_adapter.safetensors"
 
@@ -129,7 +130,7 @@ class SwiftAdapter:
                     effective.update(readback.optimizer_settings(kw["optimizer"]))
                     effective["scheduler"] = type(kw["lr_scheduler"]).__name__
 
-                mean_of_means = spec["train"]["loss_norm"] == "mean_of_means" and not native
+                mean_of_means = spec.train.loss_norm == "mean_of_means" and not native
                 recorder = trainer_steps.StepRecorder(trainer, hooks, on_begin=on_begin, mean_of_means=mean_of_means)
                 out = super().train(trainer)
                 t_end = time.perf_counter()
@@ -159,7 +160,7 @@ class SwiftAdapter:
                             probe=out_dir / "probe.pt")
 
 
-def _target_names(spec: dict, data: TrainData) -> tuple[list[str], list[str]]:
+def _target_names(spec: Spec, data: TrainData) -> tuple[list[str], list[str]]:
     """LoRA targets and fully trained modules, resolved on a meta-device copy of the model
     (no weights loaded, no RNG consumed)."""
     import torch
@@ -169,4 +170,4 @@ def _target_names(spec: dict, data: TrainData) -> tuple[list[str], list[str]]:
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     unfrozen = lora_setup.full_modules(model, spec)
-    return lora_targets.resolve_targets(model, spec["lora"]["targets"]), unfrozen
+    return lora_targets.resolve_targets(model, spec.lora.targets), unfrozen

@@ -14,6 +14,7 @@ from pathlib import Path
 from adapters import chat_data, lora_setup, readback, trainer_steps
 from adapters.base import Hooks, TrainData, TrainOutcome
 from harness import chat, lora_targets
+from harness.run_spec import Spec
 
 MAX_GRAD_NORM = 1.0  # what transformers.Trainer clips to by default
 
@@ -21,25 +22,25 @@ MAX_GRAD_NORM = 1.0  # what transformers.Trainer clips to by default
 class TorchAdapter:
     name = "torch"
 
-    def train(self, spec: dict, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
+    def train(self, spec: Spec, data: TrainData, out_dir: Path, hooks: Hooks) -> TrainOutcome:
         import torch
         from peft import get_peft_model
         from transformers import AutoProcessor, AutoModelForImageTextToText, get_scheduler, set_seed
 
-        if spec["distributed"]["world_size"] > 1 or spec["distributed"]["zero_stage"] is not None:
+        if spec.distributed.world_size > 1 or spec.distributed.zero_stage is not None:
             from harness.errors import UserError
 
             raise UserError("the torch reference adapter runs one process without DeepSpeed")
         t0 = time.perf_counter()
-        t, o, s = spec["train"], spec["optim"], spec["schedule"]
-        device = torch.device(spec["device"])
-        set_seed(t["seed"])  # before loading: LoRA init draws from this state
+        t, o, s = spec.train, spec.optim, spec.schedule
+        device = torch.device(spec.device)
+        set_seed(t.seed)  # before loading: LoRA init draws from this state
         processor = AutoProcessor.from_pretrained(str(data.model_dir))
         model = AutoModelForImageTextToText.from_pretrained(str(data.model_dir), dtype=torch.float32)
         unfrozen = lora_setup.full_modules(model, spec)
-        targets = lora_targets.resolve_targets(model, spec["lora"]["targets"])
+        targets = lora_targets.resolve_targets(model, spec.lora.targets)
         model = get_peft_model(model, lora_setup.lora_config(spec, targets, unfrozen))
-        if t["grad_checkpointing"]:
+        if t.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.to(device).train()
@@ -50,27 +51,27 @@ class TorchAdapter:
         # AdamW as the Trainer builds it: decay on weights, none on biases and norms.
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         no_decay = lambda n: n.endswith(".bias") or "norm" in n.lower()  # noqa: E731
-        groups = [{"params": [p for n, p in params if not no_decay(n)], "weight_decay": o["weight_decay"]},
+        groups = [{"params": [p for n, p in params if not no_decay(n)], "weight_decay": o.weight_decay},
                   {"params": [p for n, p in params if no_decay(n)], "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"])
-        scheduler = get_scheduler(s["type"], optimizer, num_warmup_steps=s["warmup_steps"],
-                                  num_training_steps=t["steps"])
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        scheduler = get_scheduler(s.type, optimizer, num_warmup_steps=s.warmup_steps,
+                                  num_training_steps=t.steps)
         effective.update(readback.optimizer_settings(optimizer))
         effective["scheduler"] = type(scheduler).__name__
 
         rows = chat_data.read_jsonl(data.train_jsonl)
         arch = chat_data.chat_arch(model, spec)
         system = chat_data.system_for(spec, arch)
-        collate = chat_data.ChatCollator(processor, system, t["label_mask"], t["max_length"], arch)
-        sampler = TrainerOrderSampler(len(rows), t["batch_size"], t["data_seed"])
+        collate = chat_data.ChatCollator(processor, system, t.label_mask, t.max_length, arch)
+        sampler = TrainerOrderSampler(len(rows), t.batch_size, t.data_seed)
         micro_batches = iter(sampler)
         hooks.on_train_begin()
         steps, fingerprints, micro_batch_sizes = [], [], []
         first_step_at = time.perf_counter()
-        for step in range(1, t["steps"] + 1):
+        for step in range(1, t.steps + 1):
             t_step = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            batches = [collate([rows[i] for i in next(micro_batches)]) for _ in range(t["grad_accum"])]
+            batches = [collate([rows[i] for i in next(micro_batches)]) for _ in range(t.grad_accum)]
             phase = dict.fromkeys(trainer_steps.STEP_PHASES, 0.0)
             phase["data_s"] = time.perf_counter() - t_step
             # per token over the accumulated batch: every micro-batch divides by the step's token count
@@ -83,10 +84,10 @@ class TorchAdapter:
                 micro_batch_sizes.append(int(batch["labels"].shape[0]))
                 batch = {k: v.to(device) for k, v in batch.items()}
                 t_phase = time.perf_counter()
-                if t["loss_norm"] == "tokens":
+                if t.loss_norm == "tokens":
                     loss = model(**batch, num_items_in_batch=n_tokens).loss
                 else:  # mean of micro-batch means
-                    loss = model(**batch).loss / t["grad_accum"]
+                    loss = model(**batch).loss / t.grad_accum
                 phase["forward_s"] += time.perf_counter() - t_phase
                 t_phase = time.perf_counter()
                 loss.backward()
@@ -109,7 +110,7 @@ class TorchAdapter:
         model.save_pretrained(str(out_dir / "adapter"))
         readback.save_probe(model, processor, rows, chat_data.system_for(spec, arch), out_dir / "probe.pt", arch)
         effective.update(reference_settings(model, scheduler, sampler, collate, steps, fingerprints, micro_batch_sizes,
-                                            t["loss_norm"]))
+                                            t.loss_norm))
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=steps,
                             effective=effective, setup_s=first_step_at - t0, train_s=t_end - first_step_at,
                             probe=out_dir / "probe.pt")

@@ -1,4 +1,4 @@
-"""Dotted paths into nested mappings ('train.steps', 'env.packages.torch'): one getter, one flattener."""
+"""Dotted paths into nested mappings or typed specs ('train.steps', 'env.packages.torch'): one getter, one flattener."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def get(node: Mapping, dotted: str) -> Any:
-    """node['a']['b'] for 'a.b' (a KeyError names the missing part)."""
+def get(node: Any, dotted: str) -> Any:
+    """node['a']['b'] for 'a.b', or node.a.b on a typed spec (a KeyError names the missing part)."""
     for part in dotted.split("."):
-        node = node[part]
+        if isinstance(node, Mapping):
+            node = node[part]
+        elif part.isidentifier() and hasattr(node, part) and not callable(getattr(node, part)):
+            node = getattr(node, part)
+        else:
+            raise KeyError(part)
     return node
 
 

@@ -10,7 +10,6 @@ Three pieces of evidence, all read back from the live runs (adapters.readback, a
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -20,6 +19,7 @@ from harness.config.spec import make_spec, merge
 from harness.dotted import get
 from harness.errors import UserError
 from harness.run.train_run import train
+from harness.run_spec import Spec
 
 # Settings that are framework-specific by nature: shown, never compared.
 NOT_COMPARED_PREFIXES = ("swift.",)
@@ -30,14 +30,14 @@ CAUSE_ORDER = ("lora.n_targets", "lora.targets_sha", "lora.targets_vision", "lor
                "global_batch", "data_order_sha", "system_prompt", "label_mask", "grad_checkpointing", "precision",
                "dtype")
 
-def run_one(spec: dict, run_dir: Path) -> dict:
+def run_one(spec: Spec, run_dir: Path) -> dict:
     """Train one framework in its own worker; returns its train.rank0.json (or raises UserError)."""
     run = train(spec, run_dir)
     if run.result.status != "ok":
         last = (run.result.error_tail or "").strip().splitlines()[-1:]
-        raise UserError(f"{spec['framework']} run {run.result.status}: {last} (log: {run_dir / 'worker.log'})")
+        raise UserError(f"{spec.framework} run {run.result.status}: {last} (log: {run_dir / 'worker.log'})")
     if mismatch := run.world_mismatch():
-        raise UserError(f"{spec['framework']}: {mismatch} (log: {run_dir / 'worker.log'})")
+        raise UserError(f"{spec.framework}: {mismatch} (log: {run_dir / 'worker.log'})")
     return {**run.rank0, "job": run.job}
 
 
@@ -105,16 +105,16 @@ def compare_runs(runs: dict[str, dict], tolerance: float) -> dict:
             "final_loss": {n: losses[n][-1] if losses[n] else None for n in names}}
 
 
-def parity(base: dict, frameworks: list[str], out_dir: Path, tolerance: float, progress=print) -> dict:
+def parity(base: Spec, frameworks: list[str], out_dir: Path, tolerance: float, progress=print) -> dict:
     runs = {}
     for fw in frameworks:
         spec = make_spec(base, {"framework": fw})
-        progress(f"parity: training {fw} for {spec['train']['steps']} steps ...")
+        progress(f"parity: training {fw} for {spec.train.steps} steps ...")
         runs[fw] = run_one(spec, out_dir / fw)
     return compare_runs(runs, tolerance)
 
 
-def ablate(base: dict, out_dir: Path, tolerance: float, factors=None, progress=print) -> list[dict]:
+def ablate(base: Spec, out_dir: Path, tolerance: float, factors=None, progress=print) -> list[dict]:
     """For each factor: peft and swift aligned except that factor at each one's native value."""
     rows = []
     for factor in factors or NATIVE_FACTORS:
@@ -130,7 +130,7 @@ def ablate(base: dict, out_dir: Path, tolerance: float, factors=None, progress=p
         rows.append({"factor": factor, "max_abs_dloss": verdict["max_abs_dloss"],
                      "final_loss_gap": abs(verdict["final_loss"]["peft"] - verdict["final_loss"]["swift"]),
                      "first_divergent_step": verdict["first_divergent_step"],
-                     "values": {fw: runs[fw]["job"]["spec"] and _factor_value(factor, runs[fw]) for fw in runs},
+                     "values": {fw: _factor_value(factor, runs[fw]) for fw in runs},
                      "note": FACTOR_NOTES.get(factor, "")})
     return sorted(rows, key=lambda r: -r["max_abs_dloss"])
 
@@ -149,15 +149,15 @@ PROFILE_FACTORS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _override(keys: tuple[str, ...], source: dict) -> dict:
+def _override(keys: tuple[str, ...], source: Spec) -> dict:
     out: dict = {}
     for dotted in keys:
         section, key = dotted.split(".")
-        out.setdefault(section, {})[key] = copy.deepcopy(get(source, dotted))
+        out.setdefault(section, {})[key] = get(source.to_dict(), dotted)
     return out
 
 
-def ablate_profiles(base: dict, first: str, second: str, out_dir: Path, progress=print) -> dict:
+def ablate_profiles(base: Spec, first: str, second: str, out_dir: Path, progress=print) -> dict:
     """Why two named profiles train differently: `first` on its own framework, then `first` with one
     factor at a time set to `second`'s value, ranked by how far that factor alone moves the loss
     curve; and `second` on its own framework and on `first`'s (the framework's share, ~0 when aligned).
@@ -176,9 +176,9 @@ def ablate_profiles(base: dict, first: str, second: str, out_dir: Path, progress
     run_a = run_one(spec_a, out_dir / first)
     losses_a = [s["loss"] for s in run_a["steps"]]
 
-    def compare(label: str, spec: dict, values) -> dict:
+    def compare(label: str, spec: Spec, values) -> dict:
         row = {"factor": label, "values": values}
-        progress(f"ablation {label}: {spec['framework']} ...")
+        progress(f"ablation {label}: {spec.framework} ...")
         try:
             run = run_one(spec, out_dir / label.replace(" ", "_"))
         except UserError as exc:
@@ -207,7 +207,7 @@ def ablate_profiles(base: dict, first: str, second: str, out_dir: Path, progress
             totals.append(compare(f"{second} on {home}", on_home, None))
         except UserError as exc:
             totals.append({"factor": f"{second} on {home}", "error": f"not expressible on {home}: {exc}"})
-    return {"first": first, "second": second, "framework": home, "steps": spec_a["train"]["steps"],
+    return {"first": first, "second": second, "framework": home, "steps": spec_a.train.steps,
             "first_final_loss": losses_a[-1] if losses_a else None, "factors": ranked, "totals": totals}
 
 
@@ -232,7 +232,7 @@ def split_name(batch: int, accum: int, world: int) -> str:
     return f"{batch}x{accum}" + (f" x{world}p" if world > 1 else "")
 
 
-def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, tolerance: float, progress=print,
+def check_accumulation(base: Spec, frameworks: list[str], out_dir: Path, tolerance: float, progress=print,
                        world_sizes: tuple[int, ...] = (2,)) -> dict:
     """Train each framework with the same global batch split several ways; the losses must not move.
 
@@ -243,7 +243,7 @@ def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, toleran
     over that many processes with no accumulation (one process x accumulation 2 against 2 processes
     x accumulation 1); the per-step loss of such a run is the mean over its ranks.
     """
-    global_batch = base["train"]["batch_size"] * base["train"]["grad_accum"]
+    global_batch = base.train.batch_size * base.train.grad_accum
     if len(accumulation_splits(global_batch)) < 2:
         raise UserError(f"global batch {global_batch} has a single split: use a batch x accumulation of 2 or more")
     results = []
@@ -263,7 +263,7 @@ def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, toleran
                             "invariant": gap <= tolerance, "losses": values})
     bad = [r for r in results if not r["invariant"]]
     return {"check": "accumulation", "global_batch": global_batch, "tolerance": tolerance,
-            "alignment": base["alignment"], "loss_norm": base["train"]["loss_norm"], "rows": results,
+            "alignment": base.alignment, "loss_norm": base.train.loss_norm, "rows": results,
             "invariant": not bad,
             "cause": None if not bad else (f"{bad[0]['framework']}: split {bad[0]['split']} differs from "
                                            f"{bad[0]['reference']} by {bad[0]['max_abs_dloss']:.3g} in loss")}
@@ -271,6 +271,6 @@ def check_accumulation(base: dict, frameworks: list[str], out_dir: Path, toleran
 
 def _factor_value(factor: str, run: dict):
     """What the factor was set to in this run, for the table (from the spec the worker ran)."""
-    spec = run["job"]["spec"]
-    section, values = next(iter(NATIVE_FACTORS[factor][spec["framework"]].items()))
-    return {k: spec[section][k] for k in values}
+    spec = run["job"].spec
+    section, values = next(iter(NATIVE_FACTORS[factor][spec.framework].items()))
+    return {k: get(spec, f"{section}.{k}") for k in values}

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.run_spec import Spec
 
 
 def add_parser(parser) -> None:
@@ -35,9 +36,7 @@ def run(args) -> int:
     from harness.config.spec import load_yaml, make_spec, merge, parse_set
 
     raw = merge(make_spec(load_yaml(args.spec), source=args.spec), parse_set(args.set), source="--set")
-    if args.steps:
-        raw["train"]["steps"] = args.steps
-    base = make_spec(raw, source=args.spec)
+    base = make_spec(raw, {"train": {"steps": args.steps}} if args.steps else {}, source=args.spec)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     for fw in frameworks:
         make_spec(base, {"framework": fw}, source="--frameworks")  # an unknown name: the spec's own error
@@ -49,7 +48,7 @@ def run(args) -> int:
         return _run_held(args, base, frameworks)
 
 
-def _run_held(args, base: dict, frameworks: list[str]) -> int:
+def _run_held(args, base: Spec, frameworks: list[str]) -> int:
     from harness.analysis import parity as P
 
     quiet = (lambda *_: None) if args.json else (lambda m: print(m, flush=True))
@@ -77,13 +76,13 @@ def _run_held(args, base: dict, frameworks: list[str]) -> int:
     if args.ablate:
         factors = args.factors.split(",") if args.factors else None
         rows = P.ablate(base, args.out / "ablation", args.tolerance, factors, progress=quiet)
-        doc = {"ablation": rows, "seconds": time.perf_counter() - t0, "spec": base}
+        doc = {"ablation": rows, "seconds": time.perf_counter() - t0, "spec": base.to_dict()}
         _save(args.out / "ablation.json", doc)
         print(json.dumps(doc, default=str) if args.json else format_ablation(rows))
         return 0
     verdict = P.parity(base, frameworks, args.out, args.tolerance, progress=quiet)
     verdict["seconds"] = time.perf_counter() - t0
-    verdict["spec"] = base
+    verdict["spec"] = base.to_dict()
     _save(args.out / "parity.json", verdict)
     print(json.dumps(verdict, default=str) if args.json else format_verdict(verdict))
     return 0 if verdict["aligned"] else 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from harness.run_spec import Spec
+
 RELEASES = {"peft": "transformers 5.19 + peft 0.20", "swift": "ms-swift 4.6.0"}
 SOURCES = {
     "peft": "transformers TrainingArguments defaults (learning_rate 5e-5, weight_decay 0, adam betas 0.9/0.999, "
@@ -65,9 +67,9 @@ FACTOR_NOTES = {
 }
 
 
-def native_override(factor: str, framework: str, spec: dict) -> dict:
+def native_override(factor: str, framework: str, spec: Spec) -> dict:
     """The spec override that puts one factor at `framework`'s native value for this spec."""
     if factor == "accumulation":
-        return {"train": {"grad_accum": native_grad_accum(framework, spec["train"]["batch_size"],
-                                                          spec["distributed"]["world_size"])}}
+        return {"train": {"grad_accum": native_grad_accum(framework, spec.train.batch_size,
+                                                          spec.distributed.world_size)}}
     return {section: dict(values) for section, values in NATIVE_FACTORS[factor][framework].items()}

@@ -1,7 +1,8 @@
 """Run specs: one frozen, validated, hashable description of a training run.
 
-A spec is built from defaults (`DEFAULTS`) + a suite's defaults + a matrix cell + CLI overrides,
-merged section by section. Unknown keys are rejected with the dotted key and the valid ones, so a
+A spec is built from defaults (`DEFAULTS`, the JSON form of `harness.run_spec.Spec()`) + a
+suite's defaults + a matrix cell + CLI overrides, merged section by section in JSON form, checked,
+and handed out as a typed `Spec`. Unknown keys are rejected with the dotted key and the valid ones, so a
 misspelt setting never silently falls back to a default. `spec_hash` is the sha256 of the canonical
 JSON: it names the run's record and decides what `--resume` skips.
 """
@@ -15,13 +16,13 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 import adapters
 from harness.lora_targets import RENAMED_TARGET_PRESETS, TARGET_PRESETS  # noqa: F401 (the presets' one home)
 from harness.config.profiles import PROFILES, apply_profile
+from harness.run_spec import DEFAULTS, Spec
 from harness.errors import UserError
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
@@ -37,67 +38,14 @@ ALIGNMENTS = ("aligned", "native", *PROFILES)
 # that does not use it keeps the hash (and the run id) it had before the key existed.
 HASH_NEUTRAL = {("lora", "modules_to_save"): [], ("train", "answer_prefix"): "template"}
 
-# Every key a spec may hold, with its default. Comments say why a default is what it is.
-DEFAULTS: dict[str, Any] = {
-    "framework": "peft",
-    # aligned: every knob below applies identically; native: each framework's library defaults; or a named
-    # profile (harness.config.profiles: swift-default, peft-default, minicpmv-official) that sets its factors
-    "alignment": "aligned",
-    "model": "tiny",  # an embedded model ("tiny": Qwen2-VL, "tiny-minicpmv": MiniCPM-V 4.6) or a checkpoint directory
-    "dataset": "synthdocs",  # a card name, a card path, or a directory of <split>.<task>.jsonl files
-    "task": "extract",  # transcribe | extract
-    "lora": {
-        "targets": "lm-linear",  # LM linears; lm+vision-linear: also vision blocks; every-linear: PEFT's all-linear
-        "r": 8,
-        "alpha": 16,
-        "dropout": 0.0,  # 0 keeps runs deterministic and comparable; swift's native default is 0.05
-        "init": "kaiming",  # PEFT's default (A kaiming-uniform, B zero)
-        "rslora": False,
-        # modules trained in full besides LoRA (names or dotted suffixes, e.g. embed_tokens, model.merger);
-        # the vision tower's are added by train.freeze_vision: false
-        "modules_to_save": [],
-    },
-    "optim": {
-        "lr": 5e-4,
-        "betas": [0.9, 0.999],
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "decay_norm_and_bias": False,  # Trainer never decays norms and biases; swift neither
-    },
-    "schedule": {"type": "constant", "warmup_steps": 0},
-    "train": {
-        "steps": 20,
-        "batch_size": 2,
-        "grad_accum": 2,
-        "loss_norm": "tokens",  # per token over the accumulated batch (transformers >= 4.46, swift)
-        "max_length": 1024,
-        "precision": "fp32",
-        "grad_checkpointing": False,
-        "freeze_vision": True,  # vision tower gets no full-weight training (LoRA on it only via targets)
-        "seed": 0,
-        "data_seed": 0,
-        "data_order": "sampler",  # sampler: Trainer's shuffled sampler only; swift_shuffle: swift's pre-shuffle too
-        "system_prompt": "default",
-        "label_mask": "answer",
-        # template: the family's unsupervised answer prefix (MiniCPM-V's empty thinking block, as swift writes
-        # it); none: the answer right after the assistant header (MiniCPM-V's own fine-tuning scripts)
-        "answer_prefix": "template",
-        "max_train_samples": None,  # None = the whole train split
-    },
-    "distributed": {"world_size": 1, "zero_stage": None, "offload_optimizer": False, "offload_params": False},
-    "eval": {"split": "test", "max_samples": 200, "max_new_tokens": 320, "batch_size": 16, "enabled": True},
-    "device": "cpu",  # cpu | cuda
-    "timeout_s": 3600,
-}
-
-
 def _suggest(key: str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(valid))})"
 
 
-def merge(base: dict, override: dict, where: str = "", source: str = "spec") -> dict:
-    """Deep-merge `override` into a copy of `base`; a key not in `base` is a UserError."""
+def merge(base: dict | Spec, override: dict | Spec, where: str = "", source: str = "spec") -> dict:
+    """Deep-merge `override` into a copy of `base` (JSON form); a key not in `base` is a UserError."""
+    base, override = _json_form(base), _json_form(override)
     out = copy.deepcopy(base)
     for key, value in (override or {}).items():
         dotted = f"{where}{key}"
@@ -209,7 +157,11 @@ def validate_spec(spec: dict, source: str = "spec") -> dict:
     return spec
 
 
-def make_spec(*overrides: dict, source: str = "spec") -> dict:
+def _json_form(spec: dict | Spec) -> dict:
+    return spec.to_dict() if isinstance(spec, Spec) else spec
+
+
+def make_spec(*overrides: dict | Spec, source: str = "spec") -> Spec:
     """DEFAULTS, then each override in turn (suite defaults, matrix cell, --set ...), validated.
 
     An old `lora.targets` preset name becomes its new one (one warning per name and process), so
@@ -219,7 +171,7 @@ def make_spec(*overrides: dict, source: str = "spec") -> dict:
         spec = merge(spec, override, source=source)
     spec["lora"]["targets"] = _renamed_preset(spec["lora"]["targets"], source)
     _check_choice(spec["alignment"], ALIGNMENTS, "alignment", source)
-    return validate_spec(apply_profile(spec, merge), source)
+    return Spec.from_dict(validate_spec(apply_profile(spec, merge), source))
 
 
 _warned_presets: set[str] = set()
@@ -236,8 +188,9 @@ def _renamed_preset(targets, source: str):
     return new
 
 
-def spec_hash(spec: dict) -> str:
-    spec = copy.deepcopy(spec)
+def spec_hash(spec: dict | Spec) -> str:
+    """sha256 of the canonical JSON form; keys at their HASH_NEUTRAL value are left out."""
+    spec = copy.deepcopy(_json_form(spec))
     for (section, key), neutral in HASH_NEUTRAL.items():
         if spec.get(section, {}).get(key, neutral) == neutral:
             spec.get(section, {}).pop(key, None)
@@ -260,7 +213,7 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_spec_file(path: str | Path) -> dict:
+def load_spec_file(path: str | Path) -> Spec:
     """A single run spec (YAML with any subset of DEFAULTS' keys)."""
     return make_spec(load_yaml(path), source=str(path))
 

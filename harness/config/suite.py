@@ -22,6 +22,7 @@ import itertools
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.run_spec import Spec
 from harness.config.spec import deep_update, load_yaml, make_spec, nested, parse_set, spec_hash
 from harness.dotted import get
 
@@ -35,7 +36,7 @@ META_KEYS = ("lever", "control")
 @dataclasses.dataclass(frozen=True)
 class Cell:
     key: dict  # the matrix values that name this cell, e.g. {"framework": "peft", "seed": 0}
-    spec: dict
+    spec: Spec
     spec_hash: str
     run_id: str
 
@@ -115,7 +116,7 @@ def suite_lanes(path: str | Path) -> int | str:
     return parse_lanes(load_yaml(Path(path)).get("lanes", 1), f"{path}: lanes")
 
 
-def _lookup(spec: dict, dotted: str):
+def _lookup(spec: Spec, dotted: str):
     try:
         return get(spec, SHORTHANDS.get(dotted, (dotted,))[0])
     except (KeyError, TypeError):

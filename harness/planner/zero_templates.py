@@ -30,6 +30,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.planner.hf_shape import shape_from_hf_config
+from harness.run_spec import Spec
 
 REFERENCE_PARAMS = 7e9  # the model size the templates' absolute budgets are set for
 BUDGET_ALIGNMENT = 1024  # scaled budgets are whole multiples (DeepSpeed wants an even allgather bucket)
@@ -133,14 +134,14 @@ def model_size_of(model_dir: str | Path) -> ModelSize:
     return ModelSize(hidden, total)
 
 
-def deepspeed_config(spec: dict, model: ModelSize) -> dict | None:
+def deepspeed_config(spec: Spec, model: ModelSize) -> dict | None:
     """The DeepSpeed config of a run of `spec` on a model of this size (None without ZeRO)."""
-    dist = spec["distributed"]
-    if dist["zero_stage"] is None:
+    dist = spec.distributed
+    if dist.zero_stage is None:
         return None
-    precision = spec["train"]["precision"]
-    zero = zero_optimization(dist["zero_stage"], model, dist["offload_optimizer"], dist["offload_params"],
-                             pin_memory=spec["device"] == "cuda")
+    precision = spec.train.precision
+    zero = zero_optimization(dist.zero_stage, model, dist.offload_optimizer, dist.offload_params,
+                             pin_memory=spec.device == "cuda")
     config = {
         "zero_optimization": zero,
         "train_micro_batch_size_per_gpu": "auto",
@@ -149,12 +150,12 @@ def deepspeed_config(spec: dict, model: ModelSize) -> dict | None:
         "fp16": {"enabled": precision == "fp16"},
         "bf16": {"enabled": precision == "bf16"},
     }
-    if dist["offload_optimizer"]:
+    if dist.offload_optimizer:
         # ZeRO-Offload steps the optimizer on the CPU with DeepSpeedCPUAdam (compiled on first use);
         # "auto" takes lr, betas, eps and weight decay from the spec through the Trainer arguments.
         config["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
                                                           "weight_decay": "auto"}}
-    if dist["world_size"] == 1:
+    if dist.world_size == 1:
         config["train_batch_size"] = "auto"
     return config
 

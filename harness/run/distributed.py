@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 
 from harness.planner.zero_templates import deepspeed_config, model_size_of
+from harness.run_spec import Spec
 
 
-def deepspeed_config_file(spec: dict, out_dir, model_dir) -> str | None:
+def deepspeed_config_file(spec: Spec, out_dir, model_dir) -> str | None:
     """Write the run's config into its directory and return the path (both frameworks take a path;
     swift would try to parse a dict as a name or JSON string); None without ZeRO."""
-    if spec["distributed"]["zero_stage"] is None:
+    if spec.distributed.zero_stage is None:
         return None
     path = Path(out_dir) / "deepspeed.json"
     path.write_text(json.dumps(deepspeed_config(spec, model_size_of(model_dir)), indent=1))

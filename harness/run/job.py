@@ -16,6 +16,8 @@ from harness.run.distributed import deepspeed_config_file
 from harness.data.samples import PROMPTS, load_samples, split_file
 from harness.errors import UserError
 from harness.results.store import write_text_atomic
+from harness.run.job_file import Job
+from harness.run_spec import Spec
 
 
 def check_model(name: str) -> None:
@@ -85,18 +87,19 @@ def write_train_file(source: Path, dest: Path, task: str, max_samples: int | Non
     return len(samples)
 
 
-def prepare_job(spec: dict, run_dir: Path) -> dict:
+def prepare_job(spec: Spec, run_dir: Path) -> Job:
+    """The run's data and model resolved into `run_dir`, and its job.json written there."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    dataset_dir = resolve_dataset_dir(spec["dataset"])
-    model_dir = resolve_model_dir(spec["model"])
+    dataset_dir = resolve_dataset_dir(spec.dataset)
+    model_dir = resolve_model_dir(spec.model)
     train_jsonl = run_dir / "train.jsonl"
-    n_train = write_train_file(split_file(dataset_dir, "train", spec["task"]), train_jsonl, spec["task"],
-                               spec["train"]["max_train_samples"], image_canvas(model_dir))
-    job = {"spec": spec, "run_dir": str(run_dir.resolve()), "model_dir": str(Path(model_dir).resolve()),
-           "dataset_dir": str(dataset_dir.resolve()), "train_jsonl": str(train_jsonl.resolve()),
-           "n_train": n_train,
-           "eval_jsonl": str(split_file(dataset_dir, spec["eval"]["split"], spec["task"]).resolve())}
+    n_train = write_train_file(split_file(dataset_dir, "train", spec.task), train_jsonl, spec.task,
+                               spec.train.max_train_samples, image_canvas(model_dir))
     # one DeepSpeed config for every framework, written here so that adapters only pass its path on
-    job["deepspeed_config"] = deepspeed_config_file(spec, run_dir, model_dir)
-    (run_dir / "job.json").write_text(json.dumps(job, indent=1))
+    config = deepspeed_config_file(spec, run_dir, model_dir)
+    job = Job(spec=spec, run_dir=run_dir.resolve(), model_dir=Path(model_dir).resolve(),
+              dataset_dir=dataset_dir.resolve(), train_jsonl=train_jsonl.resolve(), n_train=n_train,
+              eval_jsonl=split_file(dataset_dir, spec.eval.split, spec.task).resolve(),
+              deepspeed_config=Path(config) if config else None)
+    job.write()
     return job

@@ -42,7 +42,7 @@ def lane_cpus(lanes: int | str, cells: Sequence) -> list[list[int]] | None:
     `lanes`: a number, or "auto" (one per core when every cell is a one-process CPU run). Lanes get
     equal shares of the cores this process may use; more lanes than cores is one per core.
     """
-    one_process_cpu = all(c.spec["device"] == "cpu" and c.spec["distributed"]["world_size"] <= 1 for c in cells)
+    one_process_cpu = all(c.spec.device == "cpu" and c.spec.distributed.world_size <= 1 for c in cells)
     cpus = _available_cpus()
     if lanes == "auto":
         lanes = len(cpus) if one_process_cpu else 1

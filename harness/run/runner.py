@@ -22,6 +22,7 @@ from harness.run import training_check
 from harness.run.launch import run_worker as _run_worker
 from harness.run.progress import Progress, RunCounter
 from harness.config.suite import Cell
+from harness.run_spec import Spec
 
 
 def _now() -> str:
@@ -37,7 +38,7 @@ def run_suite(name: str, cells: list[Cell], results_dir: Path, command: str, for
     """
     from harness.run.job import check_model
 
-    for model in sorted({c.spec["model"] for c in cells}):  # before anything runs, dry or not
+    for model in sorted({c.spec.model for c in cells}):  # before anything runs, dry or not
         check_model(model)
     finished = set() if force else results.finished_hashes(results_dir)
     todo = [c for c in cells if c.spec_hash not in finished]
@@ -70,7 +71,7 @@ def _run_todo(name: str, todo: list[Cell], results_dir: Path, command: str, lane
     def one(cell: Cell, lane_cores: list[int] | None) -> dict:
         # it prints a failed run's worker log
         progress = Progress(len(todo), results_dir, counter=counter, lanes=len(cpus) if cpus else 1)
-        progress.start(cell, cell.spec["train"]["steps"])
+        progress.start(cell, cell.spec.train.steps)
         record = run_cell(name, cell, results_dir, env, command, progress, lane_cores)
         results.write_record(results_dir, record)
         progress.finish(record)
@@ -110,7 +111,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
 
     record: RunRecord = {
         "schema_version": results.SCHEMA_VERSION, "run_id": cell.run_id, "suite": suite, "spec_hash": cell.spec_hash,
-        "spec": spec, "cell": record_cell(cell),
+        "spec": spec.to_dict(), "cell": record_cell(cell),
         "status": "failed", "error": None, "started_at": started, "command": command, "env": dict(env),
         "per_sample_file": None,
     }
@@ -130,8 +131,8 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     except UserError as exc:
         return done("failed", f"lorabench: error: {exc}")
     job, res = run.job, run.result
-    record["env"]["dataset"] = dataset_fingerprint(job["dataset_dir"], spec["dataset"])
-    record["env"]["model"] = model_fingerprint(job["model_dir"], spec["model"])
+    record["env"]["dataset"] = dataset_fingerprint(job.dataset_dir, spec.dataset)
+    record["env"]["model"] = model_fingerprint(job.model_dir, spec.model)
     if res.status != "ok":
         return done(res.status, res.error_tail)
     ranks, rank0 = run.ranks, run.rank0
@@ -144,7 +145,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
                        "command_line": rank0.get("command_line")}
     record["memory"] = memory_section(spec, ranks)
     # rank 0 logs its own micro-batches; ranks read disjoint data, so the run's rate is world x rank 0's
-    world_scale = max(1, spec["distributed"]["world_size"])
+    world_scale = max(1, spec.distributed.world_size)
     rates = {k: v * world_scale if k in ("train_samples_per_s", "train_tokens_per_s") else v
              for k, v in rank0["throughput"].items() if k != "warmup_steps_excluded"}
     metrics = {**rates,
@@ -165,8 +166,8 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     if not_trained:
         record["metrics"] = metrics
         return done("failed", f"training check: {not_trained}")
-    if spec["eval"]["enabled"]:
-        res = run_worker("eval", work / "job.json", work / "worker.log", spec["timeout_s"], device=spec["device"],
+    if spec.eval.enabled:
+        res = run_worker("eval", work / "job.json", work / "worker.log", spec.timeout_s, device=spec.device,
                          poll=poll)
         if res.status != "ok":
             record["metrics"] = metrics
@@ -185,7 +186,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
         metrics.update({k: v for k, v in ev["metrics"].items() if k != "n"})
         metrics["eval_s"] = ev["seconds"]
     else:
-        record["eval"] = {"task": spec["task"], "split": spec["eval"]["split"], "n": 0, "seconds": 0.0,
+        record["eval"] = {"task": spec.task, "split": spec.eval.split, "n": 0, "seconds": 0.0,
                           "predictions_file": None}
     record["roundtrip"], roundtrip_failure = adapter_roundtrip(work, spec, poll, run_worker)
     from harness.run.memory_timeline import save_timeline
@@ -193,7 +194,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     record["memory"]["timeline_file"] = save_timeline(results_dir / "runs", cell.run_id, ranks,
                                                       work / "eval.memory.json")
     metrics["wall_s"] = time.perf_counter() - t0
-    record["phases"] = phase_times(rank0, ev if spec["eval"]["enabled"] else None, record["roundtrip"],
+    record["phases"] = phase_times(rank0, ev if spec.eval.enabled else None, record["roundtrip"],
                                    metrics["wall_s"])
     record["metrics"] = metrics
     if roundtrip_failure:
@@ -201,7 +202,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     return done("ok", None)
 
 
-def adapter_roundtrip(work: Path, spec: dict, poll, run_worker=_run_worker) -> tuple[dict, str | None]:
+def adapter_roundtrip(work: Path, spec: Spec, poll, run_worker=_run_worker) -> tuple[dict, str | None]:
     """Reload the saved adapter through each framework's loader (harness.run.roundtrip).
 
     The PEFT loader ran inside the evaluation worker; ms-swift's runs here in its own process.
@@ -216,8 +217,8 @@ def adapter_roundtrip(work: Path, spec: dict, poll, run_worker=_run_worker) -> t
         result_file = work / f"roundtrip.{loader}.json"
         res = None
         if not result_file.is_file():  # the evaluation worker has done the PEFT half when it ran
-            res = run_worker(f"roundtrip-{loader}", work / "job.json", work / "worker.log", spec["timeout_s"],
-                             device=spec["device"], poll=poll)
+            res = run_worker(f"roundtrip-{loader}", work / "job.json", work / "worker.log", spec.timeout_s,
+                             device=spec.device, poll=poll)
         if result_file.is_file():
             blocks[loader] = json.loads(result_file.read_text())
         else:
@@ -262,7 +263,7 @@ def record_cell(cell: Cell) -> dict:
     groups (and hide a control's reference cell).
     """
     spec = cell.spec
-    base = {"framework": spec["framework"], "alignment": spec["alignment"], "seed": spec["train"]["seed"]}
+    base = {"framework": spec.framework, "alignment": spec.alignment, "seed": spec.train.seed}
     if "lever" in cell.key:
         return {**base, "lever": cell.key["lever"]}
     if "control" in cell.key:  # likewise: its reference is the same cell without the control's overrides
@@ -270,11 +271,11 @@ def record_cell(cell: Cell) -> dict:
     return {**base, **cell.key}
 
 
-def memory_section(spec: dict, ranks: list[dict]) -> dict:
-    dist = spec["distributed"]
+def memory_section(spec: Spec, ranks: list[dict]) -> dict:
+    dist = spec.distributed
     return {
-        "world_size": dist["world_size"], "zero_stage": dist["zero_stage"],
-        "offload_optimizer": dist["offload_optimizer"], "offload_params": dist["offload_params"],
+        "world_size": dist.world_size, "zero_stage": dist.zero_stage,
+        "offload_optimizer": dist.offload_optimizer, "offload_params": dist.offload_params,
         "baseline_rss_mib": ranks[0]["memory"]["baseline_rss_mib"],
         "baseline_anon_mib": ranks[0]["memory"].get("baseline_anon_mib"),
         "per_rank": [{"rank": r["rank"], "peak_anon_mib": r["memory"].get("peak_anon_mib"),

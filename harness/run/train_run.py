@@ -10,12 +10,14 @@ import shutil
 from pathlib import Path
 
 from harness.run.job import prepare_job
+from harness.run.job_file import Job
+from harness.run_spec import Spec
 from harness.run.launch import WorkerResult, run_worker as launch_worker
 
 
 @dataclasses.dataclass
 class TrainRun:
-    job: dict
+    job: Job
     result: WorkerResult
     ranks: list[dict]  # every rank's train.rank<R>.json, rank order; empty unless the worker ended ok
 
@@ -25,7 +27,7 @@ class TrainRun:
 
     def world_mismatch(self) -> str | None:
         """Why the run is not the one asked for: its processes never joined one process group."""
-        asked = self.job["spec"]["distributed"]["world_size"]
+        asked = self.job.spec.distributed.world_size
         ran_as = self.rank0["effective"].get("world_size")
         if ran_as is None or ran_as == asked:
             return None
@@ -33,7 +35,7 @@ class TrainRun:
                "independently"
 
 
-def train(spec: dict, work: Path, *, poll=None, run_worker=None, prepare_lock=None) -> TrainRun:
+def train(spec: Spec, work: Path, *, poll=None, run_worker=None, prepare_lock=None) -> TrainRun:
     """Prepare `work` afresh (job.json, data, model) and train `spec` there in a worker process.
 
     A user's mistake in preparing (missing data, bad model path) raises UserError; whatever happens
@@ -43,8 +45,8 @@ def train(spec: dict, work: Path, *, poll=None, run_worker=None, prepare_lock=No
     shutil.rmtree(work, ignore_errors=True)
     with prepare_lock or contextlib.nullcontext():
         job = prepare_job(spec, work)
-    result = (run_worker or launch_worker)("train", work / "job.json", work / "worker.log", spec["timeout_s"],
-                                           world_size=spec["distributed"]["world_size"], device=spec["device"],
+    result = (run_worker or launch_worker)("train", work / "job.json", work / "worker.log", spec.timeout_s,
+                                           world_size=spec.distributed.world_size, device=spec.device,
                                            poll=poll)
     ranks = []
     if result.status == "ok":

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from harness.results.schema import EvalSummary, RankResult
+from harness.run.job_file import Job
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -44,16 +45,16 @@ class ProgressHooks:
                 f.write(json.dumps({"event": "step", **record}) + "\n")
 
 
-def train(job: dict) -> int:
+def train(job: Job) -> int:
     import torch
 
     import adapters
     from adapters.base import TrainData
     from harness.run.meters import MemoryMeter, seconds_since_process_start, throughput
 
-    spec, run_dir = job["spec"], Path(job["run_dir"])
-    dist = spec["distributed"]
-    if "RANK" not in os.environ and dist["zero_stage"] is not None:
+    spec, run_dir = job.spec, job.run_dir
+    dist = spec.distributed
+    if "RANK" not in os.environ and dist.zero_stage is not None:
         # One DeepSpeed process without a launcher: DeepSpeed (and swift through it) would otherwise
         # look for mpi4py to discover its rank and fail without it. Only then: with RANK set,
         # accelerate wraps even one CPU process in DistributedDataParallel, which a user's plain
@@ -63,19 +64,19 @@ def train(job: dict) -> int:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
     rank = int(os.environ.get("RANK", "0"))
-    if spec["device"] == "cpu" and dist["world_size"] > 1:
+    if spec.device == "cpu" and dist.world_size > 1:
         from harness.run.distributed import enable_cpu_data_parallel
 
         enable_cpu_data_parallel()
-    torch.manual_seed(spec["train"]["seed"])
-    adapter = adapters.get(spec["framework"])
-    _import_framework(spec["framework"])  # so the baseline includes the framework's own imports
+    torch.manual_seed(spec.train.seed)
+    adapter = adapters.get(spec.framework)
+    _import_framework(spec.framework)  # so the baseline includes the framework's own imports
     imports_s = seconds_since_process_start()  # interpreter start and imports, before any model work
     meter = MemoryMeter()  # baseline: RSS and anonymous memory after imports
     meter.watch("load")  # model loading and set-up, until the adapter's on_train_begin starts "train"
     hooks = ProgressHooks(run_dir, meter, rank)
-    data = TrainData(model_dir=Path(job["model_dir"]), train_jsonl=Path(job["train_jsonl"]), n_samples=job["n_train"],
-                     deepspeed_config=Path(job["deepspeed_config"]) if job.get("deepspeed_config") else None)
+    data = TrainData(model_dir=job.model_dir, train_jsonl=job.train_jsonl, n_samples=job.n_train,
+                     deepspeed_config=job.deepspeed_config)
     outcome = adapter.train(spec, data, run_dir, hooks)
     memory = meter.stop()
     result: RankResult = {
@@ -103,7 +104,7 @@ def _import_framework(name: str) -> None:
         import transformers  # noqa: F401
 
 
-def evaluate(job: dict) -> int:
+def evaluate(job: Job) -> int:
     from harness.data.samples import load_samples
     from harness.eval.evaluate import evaluate as evaluate_samples, system_prompt
     import peft  # noqa: F401  (imported here so the import phase is timed apart from model loading)
@@ -114,10 +115,10 @@ def evaluate(job: dict) -> int:
     imports_s = seconds_since_process_start()
     meter = MemoryMeter()  # the eval process's own memory: its timeline is the run's "eval" phase
     meter.start("eval")
-    spec, run_dir = job["spec"], Path(job["run_dir"])
-    ev = spec["eval"]
-    samples = load_samples(job["eval_jsonl"], task=spec["task"])[: ev["max_samples"]]
-    adapter_dir = run_dir / "adapter" if job.get("with_adapter", True) else None
+    spec, run_dir = job.spec, job.run_dir
+    ev = spec.eval
+    samples = load_samples(job.eval_jsonl, task=spec.task)[: ev.max_samples]
+    adapter_dir = run_dir / "adapter"
     # the system prompt and answer prefix the run trained with, as the adapter read them back
     trained = json.loads((run_dir / "train.rank0.json").read_text())["effective"]
     done = [0]
@@ -130,11 +131,11 @@ def evaluate(job: dict) -> int:
     model = processor = None
     t_load = time.perf_counter()
     probe = run_dir / "probe.pt"
-    if adapter_dir is not None and probe.is_file():
+    if probe.is_file():
         # the PEFT half of the adapter round trip; its merged model is the one evaluated
         from harness.run.roundtrip import peft_roundtrip
 
-        block, model, processor = peft_roundtrip(Path(job["model_dir"]), adapter_dir, probe, device=spec["device"])
+        block, model, processor = peft_roundtrip(job.model_dir, adapter_dir, probe, device=spec.device)
         _write_json(run_dir / "roundtrip.peft.json", block)
         if model is None:
             from harness.errors import UserError
@@ -143,16 +144,16 @@ def evaluate(job: dict) -> int:
     if model is None:
         from harness.eval.generation import load_model
 
-        model, processor = load_model(job["model_dir"], adapter_dir, device=spec["device"])
+        model, processor = load_model(job.model_dir, adapter_dir, device=spec.device)
     load_s = time.perf_counter() - t_load  # base model + adapter (and the PEFT loader's round-trip check)
-    result = evaluate_samples(job["model_dir"], samples, adapter_dir=adapter_dir,
-                              system=system_prompt(trained.get("system_prompt")), device=spec["device"],
+    result = evaluate_samples(job.model_dir, samples, adapter_dir=adapter_dir,
+                              system=system_prompt(trained.get("system_prompt")), device=spec.device,
                               answer_prefix=trained.get("answer_prefix", "template"),
-                              max_new_tokens=ev["max_new_tokens"], batch_size=ev["batch_size"], progress=progress,
+                              max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, progress=progress,
                               model=model, processor=processor)
     result.write(run_dir)
     _write_json(run_dir / "eval.memory.json", meter.stop())
-    summary: EvalSummary = {"task": spec["task"], "split": ev["split"], "n": len(samples), "seconds": result.seconds,
+    summary: EvalSummary = {"task": spec.task, "split": ev.split, "n": len(samples), "seconds": result.seconds,
                             "metrics": result.metrics, "per_field": result.per_field, "per_kind": result.per_kind,
                             "system_prompt": trained.get("system_prompt"),
                             "process": {"imports_s": imports_s, "load_s": load_s,
@@ -161,24 +162,22 @@ def evaluate(job: dict) -> int:
     return 0
 
 
-def roundtrip_swift(job: dict) -> int:
+def roundtrip_swift(job: Job) -> int:
     """The ms-swift half of the adapter round trip, in a process of its own."""
     from harness.run.roundtrip import swift_roundtrip
 
-    run_dir = Path(job["run_dir"])
-    block = swift_roundtrip(Path(job["model_dir"]), run_dir / "adapter", run_dir / "probe.pt",
-                            device=job["spec"]["device"])
+    run_dir = job.run_dir
+    block = swift_roundtrip(job.model_dir, run_dir / "adapter", run_dir / "probe.pt", device=job.spec.device)
     _write_json(run_dir / "roundtrip.swift.json", block)
     return 0
 
 
-def roundtrip_peft(job: dict) -> int:
+def roundtrip_peft(job: Job) -> int:
     """The PEFT half of the round trip for a run without evaluation (else `eval` does it)."""
     from harness.run.roundtrip import peft_roundtrip
 
-    run_dir = Path(job["run_dir"])
-    block, _, _ = peft_roundtrip(Path(job["model_dir"]), run_dir / "adapter", run_dir / "probe.pt",
-                                 device=job["spec"]["device"])
+    run_dir = job.run_dir
+    block, _, _ = peft_roundtrip(job.model_dir, run_dir / "adapter", run_dir / "probe.pt", device=job.spec.device)
     _write_json(run_dir / "roundtrip.peft.json", block)
     return 0
 
@@ -191,7 +190,7 @@ def main(argv=None) -> int:
     if len(argv) != 2 or argv[0] not in COMMANDS:
         print(f"usage: python -m harness.run.worker {'|'.join(COMMANDS)} JOB.json", file=sys.stderr)
         return 2
-    job = json.loads(Path(argv[1]).read_text())
+    job = Job.read(argv[1])
     from harness.errors import UserError
 
     try:

@@ -74,11 +74,11 @@ def test_effective_settings_come_from_live_objects(tmp_path, tiny_model_dir, min
     monkeypatch.setattr(peft, "get_peft_model", tampered)
     spec = load_spec_file(_spec(tmp_path, tiny_model_dir, train={"steps": 1}))
     job = prepare_job(spec, tmp_path / "run")
-    outcome = PeftAdapter().train(spec, TrainData(Path(job["model_dir"]), Path(job["train_jsonl"]), job["n_train"]),
+    outcome = PeftAdapter().train(spec, TrainData(job.model_dir, job.train_jsonl, job.n_train),
                                   tmp_path / "run", Hooks())
     assert outcome.effective["lora.alpha"] == 3
     assert outcome.effective["lora.scaling"] == pytest.approx(3 / 8)
-    assert outcome.effective["lora.r"] == 8 and outcome.effective["optim.group0.lr"] == spec["optim"]["lr"]
+    assert outcome.effective["lora.r"] == 8 and outcome.effective["optim.group0.lr"] == spec.optim.lr
 
 
 @pytest.mark.parametrize("overrides", [

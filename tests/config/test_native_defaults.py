@@ -46,7 +46,7 @@ def test_the_profile_and_the_ablation_read_the_same_rule():
         profile = make_spec({"alignment": "swift-default", "framework": "swift",
                              "distributed": {"world_size": world}})
         assert ablated == swift_grad_accum(4, world)
-        assert profile["train"]["grad_accum"] == swift_grad_accum(profile["train"]["batch_size"], world)
+        assert profile.train.grad_accum == swift_grad_accum(profile.train.batch_size, world)
     assert native_override("accumulation", "peft", make_spec())["train"]["grad_accum"] == 1
 
 

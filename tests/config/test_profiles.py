@@ -18,32 +18,32 @@ def test_profile_sets_its_factors_and_keeps_the_rest(name):
                 continue
             if (section, key) == ("distributed", "zero_stage") and name == "minicpmv-official":
                 continue  # fp16 + ZeRO-2 needs a GPU: dropped on the CPU (below)
-            assert spec[section][key] == value, (section, key)
-    assert (spec["train"]["steps"], spec["train"]["seed"], spec["train"]["max_train_samples"]) == (40, 3, 100)
+            assert spec.to_dict()[section][key] == value, (section, key)
+    assert (spec.train.steps, spec.train.seed, spec.train.max_train_samples) == (40, 3, 100)
     assert name in SOURCES and SOURCES[name]
 
 
 def test_official_recipe_values_and_its_warmup_ratio():
     spec = make_spec({"alignment": "minicpmv-official", "train": {"steps": 250}})
-    assert spec["lora"]["r"] == 64 and spec["lora"]["alpha"] == 64 and spec["lora"]["dropout"] == 0.05
-    assert spec["lora"]["targets"] == "lm-attention"
-    assert spec["lora"]["modules_to_save"] == ["embed_tokens", "model.merger"]
-    assert spec["train"]["freeze_vision"] is False  # tune_vision true: the vision tower in full
-    assert spec["optim"] == {**spec["optim"], "lr": 1e-6, "weight_decay": 0.1, "betas": [0.9, 0.95]}
-    assert spec["schedule"] == {"type": "cosine", "warmup_steps": 3}  # ceil(0.01 x 250)
-    assert spec["train"]["answer_prefix"] == "none" and spec["train"]["system_prompt"] == "none"
+    assert spec.lora.r == 64 and spec.lora.alpha == 64 and spec.lora.dropout == 0.05
+    assert spec.lora.targets == "lm-attention"
+    assert spec.lora.modules_to_save == ("embed_tokens", "model.merger")
+    assert spec.train.freeze_vision is False  # tune_vision true: the vision tower in full
+    assert (spec.optim.lr, spec.optim.weight_decay, spec.optim.betas) == (1e-6, 0.1, (0.9, 0.95))
+    assert (spec.schedule.type, spec.schedule.warmup_steps) == ("cosine", 3)  # ceil(0.01 x 250)
+    assert spec.train.answer_prefix == "none" and spec.train.system_prompt == "none"
     assert "ead51cde2ac30c1dcd8a65efedfba9dc6272cb22" in SOURCES["minicpmv-official"]
 
 
 def test_official_recipe_keeps_zero2_on_a_gpu_only():
-    assert make_spec({"alignment": "minicpmv-official", "device": "cuda"})["distributed"]["zero_stage"] == 2
-    assert make_spec({"alignment": "minicpmv-official"})["distributed"]["zero_stage"] is None
+    assert make_spec({"alignment": "minicpmv-official", "device": "cuda"}).distributed.zero_stage == 2
+    assert make_spec({"alignment": "minicpmv-official"}).distributed.zero_stage is None
 
 
 def test_swift_default_accumulation_follows_swifts_rule():
-    assert make_spec({"alignment": "swift-default", "framework": "swift"})["train"]["grad_accum"] == 16
+    assert make_spec({"alignment": "swift-default", "framework": "swift"}).train.grad_accum == 16
     two = make_spec({"alignment": "swift-default", "framework": "swift", "distributed": {"world_size": 2}})
-    assert two["train"]["grad_accum"] == 8  # ceil(16 / (1 x 2))
+    assert two.train.grad_accum == 8  # ceil(16 / (1 x 2))
 
 
 def test_settings_a_framework_cannot_take_are_named():
@@ -56,7 +56,7 @@ def test_settings_a_framework_cannot_take_are_named():
 
 
 def test_keys_added_later_leave_old_hashes_alone():
-    plain = make_spec({"train": {"steps": 7}})
+    plain = make_spec({"train": {"steps": 7}}).to_dict()
     stripped = {**plain, "lora": {k: v for k, v in plain["lora"].items() if k != "modules_to_save"},
                 "train": {k: v for k, v in plain["train"].items() if k != "answer_prefix"}}
     assert spec_hash(plain) == spec_hash(stripped)

@@ -37,7 +37,7 @@ def test_bad_values_name_the_key(override, message):
 
 def test_merge_keeps_untouched_defaults():
     spec = make_spec({"optim": {"lr": 1e-3}})
-    assert spec["optim"]["lr"] == 1e-3 and spec["optim"]["betas"] == DEFAULTS["optim"]["betas"]
+    assert spec.optim.lr == 1e-3 and list(spec.optim.betas) == DEFAULTS["optim"]["betas"]
 
 
 def test_parse_set_builds_nested_overrides():
@@ -68,9 +68,9 @@ cells: {"framework=torch": {train: {steps: 1}}}
     assert {"framework": "swift", "seed": 1} not in keys and {"framework": "torch", "seed": 0} in keys
     assert len(cells) == 4
     torch_cell = next(c for c in cells if c.key["framework"] == "torch")
-    assert torch_cell.spec["train"]["steps"] == 1
+    assert torch_cell.spec.train.steps == 1
     peft1 = next(c for c in cells if c.key == {"framework": "peft", "seed": 1})
-    assert peft1.spec["train"]["seed"] == 1 and peft1.spec["train"]["data_seed"] == 1
+    assert peft1.spec.train.seed == 1 and peft1.spec.train.data_seed == 1
     assert peft1.run_id == f"t-{peft1.spec_hash[:10]}"
     # stable across loads; --only filters
     assert [c.spec_hash for c in load_suite(path)[1]] == [c.spec_hash for c in cells]
@@ -96,8 +96,8 @@ def test_shipped_suites_load(repo_root):
 
 def test_exponent_without_dot_is_a_number():
     """PyYAML reads `1e-3` as a string (YAML 1.1); users mean a number."""
-    assert make_spec(parse_set(["optim.lr=1e-3"]))["optim"]["lr"] == 1e-3
-    assert make_spec({"optim": {"lr": "2e-4"}, "train": {"steps": "7"}})["train"]["steps"] == 7
+    assert make_spec(parse_set(["optim.lr=1e-3"])).optim.lr == 1e-3
+    assert make_spec({"optim": {"lr": "2e-4"}, "train": {"steps": "7"}}).train.steps == 7
     with pytest.raises(UserError, match="optim.lr must be a number"):
         make_spec({"optim": {"lr": "fast"}})
 

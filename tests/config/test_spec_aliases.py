@@ -33,7 +33,7 @@ from harness.errors import UserError
 ])
 def test_hugging_face_and_swift_names_set_the_lorabench_key(assignment, key, expected):
     spec = make_spec(parse_set([assignment]))
-    assert get(spec, key) == expected
+    assert get(spec.to_dict(), key) == expected  # the JSON form: lists as written
 
 
 def test_an_alias_and_its_lorabench_key_give_the_same_run():
@@ -44,15 +44,15 @@ def test_an_alias_and_its_lorabench_key_give_the_same_run():
 
 def test_seed_sets_the_data_order_too_unless_data_seed_follows():
     spec = make_spec(parse_set(["seed=3"]))
-    assert (spec["train"]["seed"], spec["train"]["data_seed"]) == (3, 3)
+    assert (spec.train.seed, spec.train.data_seed) == (3, 3)
     spec = make_spec(parse_set(["seed=3", "data_seed=9"]))
-    assert (spec["train"]["seed"], spec["train"]["data_seed"]) == (3, 9)
+    assert (spec.train.seed, spec.train.data_seed) == (3, 9)
 
 
 def test_one_list_element_can_be_set_after_the_whole_list():
     spec = make_spec(parse_set(["optim.betas=[0.8, 0.9]", "adam_beta2=0.95"]))
-    assert spec["optim"]["betas"] == [0.8, 0.95]
-    assert make_spec(parse_set(["optim.betas[0]=0.5"]))["optim"]["betas"] == [0.5, 0.999]
+    assert spec.optim.betas == (0.8, 0.95)
+    assert make_spec(parse_set(["optim.betas[0]=0.5"])).optim.betas == (0.5, 0.999)
     with pytest.raises(UserError, match=r"optim.betas\[2\]: optim.betas has 2 elements"):
         make_spec(parse_set(["optim.betas[2]=0.5"]), source="--set")
 
@@ -79,7 +79,7 @@ def test_aliases_work_through_lorabench_run_set(tmp_path, capsys):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: s\nmatrix: {framework: [peft]}\n")
     name, cells = load_suite(suite, overrides=["learning_rate=3e-4", "max_steps=4"])
-    assert cells[0].spec["optim"]["lr"] == 3e-4 and cells[0].spec["train"]["steps"] == 4
+    assert cells[0].spec.optim.lr == 3e-4 and cells[0].spec.train.steps == 4
     assert main(["run", str(suite), "--set", "freeze_vit=false", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lorabench: error: --set: 'freeze_vit'") and err.count("\n") == 1
@@ -92,7 +92,7 @@ def test_aliases_work_through_lorabench_run_set(tmp_path, capsys):
 def test_old_preset_names_keep_working_with_one_warning(old, new, capsys, monkeypatch):
     monkeypatch.setattr(spec_module, "_warned_presets", set())
     spec = make_spec({"lora": {"targets": old}}, source="suite.yaml")
-    assert spec["lora"]["targets"] == new
+    assert spec.lora.targets == new
     assert spec_hash(spec) == spec_hash(make_spec({"lora": {"targets": new}}))
     make_spec({"lora": {"targets": old}}, source="suite.yaml")  # warned once per name
     err = capsys.readouterr().err.splitlines()
@@ -102,9 +102,9 @@ def test_old_preset_names_keep_working_with_one_warning(old, new, capsys, monkey
 
 def test_new_preset_names_do_not_warn(capsys):
     for name in ("lm-linear", "lm+vision-linear", "every-linear"):
-        assert make_spec({"lora": {"targets": name}})["lora"]["targets"] == name
+        assert make_spec({"lora": {"targets": name}}).lora.targets == name
     assert capsys.readouterr().err == ""
-    assert make_spec()["lora"]["targets"] == "lm-linear"
+    assert make_spec().lora.targets == "lm-linear"
 
 
 def test_unknown_preset_lists_the_new_names():
@@ -116,7 +116,7 @@ def test_unknown_preset_lists_the_new_names():
 def test_shipped_suites_with_old_names_still_load(repo_root, monkeypatch):
     monkeypatch.setattr(spec_module, "_warned_presets", set())
     _, cells = load_suite(repo_root / "harness" / "suites" / "memory.yaml")
-    assert {c.spec["lora"]["targets"] for c in cells} <= {"lm-linear", "lm+vision-linear", "every-linear"}
+    assert {c.spec.lora.targets for c in cells} <= {"lm-linear", "lm+vision-linear", "every-linear"}
 
 
 def test_resolve_targets_reads_old_and_new_names():

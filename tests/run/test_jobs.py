@@ -32,7 +32,7 @@ def test_users_own_directory_of_jsonl(mini_dataset, tmp_path):
     spec = make_spec({"dataset": str(own), "task": "transcribe", "model": str(tmp_path)})
     (tmp_path / "config.json").write_text("{}")
     job = prepare_job(spec, tmp_path / "run")
-    assert job["n_train"] == 3 and job["eval_jsonl"].endswith("test.jsonl")
+    assert job.n_train == 3 and job.eval_jsonl.name == "test.jsonl"
 
 
 def test_missing_split_and_model_are_one_line_errors(tmp_path):
