@@ -16,80 +16,30 @@ import matplotlib
 matplotlib.use("Agg")  # before anything can pick an interactive backend
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
+from harness.analysis.figure_style import CELL_GID, cell_styles, point_styles, wrap  # noqa: E402
+
 PNG_DPI = 150
-# One colour per framework, the same in every figure; other labels cycle through the rest.
-FRAMEWORK_COLORS = {"peft": "#1f77b4", "swift": "#d62728", "torch": "#2ca02c"}
-_EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#ff7f0e")
-ALIGNMENT_STYLES = {"aligned": "-", "native": "--"}
 
 
-def color_for(name: str | None, _assigned: dict = {}) -> str:  # noqa: B006 - a deliberate memo
-    """A stable colour for a framework (or any label)."""
-    if name in FRAMEWORK_COLORS:
-        return FRAMEWORK_COLORS[name]
-    if name not in _assigned:
-        _assigned[name] = _EXTRA_COLORS[len(_assigned) % len(_EXTRA_COLORS)]
-    return _assigned[name]
-
-
-def _save(fig: Figure, stem: Path, layout_done: bool = False) -> Path:
+def save(fig: Figure, stem: Path, layout_done: bool = False) -> Path:
     """Save png + pdf next to each other; returns the png path.
 
     layout_done: the caller laid the figure out and placed artists in display space; the layout is
-    kept and the saved area grows to whatever lies outside the axes (a label pushed out).
+    kept and the saved area grows to whatever lies outside the axes (a label pushed out). A figure
+    made with a layout engine (constrained) lays itself out when drawn.
     """
     stem.parent.mkdir(parents=True, exist_ok=True)
     extra = {"bbox_inches": "tight", "pad_inches": 0.05} if layout_done else {}
-    if not layout_done:
+    if not layout_done and fig.get_layout_engine() is None:
         fig.tight_layout()
     png = stem.with_suffix(".png")
     fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None}, **extra)
     fig.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Creator": None,
                                                      "Producer": None}, **extra)
     return png
-
-
-def _band_lines(ax, series: Sequence[dict], *, label_lines: bool) -> None:
-    """One line per cell (colour by framework, style by alignment) with a min–max band over seeds."""
-    for s in series:
-        color = color_for(s.get("framework") or s["label"])
-        style = ALIGNMENT_STYLES.get(s.get("alignment"), ":")
-        ax.plot(s["steps"], s["mean"], style, color=color, lw=1.5,
-                label=f"{s['label']} (n={s['n_seeds']})" if label_lines else None)
-        if s["n_seeds"] > 1:
-            ax.fill_between(s["steps"], s["lo"], s["hi"], color=color, alpha=0.15, lw=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-
-
-def loss_curves(series: Sequence[dict], stem: Path, band: str = "min–max over seeds",
-                lr_series: Sequence[dict] = (), grad_norm_series: Sequence[dict] = ()) -> Path:
-    """Training loss against step, one line per cell with a shaded band; the learning rate and the
-    gradient norm per step in panels to its right when the step records carry them.
-
-    Each series: [{"label", "framework", "alignment", "steps": [int], "mean": [float], "lo": [float],
-    "hi": [float], "n_seeds": int}]; colour by framework, line style by alignment.
-    """
-    extra = [(s, name) for s, name in ((lr_series, "learning rate"), (grad_norm_series, "gradient norm")) if s]
-    fig = Figure(figsize=(6.4 + 4.2 * len(extra), 4.0))
-    axes = fig.subplots(1, 1 + len(extra), squeeze=False)[0]
-    _band_lines(axes[0], series, label_lines=True)
-    axes[0].set_ylabel("training loss")
-    axes[0].set_title(f"Training loss: mean over seeds, band = {band}", fontsize=10)
-    axes[0].legend(fontsize=8, ncol=2)
-    for ax, (s, name) in zip(axes[1:], extra):
-        _band_lines(ax, s, label_lines=False)
-        ax.set_ylabel(name)
-        ax.set_title(f"{name[0].upper()}{name[1:]} per step", fontsize=10)
-        if name == "learning rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    return _save(fig, stem)
 
 
 def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -192,12 +142,13 @@ def pareto_figure(points: Sequence[dict], xlabel: str, ylabel: str) -> tuple[Fig
     """The Pareto figure and its label annotations (see `pareto`)."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
-    for p in points:
+    for p, style in zip(points, point_styles(points)):
         xerr = None if not p.get("xerr") else [[p["x"] - p["xerr"][0]], [p["xerr"][1] - p["x"]]]
         yerr = None if not p.get("yerr") else [[p["y"] - p["yerr"][0]], [p["yerr"][1] - p["y"]]]
-        marker = "o" if p.get("alignment") != "native" else "s"
-        ax.errorbar([p["x"]], [p["y"]], xerr=xerr, yerr=yerr, fmt=marker,
-                    color=color_for(p.get("framework") or p["label"]), capsize=3, ms=6)
+        # each point is named by its own label (place_labels); the marker tells apart cells of one colour
+        line, _, _ = ax.errorbar([p["x"]], [p["y"]], xerr=xerr, yerr=yerr, fmt=style.marker,
+                                 color=style.color, capsize=3, ms=6, ls="none")
+        line.set_gid(CELL_GID + p["label"])
     front = pareto_frontier([(p["x"], p["y"]) for p in points])
     legend = None
     if front:
@@ -230,15 +181,22 @@ def pareto(points: Sequence[dict], xlabel: str, ylabel: str, stem: Path) -> Path
     with the error bars as absolute bounds.
     """
     fig, _ = pareto_figure(points, xlabel, ylabel)
-    return _save(fig, stem, layout_done=True)
+    return save(fig, stem, layout_done=True)
 
 
-def bars(labels: Sequence[str], values: Sequence[float], stem: Path, *, ylabel: str, title: str,
-         lows: Sequence[float] | None = None, highs: Sequence[float] | None = None,
-         colors: Sequence[str] | None = None, horizontal: bool = False) -> Path:
-    """Bar chart with optional error bars given as absolute (low, high) bounds per bar."""
+def bars(labels: Sequence[str], values: Sequence[float], stem: Path, **kwargs) -> Path:
+    """`bars_figure` saved as `<stem>.png` and `.pdf`."""
+    return save(bars_figure(labels, values, **kwargs), stem)
+
+
+def bars_figure(labels: Sequence[str], values: Sequence[float], *, ylabel: str, title: str,
+                lows: Sequence[float] | None = None, highs: Sequence[float] | None = None,
+                colors: Sequence[str] | None = None, horizontal: bool = False) -> Figure:
+    """Bar chart with optional error bars given as absolute (low, high) bounds per bar; each bar
+    named by its tick label."""
     n = len(labels)
-    fig = Figure(figsize=(6.4, max(2.5, 0.45 * n + 1.2)) if horizontal else (max(5.0, 0.9 * n + 1.5), 4.0))
+    width = 6.4 if horizontal else min(8.0, max(5.0, 0.9 * n + 1.5))
+    fig = Figure(figsize=(width, max(2.5, 0.45 * n + 1.2)) if horizontal else (width, 4.0), layout="constrained")
     ax = fig.add_subplot()
     err = None
     if lows is not None and highs is not None:
@@ -257,8 +215,8 @@ def bars(labels: Sequence[str], values: Sequence[float], stem: Path, *, ylabel: 
         ax.set_xticks(list(positions), labels, rotation=30, ha="right")
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    return _save(fig, stem)
+    ax.set_title(wrap(title, width, 10), fontsize=10)  # a long title wraps instead of running off the figure
+    return fig
 
 
 def metric_over_commits(commits: Sequence[str], series: Sequence[dict], stem: Path, *,
@@ -267,73 +225,15 @@ def metric_over_commits(commits: Sequence[str], series: Sequence[dict], stem: Pa
     fig = Figure(figsize=(max(5.0, 0.8 * len(commits) + 2), 4.0))
     ax = fig.add_subplot()
     xs = list(range(len(commits)))
-    for s in series:
+    for s, style in zip(series, cell_styles(series)):
         pts = [(x, v) for x, v in zip(xs, s["values"]) if v is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=s["label"],
-                    color=color_for(s.get("framework") or s["label"]))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=s["label"], gid=CELL_GID + s["label"],
+                    **{**style.line_kwargs(len(pts)), "marker": style.marker or "o", "markevery": 1})
     ax.set_xticks(xs, commits, rotation=30, ha="right", fontsize=8)
     ax.set_xlabel("commit (oldest first)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
-    return _save(fig, stem)
-
-
-PHASE_STYLES = {"load": ":", "train": "-", "eval": "--"}
-
-
-def _phase_segments(t: Sequence[float], values: Sequence[float | None], phases: Sequence[str]):
-    """(phase, xs, ys) runs of consecutive points of one phase; a run continues from the last point
-    of the run before it when both belong to one process (load into train), so the line has no gap."""
-    segments: list[tuple[str, list, list]] = []
-    for x, y, phase in zip(t, values, phases):
-        if y is None:
-            continue
-        if segments and segments[-1][0] == phase:
-            segments[-1][1].append(x)
-            segments[-1][2].append(y)
-            continue
-        xs, ys = [x], [y]
-        if segments and (segments[-1][0], phase) == ("load", "train"):
-            xs, ys = [segments[-1][1][-1], x], [segments[-1][2][-1], y]
-        segments.append((phase, xs, ys))
-    return segments
-
-
-def memory_timeline(series: Sequence[dict], stem: Path, *, cpu_label: str = "anonymous memory (MiB)",
-                    gpu_label: str = "GPU allocated (MiB)") -> Path:
-    """Memory over time, one line per cell; the line style marks the phase (load, train, eval).
-
-    series: [{"label", "framework", "t": [s], "phase": [str], "cpu": [MiB], "gpu": [MiB | None] | None}].
-    A second panel shows GPU memory when any series has it. Colours: one per cell (framework colours
-    when the frameworks tell the cells apart).
-    """
-    with_gpu = any(any(v is not None for v in s.get("gpu") or ()) for s in series)
-    fig = Figure(figsize=(7.6 + (5.2 if with_gpu else 0.0), 4.4))
-    axes = fig.subplots(1, 2 if with_gpu else 1, squeeze=False)[0]
-    frameworks = [s.get("framework") for s in series]
-    by_framework = len(set(frameworks)) == len(series) and all(f in FRAMEWORK_COLORS for f in frameworks)
-    palette = matplotlib.colormaps["tab10" if len(series) <= 10 else "tab20"]
-    colors = [FRAMEWORK_COLORS[s["framework"]] if by_framework else palette(i % palette.N)
-              for i, s in enumerate(series)]
-    panels = [(axes[0], "cpu", cpu_label, "CPU memory over time per cell")]
-    if with_gpu:
-        panels.append((axes[1], "gpu", gpu_label, "GPU memory over time per cell"))
-    for ax, field, ylabel, title in panels:
-        for s, color in zip(series, colors):
-            for phase, xs, ys in _phase_segments(s["t"], s.get(field) or [], s["phase"]):
-                ax.plot(xs, ys, PHASE_STYLES.get(phase, "-."), color=color, lw=1.4)
-        ax.set_xlabel("seconds since the training process started")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
-        ax.set_title(title, fontsize=10)
-    cells = [Line2D([], [], color=c, lw=1.4, label=s["label"]) for s, c in zip(series, colors)]
-    phases = [Line2D([], [], ls=style, color="0.2", lw=1.4, label=phase) for phase, style in PHASE_STYLES.items()]
-    axes[-1].legend(handles=cells, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="cell",
-                    title_fontsize=8)
-    axes[0].legend(handles=phases, fontsize=7, loc="lower right", title="phase", title_fontsize=8)
-    fig.tight_layout()
-    return _save(fig, stem, layout_done=True)  # the saved area grows to hold the legend beside the axes
+    return save(fig, stem)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from harness.analysis.report.model import cell_title, fmt_quality
+from harness.analysis.report.model import fmt_quality
+from harness.analysis.report.names import group_label
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import METRIC_DIRECTION, METRICS
 from harness.results.store import metric_values
@@ -97,13 +98,13 @@ def control_findings(groups: dict[tuple, list[dict]], keys: Sequence[str],
         if key[at] is None:
             continue
         ref_key = key[:at] + (None,) + key[at + 1:]
-        finding = ControlFinding(cell_title(key, keys, shown), None, "untestable")
+        finding = ControlFinding(group_label(key, keys, group), None, "untestable")
         findings.append(finding)
         ref_group = groups.get(ref_key, [])
         if not _seeds(ref_group):
             finding.reason = "no ok run of an ordinary cell with the same settings to compare with."
             continue
-        finding.reference = cell_title(ref_key, keys, shown)
+        finding.reference = group_label(ref_key, keys, ref_group)
         pooled, ref_pooled = pooled_sample_columns(group), pooled_sample_columns(ref_group)
         if pooled is None or ref_pooled is None:
             finding.reason = f"no per-sample files for it or for {finding.reference}, so no paired test."

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness.analysis.report.model import cell_title
+from harness.analysis.report.names import group_label
 from harness.analysis.report.significance import read_jsonl
 from harness.results.store import resolve_sidecar
 
@@ -102,7 +102,7 @@ def build_gallery(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
         if found:
             chosen[key] = found
         elif any(r.get("status") == "ok" for r in group):
-            missing.append(cell_title(key, keys, shown))
+            missing.append(group_label(key, keys, group))
     if not chosen:
         return None
     common = set.intersection(*(set(rows) for _, rows in chosen.values()))
@@ -115,7 +115,7 @@ def build_gallery(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
         reference = rows[0]["reference"]
         images = [Path(r["image"]) for r in rows if isinstance(r.get("image"), str)]
         image = next((p for p in images if p.is_file()), None)
-        predictions = [Prediction(cell_title(key, keys, shown), record.get("cell", {}).get("seed"),
+        predictions = [Prediction(group_label(key, keys, groups[key]), record.get("cell", {}).get("seed"),
                                   str(rows[sample_id].get("prediction", "")),
                                   char_diff(reference, str(rows[sample_id].get("prediction", ""))))
                        for key, (record, rows) in chosen.items()]

@@ -1,5 +1,5 @@
 """What every renderer draws from: tables as data (`Table` of `TableCell`s), the report around them, and
-the number formats and cell labels shared by the table builders."""
+the number formats shared by the table builders."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Report:
     methods: dict
     failed: list[dict]  # {"run_id", "cell", "status", "error"}
     status_counts: dict[str, int]
-    figure_inputs: dict  # name -> (title, draw function, kwargs) for harness.analysis.figures
+    figure_inputs: dict  # name -> (title, draw function, kwargs[, caption]) for the figure modules
     figures: list[dict] = dataclasses.field(default_factory=list)  # {"name","title","png","pdf"}
     controls: list = dataclasses.field(default_factory=list)  # control.ControlFinding
     gallery: Any = None  # gallery.Gallery, or None when no predictions carry references
@@ -80,20 +80,10 @@ def best_index(means: Sequence[float | None], metric: str) -> set[int]:
     return tied if len(tied) < len(valid) else set()
 
 
-def label(key: tuple) -> str:
-    """A group key as one string, e.g. "peft/aligned" (None shows as "-")."""
-    return "/".join("-" if v is None else str(v) for v in key)
-
-
-def cell_title(key: tuple, keys: Sequence[str], shown: Sequence[str]) -> str:
-    """A cell's name for column headers and prose: the shown keys that are set, with a negative
-    control named as such, e.g. "peft/aligned [control: lr / 20]"."""
-    cell = dict(zip(keys, key))
-    parts = [label((cell.get(k),)) for k in shown if k != "control" and cell.get(k) is not None]
-    title = "/".join(parts) or label(key)
-    if cell.get("control") is not None:
-        title += f" [control: {cell['control']}]"
-    return title
+def column_value(value: Any) -> str:
+    """A cell key's value in its own table column ("-" when the cell does not set it); a cell's
+    whole name comes from harness.analysis.report.names."""
+    return "-" if value is None else str(value)
 
 
 def runs_cell(group: Sequence[Mapping]) -> TableCell:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 
-from harness.analysis.report.model import TableCell, Table, best_index, cell_title, fmt_quality
+from harness.analysis.report.model import TableCell, Table, best_index, fmt_quality
+from harness.analysis.report.names import group_label
 
 
 def _breakdown(group: Sequence[Mapping], section: str) -> list[Mapping]:
@@ -55,7 +56,7 @@ def _breakdown_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown
         # schema's fields under hundreds of rows of zeros, so they are counted in one row instead
         extra = [n for n in names if not any(occurrences[n])]
         names = [n for n in names if any(occurrences[n])]
-    table = Table(key, title, caption, [row_name, "n", *(cell_title(k, keys, shown) for k in per_cell)])
+    table = Table(key, title, caption, [row_name, "n", *(group_label(k, keys, groups[k]) for k in per_cell)])
     for name in names:
         firsts, cells = [], []
         for runs in per_cell.values():

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
-                                           label, roundtrip_cell, runs_cell, shown_keys)
+                                           column_value, roundtrip_cell, runs_cell, shown_keys)
+from harness.analysis.report.names import cell_label, group_label
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS, TIMING_METRICS
 from harness.results.stats import mean_t_interval
@@ -34,17 +35,21 @@ def _quality_cell(group: Sequence[Mapping], metric: str) -> tuple[TableCell, flo
 def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequence[str],
                   number: int) -> Table | None:
     all_records = [r for g in groups.values() for r in g]
-    # columns for the metrics any run has; when no run is ok, all of them, every cell "failed"
-    columns = [(m, name) for m, name in QUALITY_COLUMNS if metric_values(all_records, m)] or \
-        list(QUALITY_COLUMNS)
+    # columns for the metrics any run has; when no run is ok, all of them, every cell "failed"; a
+    # suite that does not evaluate (ok runs, no quality metric) shows only what it measured
+    columns = [(m, name) for m, name in QUALITY_COLUMNS if metric_values(all_records, m)]
+    evaluated = bool(columns) or not any(r["status"] == "ok" for r in all_records)
+    if not columns and evaluated:
+        columns = list(QUALITY_COLUMNS)
     if not groups:
         return None
     idx = [keys.index(k) for k in shown]
     keys_list = list(groups)
-    table = Table("quality", f"Table {number}. Quality per cell",
+    table = Table("quality", f"Table {number}. {'Quality' if evaluated else 'Round trip'} per cell",
                   "", [*shown, "ok runs", *(name for _, name in columns), "round trip"], label_cols=len(shown))
     pooled = {key: pooled_sample_columns(g) for key, g in groups.items()}
-    no_per_sample = [label(k) for k, p in pooled.items() if p is None and metric_values(groups[k], "cer")]
+    no_per_sample = [group_label(k, keys, groups[k]) for k, p in pooled.items()
+                     if p is None and metric_values(groups[k], "cer")]
     metric_cells: dict[str, list[TableCell]] = {}
     comparisons: list[tuple[str, int, int]] = []  # (metric, row, best row): one family per table
     for metric, _ in columns:
@@ -66,11 +71,11 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
             cells = metric_cells[metric]
             cells[i].mark = (cells[i].mark + "*").lstrip()
     for i, (key, group) in enumerate(groups.items()):
-        row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group)]
+        row = [TableCell(column_value(key[j])) for j in idx] + [runs_cell(group)]
         row += [metric_cells[m][i] for m, _ in columns] + [roundtrip_cell(group)]
         table.rows.append(row)
         table.row_runs.append([r["run_id"] for r in group])
-        table.row_labels.append(label(key))
+        table.row_labels.append(group_label(key, keys, group))
     caption = ("Round trip: runs whose saved adapter, reloaded in a fresh process through PEFT's and "
                "ms-swift's loaders, gave the trained model's logits (max |Δ| ≤ 1e-5, fp32) with every trained "
                "tensor saved and equal merged greedy output (bold when one failed). "
@@ -79,6 +84,8 @@ def quality_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: S
                f"*: differs from the bold cell at p < {SIGNIFICANCE_P} after Holm's correction for "
                f"all {n_tests} comparisons this table makes, paired bootstrap over test samples "
                f"({n_boot} resamples, per-sample counts averaged over seeds, paired by sample id).")
+    if not evaluated:
+        caption = caption.split(" Mean over ok seeds")[0] + " This suite does not evaluate: no quality columns."
     if any("†" in c.mark for cells in metric_cells.values() for c in cells):
         caption += (" †: only one ok seed; the interval [lo, hi] is that run's 95% bootstrap "
                     "interval over test samples, not a spread over seeds.")
@@ -126,10 +133,10 @@ def cost_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Sequ
             cells[i].bold = True
         per_metric[metric] = cells
     for i, (key, group) in enumerate(groups.items()):
-        row = [TableCell(label((key[j],))) for j in idx] + [runs_cell(group)]
+        row = [TableCell(column_value(key[j])) for j in idx] + [runs_cell(group)]
         table.rows.append(row + [per_metric[m][i] for m, _ in columns])
         table.row_runs.append([r["run_id"] for r in group])
-        table.row_labels.append(label(key))
+        table.row_labels.append(group_label(key, keys, group))
     return table
 
 
@@ -195,7 +202,7 @@ def phase_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Seq
                   [*shown, *(name for name, _ in PHASE_COLUMNS), "wall"], label_cols=len(shown))
     for key, group in groups.items():
         ok = [r for r in group if r["status"] == "ok" and r.get("phases")]
-        row = [TableCell(label((key[j],))) for j in idx]
+        row = [TableCell(column_value(key[j])) for j in idx]
         loaded = any(timed_under_load(r) for r in ok)
         for _, names in PHASE_COLUMNS:
             values = [sum(r["phases"].get(n) or 0.0 for n in names) for r in ok]
@@ -205,7 +212,7 @@ def phase_table(groups: dict[tuple, list[dict]], keys: Sequence[str], shown: Seq
                              mark=LOADED_MARK if loaded else ""))
         table.rows.append(row)
         table.row_runs.append([r["run_id"] for r in group])
-        table.row_labels.append(label(key))
+        table.row_labels.append(group_label(key, keys, group))
     return table
 
 
@@ -338,10 +345,10 @@ def levers_table(records: Sequence[Mapping], keys: Sequence[str], number: int) -
             if second:
                 s = metric_values(lrecs, second)
                 second_cells = [shown_value(statistics.median(s) if s else None)]
-            table.rows.append([*(TableCell(label((other_key[others.index(k)],))) for k in shown),
+            table.rows.append([*(TableCell(column_value(other_key[others.index(k)])) for k in shown),
                                TableCell(str(lever), bold=lever == "baseline"), runs_cell(lrecs),
                                shown_value(m_med), TableCell(_ratio(m_med, base_mem)), *second_cells,
                                shown_value(t_med), TableCell(_ratio(t_med, base_tput))])
             table.row_runs.append([r["run_id"] for r in lrecs])
-            table.row_labels.append(f"{label(other_key)}/{lever}")
+            table.row_labels.append(cell_label({**dict(zip(others, other_key)), "lever": lever}))
     return table
