@@ -51,12 +51,11 @@ def cell_lines(run_args: list[str]) -> list[str]:
     _, cells = load_suite(SUITE, overrides=sets)
     lines = []
     for cell in cells:
-        spec, dist = cell.spec, cell.spec["distributed"]
-        offload = [name for name, on in (("optimizer", dist["offload_optimizer"]), ("params", dist["offload_params"]))
-                   if on]
-        zero = "no DeepSpeed" if dist["zero_stage"] is None else f"ZeRO-{dist['zero_stage']}"
-        lines.append(f"  {spec['framework']:<6} | {cell.key.get('lever', ''):<26} | {spec['device']} | "
-                     f"{spec['train']['precision']:<4} | {zero:<12} | offload: {', '.join(offload) or 'none'}")
+        spec, dist = cell.spec, cell.spec.distributed
+        offload = [name for name, on in (("optimizer", dist.offload_optimizer), ("params", dist.offload_params)) if on]
+        zero = "no DeepSpeed" if dist.zero_stage is None else f"ZeRO-{dist.zero_stage}"
+        lines.append(f"  {spec.framework:<6} | {cell.key.get('lever', ''):<26} | {spec.device} | "
+                     f"{spec.train.precision:<4} | {zero:<12} | offload: {', '.join(offload) or 'none'}")
     return lines
 
 

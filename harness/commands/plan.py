@@ -36,6 +36,9 @@ SETUP_FLAGS = {"model": "--model", "gpus": "--gpus", "batch": "--batch", "max_le
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--validate-published", action="store_true",
+                        help="compare estimates with the published, cited measurements in "
+                             "harness/planner/published/ (fitted on one half, error on the other)")
     parser.add_argument("--validate", metavar="RESULTS",
                         help="compare estimates with the peak memory measured by the runs in RESULTS "
                              "(e.g. results/runs/memory) instead of planning")
@@ -221,7 +224,7 @@ def run_spec(args) -> int:
         raise UserError(f"--search and --deepspeed-check plan one set-up; {args.spec} has {len(plans)} cells: "
                         "plan one with a single spec (or --model)")
     if args.json:
-        cells = [{"cell": sp.label, "error": sp.error} if sp.error else {"cell": sp.label, **sp.plan.to_dict()}
+        cells = [{"cell": sp.label, "error": sp.error} if sp.error else {"cell": sp.label, **planner.plan_dict(sp.plan)}
                  for sp in plans]
         print(json.dumps({"spec": args.spec, "suite": suite, "cells": cells}, indent=1))
         return 0
@@ -234,6 +237,18 @@ def run_spec(args) -> int:
 
 
 def run(args) -> int:
+    if args.validate_published:
+        from harness.planner.published import format_validation, validate_published
+
+        result = validate_published()
+        if args.json:
+            print(json.dumps({"fragmentation_factor": result.fragmentation_factor,
+                              "band": dataclasses.asdict(result.band),
+                              "rows": [dataclasses.asdict(r) | {"error": r.error, "ratio": r.ratio}
+                                       for r in result.rows]}, indent=1))
+        else:
+            print(format_validation(result))
+        return 0
     if args.validate:
         from harness.planner.validate import format_rows, validate_against_runs
 
@@ -255,7 +270,7 @@ def print_plan(args, inputs: planner.PlanInput, plan: planner.Plan, header: list
     check = planner.deepspeed_crosscheck(inputs) if args.deepspeed_check else None
 
     if args.json:
-        out = {**(extra or {}), **plan.to_dict()}
+        out = {**(extra or {}), **planner.plan_dict(plan)}
         if rows is not None:
             out["search"] = rows
         if check is not None:

@@ -3,9 +3,9 @@
 `estimate` gives bytes per GPU by component (frozen weights, LoRA weights, gradients, optimizer
 states, ZeRO buffers, stored activations, the transient peak (loss buffers or one recomputed block),
 fragmentation, CUDA context) and CPU RAM for offloaded states. Every formula is written out in
-docs/plan.md, with measurements on an H200 it was checked against. `fits`, `verdict` ("fits on
-3 x 24 GiB (headroom 5.21 GiB)") and `search_fits` (largest max_length per batch size over a grid)
-answer from it.
+docs/plan.md, with measurements on an H200 it was checked against. What DeepSpeed ZeRO adds (buffers,
+persistent parameters, the optimizer-step transient, pinned host buffers) is in
+harness.planner.zero_memory; the verdict and the error band are in harness.planner.answers.
 
 Units: counts are parameters or elements; memory is bytes internally, GiB (2**30 bytes) on output.
 """
@@ -15,17 +15,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from harness.planner.deepspeed_config import DEEPSPEED_DEFAULTS
 from harness.planner.shape import (LM_ONLY_TARGETS, SPEC_TARGETS, TARGET_PRESETS, TARGET_SETS, Shape, Tower,
                                    lm_lora_filter)
-from harness.planner.zero_templates import ModelSize, zero_optimization
+from harness.planner.zero_memory import (parameter_tensors, persistent_elements, pinned_partitions_bytes,
+                                         stage3_offload_cpu_bytes, stage3_optimizer_step_bytes, zero_buffer_bytes,
+                                         zero_get, zero_section)
 
 GIB = 2**30
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per weight / activation element
 
 # Defaults that stand for a real software stack; each is documented in docs/plan.md.
 CUDA_CONTEXT_GIB = 0.75  # GPU memory used outside PyTorch's allocator: measured 0.75 GiB (H200, torch 2.11)
-FRAGMENTATION_FACTOR = 1.10  # peak reserved / peak allocated of PyTorch's allocator: measured 1.03-1.20
+# peak reserved / peak allocated of PyTorch's allocator: measured 1.03-1.20 on an H200; 1.20 is the value
+# harness.planner.published.fit_fragmentation picks on the 'fit' half of the published measurements
+FRAGMENTATION_FACTOR = 1.20
 PROCESS_BASELINE_CPU_GIB = 0.5  # RSS of torch + transformers + peft + Trainer + deepspeed (measured 507 MB)
 DEFAULT_MAX_LENGTH_GRID = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384,
                            24576, 32768)
@@ -166,8 +169,7 @@ class Plan:
         return {"inputs": inputs, "params": self.params,
                 "gpu_gib": {k: round(v, 4) for k, v in self.gpu_gib.items()},
                 "cpu_gib": {k: round(v, 4) for k, v in self.cpu_gib.items()},
-                "details": self.details,
-                "fits": fits(self), "verdict": verdict(self)}
+                "details": self.details}
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -242,39 +244,6 @@ def _tower_activations(t: Tower, per_token: int, seq: int, batch: int, w: int, f
     return _TowerActivations(stored=t.layers * full_block, recompute=0)
 
 
-def zero_section(p: PlanInput) -> dict:
-    """The zero_optimization section the estimate reads its buffers from: the input's own, else the
-    one a run of this shape gets (the same function writes the runs' DeepSpeed config); {} without
-    ZeRO (stage 0)."""
-    if p.zero_config is not None:
-        return dict(p.zero_config)
-    if p.zero_stage == 0:
-        return {}
-    model = ModelSize(hidden_size=p.shape.language_model.hidden, total_params=p.shape.total_params)
-    return zero_optimization(p.zero_stage, model, p.offload_optimizer, p.offload_params)
-
-
-def zero_buffer_bytes(zero: Mapping, w: int, total: int, largest_module: int, largest_trained_module: int) -> int:
-    """GPU bytes DeepSpeed holds beyond the model states, from the zero_optimization section:
-    - the reduce bucket: with contiguous_gradients DeepSpeed allocates all of reduce_bucket_size
-      elements up front (in the 16-bit dtype), twice at stages 1-2 with overlap_comm (double buffer);
-    - stage 3: gathered (un-partitioned) parameters, up to stage3_max_live_parameters live and at
-      least the largest module; plus the full gradient of the largest trained base module before its
-      reduce-scatter.
-    No allgather bucket: stages 1-2 gather into the 16-bit parameter buffer already counted."""
-    stage = zero.get("stage", 0)
-    if not stage:
-        return 0
-    get = lambda key: zero.get(key, DEEPSPEED_DEFAULTS[key])  # noqa: E731
-    overlap = zero.get("overlap_comm")
-    overlap = stage == 3 if overlap is None else overlap  # DeepSpeed's default: on at stage 3 only
-    reduce = w * get("reduce_bucket_size") if get("contiguous_gradients") else 0
-    if stage in (1, 2):
-        return reduce * (2 if overlap else 1)
-    gathered = min(total, max(get("stage3_max_live_parameters"), largest_module))
-    return reduce + w * gathered + w * largest_trained_module
-
-
 def estimate(inputs: PlanInput) -> Plan:
     """Per-GPU and CPU memory for one training set-up. See docs/plan.md for every term."""
     shape, p = inputs.shape, inputs
@@ -304,30 +273,41 @@ def estimate(inputs: PlanInput) -> Plan:
     # --- model states (bytes per parameter) -------------------------------------------------
     # DeepSpeed casts the whole module, LoRA included, to the 16-bit dtype and keeps an fp32 master
     # copy plus an fp32 gradient partition for the step (its own accounting: "18 = 2 grads16 +
-    # 4 grads32 + 4 params32 + 8 optimizer states"); in fp32 there is no second copy. Without
+    # 4 grads32 + 4 params32 + 8 optimizer states"); in fp32 there is no second copy. At stage 3 the
+    # fp32 gradient exists only during the step (the optimizer-step transient below). Without
     # DeepSpeed, PEFT keeps adapters in fp32 (autocast_adapter_dtype) and AdamW needs no master.
     adam = 8  # m and v in fp32
     optimizer_per_param = adam + (8 if mixed else 0)
+    if p.zero_stage == 3 and mixed:
+        optimizer_per_param -= 4
     lora_weight_b, lora_grad_b, lora_opt_b = (4, 4, adam) if p.fp32_adapters else (w, w, optimizer_per_param)
     param_div = n_gpus if p.zero_stage == 3 else 1
     grad_div = n_gpus if p.zero_stage >= 2 else 1
     opt_div = n_gpus if p.zero_stage >= 1 else 1
 
+    zero = zero_section(p)
+    # ZeRO-3 keeps parameters at or below stage3_param_persistence_threshold whole on every GPU
+    tensors = parameter_tensors(shape, p.targets, p.lora_r, with_lora=not p.full_finetune) if p.zero_stage == 3 else []
+    threshold = zero_get(zero, "stage3_param_persistence_threshold") if p.zero_stage == 3 else 0
+    persist_base, persist_lora = persistent_elements(tensors, threshold)
+    persist_base = min(persist_base, frozen)
     params_on_gpu = not p.offload_params
     optimizer_bytes = lora * lora_opt_b + trained_base * optimizer_per_param
     gradient_bytes = lora * lora_grad_b + trained_base * w
     gpu = {
-        "frozen_weights": _ceil_div(frozen * w, param_div) if params_on_gpu else 0,
-        "lora_weights": _ceil_div(lora * lora_weight_b, param_div) if params_on_gpu else 0,
+        "frozen_weights": _ceil_div((frozen - persist_base) * w, param_div) if params_on_gpu else 0,
+        "lora_weights": _ceil_div((lora - persist_lora) * lora_weight_b, param_div) if params_on_gpu else 0,
         "trained_base_weights": _ceil_div(trained_base * w, param_div) if params_on_gpu else 0,
-        # With offload_optimizer, gradients stream to the CPU optimizer through the reduce bucket.
+        "persistent_params": persist_base * w + persist_lora * lora_weight_b,
+        # With offload_optimizer, gradients stream to the CPU optimizer through the reduce bucket
+        # (ZeRO-3's gradient partitions live on the CPU then: stage3.py, self.device is cpu).
         "gradients": 0 if p.offload_optimizer else _ceil_div(gradient_bytes, grad_div),
         "optimizer_states": 0 if p.offload_optimizer else _ceil_div(optimizer_bytes, opt_div),
     }
 
     # --- ZeRO buffers ----------------------------------------------------------------------------
-    zero = zero_section(p)
-    gpu["zero_buffers"] = zero_buffer_bytes(zero, w, total, shape.largest_module_params, largest_trained_module)
+    gpu["zero_buffers"] = zero_buffer_bytes(zero, w, total, shape.largest_module_params, largest_trained_module,
+                                            persist_base + persist_lora)
 
     # --- activations -----------------------------------------------------------------------------
     lm_t, vit_t = shape.language_model, shape.vision
@@ -365,6 +345,11 @@ def estimate(inputs: PlanInput) -> Plan:
     stored, transient = activations(p.grad_checkpointing)
     gpu["activations"] = stored
     gpu["transient"] = transient
+    # ZeRO-3's optimizer step converts a sub-group's gradients to fp32 on the GPU after backward has
+    # freed the activations: it raises the peak only by what exceeds them.
+    step = (stage3_optimizer_step_bytes(zero, _ceil_div(trainable, n_gpus))
+            if p.zero_stage == 3 and mixed and not p.offload_optimizer else 0)
+    gpu["optimizer_step"] = max(0, step - stored - transient)
 
     allocated = sum(gpu.values())
     gpu["fragmentation"] = int(allocated * (p.fragmentation_factor - 1.0))
@@ -375,11 +360,18 @@ def estimate(inputs: PlanInput) -> Plan:
     cpu = {
         "offloaded_optimizer": optimizer_bytes if p.offload_optimizer else 0,
         # In fp32 the offloaded gradients are a separate fp32 buffer; in 16-bit they are the fp32
-        # gradient already counted in the optimizer states.
+        # gradient already counted in the optimizer states (stages 1-2).
         "offloaded_gradients": trainable * 4 if p.offload_optimizer and not mixed else 0,
         "offloaded_params": (frozen * w + lora * lora_weight_b + trained_base * w) if p.offload_params else 0,
         "process_baseline": int(n_gpus * PROCESS_BASELINE_CPU_GIB * GIB),
     }
+    if p.zero_stage == 3 and p.offload_optimizer and mixed:
+        offload = stage3_offload_cpu_bytes(zero, trainable, n_gpus, w)
+        cpu["offloaded_optimizer"], cpu["offloaded_gradients"] = offload["optimizer"], offload["pinned_gradients"]
+    if p.zero_stage == 3 and p.offload_params:
+        pinned = bool((zero.get("offload_param") or {}).get("pin_memory", False))
+        cpu["offloaded_params"] = (pinned_partitions_bytes(tensors, n_gpus, w, threshold) if pinned
+                                   else (frozen - persist_base + lora - persist_lora + trained_base) * w)
     cpu["total"] = sum(cpu.values())
 
     params = {"total": total, "frozen": frozen, "lora": lora, "trained_base": trained_base,
@@ -398,44 +390,9 @@ def estimate(inputs: PlanInput) -> Plan:
         "logits_gib": round(logits / GIB, 4),
         "activations_no_ckpt_gib": round(sum(no_ckpt) / GIB, 4),
         "activations_ckpt_gib": round(sum(ckpt) / GIB, 4),
+        "persistent_params": persist_base + persist_lora,
         "model_states_gpu_gib": round((sum(gpu[k] for k in (
-            "frozen_weights", "lora_weights", "trained_base_weights", "gradients",
+            "frozen_weights", "lora_weights", "trained_base_weights", "persistent_params", "gradients",
             "optimizer_states", "zero_buffers"))) / GIB, 4),
     }
     return Plan(inputs=inputs, params=params, gpu_bytes=gpu, cpu_bytes=cpu, details=details)
-
-
-def fits(plan: Plan, gpu_gib: float | None = None) -> bool:
-    """True when the per-GPU total is within `gpu_gib` (default: the plan's gpu_mem_gib)."""
-    gpu_gib = plan.inputs.gpu_mem_gib if gpu_gib is None else gpu_gib
-    return plan.gpu_total_bytes <= gpu_gib * GIB
-
-
-def verdict(plan: Plan, gpu_gib: float | None = None) -> str:
-    """'fits on 3 x 24 GiB (headroom 5.21 GiB)' or 'does not fit on 3 x 24 GiB (short by 1.32 GiB)'."""
-    gpu_gib = plan.inputs.gpu_mem_gib if gpu_gib is None else gpu_gib
-    margin = gpu_gib - plan.gpu_total_gib
-    where = f"{plan.inputs.world_size} x {gpu_gib:g} GiB"
-    if fits(plan, gpu_gib):
-        return f"fits on {where} (headroom {margin:.2f} GiB)"
-    return f"does not fit on {where} (short by {-margin:.2f} GiB)"
-
-
-def search_fits(inputs: PlanInput, batches=DEFAULT_BATCH_GRID,
-                max_lengths=DEFAULT_MAX_LENGTH_GRID) -> list[dict]:
-    """For each micro batch size, the largest max_length on the grid that fits inputs.gpu_mem_gib
-    (None if even the smallest does not), with its total and headroom in GiB."""
-    rows = []
-    for batch in batches:
-        best = None
-        for max_length in sorted(max_lengths):
-            plan = estimate(dataclasses.replace(inputs, micro_batch_size=batch, max_length=max_length))
-            if not fits(plan):
-                break  # memory grows with max_length: nothing longer fits either
-            best = plan
-        rows.append({"batch": batch,
-                     "max_length": best.inputs.max_length if best else None,
-                     "total_gib": round(best.gpu_total_gib, 2) if best else None,
-                     "headroom_gib": round(inputs.gpu_mem_gib - best.gpu_total_gib, 2) if best else None})
-    return rows
-

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from harness.planner.memory import DEFAULT_MAX_LENGTH_GRID, Plan, PlanInput, verdict
+from harness.planner.answers import held_out_band, verdict
+from harness.planner.memory import DEFAULT_MAX_LENGTH_GRID, Plan, PlanInput
 
 GPU_LABELS = {
     "frozen_weights": "frozen base weights",
     "lora_weights": "LoRA weights",
     "trained_base_weights": "fully trained weights (ViT + projector)",
+    "persistent_params": "ZeRO-3 persistent parameters (whole)",
     "gradients": "gradients",
     "optimizer_states": "optimizer states",
     "zero_buffers": "ZeRO buffers (gathered params, buckets)",
     "activations": "activations",
     "transient": "logits + loss, or a recomputed block",
+    "optimizer_step": "ZeRO-3 optimizer step beyond activations",
     "fragmentation": "allocator fragmentation",
     "cuda_context": "CUDA context",
     "total": "total",
@@ -77,7 +80,7 @@ def cell_line(label: str, targets: str, p: PlanInput, plan: Plan) -> str:
             f"ZeRO-{p.zero_stage}{' offload ' + offload if offload else ''}, {p.precision}, {p.world_size} GPU"
             f"{'s' if p.world_size > 1 else ''}, batch {p.micro_batch_size} x {p.lm_seq_len} tokens "
             f"({p.image_tokens_per_sample} image), checkpointing {'on' if p.grad_checkpointing else 'off'}: "
-            f"{plan.gpu_total_gib:.2f} GiB per GPU, {verdict(plan)}")
+            f"{held_out_band().text(plan)} per GPU, {verdict(plan)}")
 
 
 def plan_text(inputs: PlanInput, plan: Plan, deepspeed_file: str | None, header=(), rows=None, check=None) -> str:
@@ -90,7 +93,10 @@ def plan_text(inputs: PlanInput, plan: Plan, deepspeed_file: str | None, header=
                  f"with {d['activations_ckpt_gib']:.2f} GiB)")
     lines += [""] + _table(f"CPU RAM (node, {inputs.world_size} process{'es' if inputs.world_size > 1 else ''})",
                            CPU_LABELS, plan.cpu_gib)
-    lines += ["", verdict(plan)]
+    band = held_out_band()
+    lines += ["", f"per GPU {band.text(plan)}: the band is the estimate x {band.low:.3f}–{band.high:.3f}, the "
+                  "range published measurements the planner was not fitted on fell in (plan --validate-published)",
+              verdict(plan)]
     if rows is not None:
         lines += ["", f"largest max_length that fits on {inputs.world_size} x {inputs.gpu_mem_gib:g} GiB "
                       f"(grid {DEFAULT_MAX_LENGTH_GRID[0]}..{DEFAULT_MAX_LENGTH_GRID[-1]}):",

@@ -137,14 +137,17 @@ def test_zero1_partitions_only_the_optimizer():
     assert (plan.gpu_bytes["gradients"], plan.gpu_bytes["optimizer_states"]) == (16_384, 65_536)
 
 
-LIVE_1000 = {"stage": 3, "reduce_bucket_size": 4_096, "stage3_max_live_parameters": 1_000}
+# persistence threshold 0: no parameter stays whole (the persistence test sets its own)
+LIVE_1000 = {"stage": 3, "reduce_bucket_size": 4_096, "stage3_max_live_parameters": 1_000,
+             "stage3_param_persistence_threshold": 0}
 
 
 def test_zero3_partitions_frozen_weights_too_and_adds_gathered_buffer():
     plan = P.estimate(plan_input(zero_stage=3, world_size=4, zero_config=LIVE_1000))
     # ceil(230,160 / 4); gathered = max(max_live 1,000, largest module 16,512) x 2 B, + reduce bucket 8,192
+    # optimizer: Adam m, v + fp32 master = 12 B per element (the fp32 gradient exists only at the step)
     assert states(plan) == {"frozen_weights": 57_540, "lora_weights": 4_096, "trained_base_weights": 0,
-                            "gradients": 4_096, "optimizer_states": 32_768, "zero_buffers": 8_192 + 33_024}
+                            "gradients": 4_096, "optimizer_states": 24_576, "zero_buffers": 8_192 + 33_024}
 
 
 def test_zero3_gathered_buffer_is_capped_by_model_size():
@@ -180,10 +183,12 @@ def test_offload_moves_states_to_cpu_ram():
                                  zero_config=LIVE_1000))
     assert states(plan) == {"frozen_weights": 0, "lora_weights": 0, "trained_base_weights": 0,
                             "gradients": 0, "optimizer_states": 0, "zero_buffers": 41_216}
-    # node totals: optimizer 8,192 x 16 B; parameters 115,080 x 2 + 8,192 x 2; 4 processes x 0.5 GiB
-    assert plan.cpu_bytes == {"offloaded_optimizer": 131_072, "offloaded_gradients": 0,
+    # node totals, 4 processes of 2,048 LoRA elements each: Adam m, v + fp32 master 12 B; the fp32
+    # sub-group gradient (4 B) and the 16-bit gradient partition (2 B), not pinned (no pin_memory in the
+    # section); parameters 115,080 x 2 + 8,192 x 2 unpinned; 4 processes x 0.5 GiB
+    assert plan.cpu_bytes == {"offloaded_optimizer": 4 * 12 * 2_048, "offloaded_gradients": 4 * 6 * 2_048,
                               "offloaded_params": 246_544, "process_baseline": 2 * GIB,
-                              "total": 131_072 + 246_544 + 2 * GIB}
+                              "total": 4 * 18 * 2_048 + 246_544 + 2 * GIB}
 
 
 def test_fp32_has_no_master_copy_and_offloads_fp32_gradients():
@@ -271,23 +276,74 @@ def test_total_adds_fragmentation_and_cuda_context():
 
 def test_verdict_text():
     plan = P.estimate(plan_input(world_size=2, zero_stage=1, cuda_context_gib=0.75))  # ~0.7503 GiB
-    assert P.fits(plan, 1.0) and not P.fits(plan, 0.5)
-    assert P.verdict(plan, 1.0) == "fits on 2 x 1 GiB (headroom 0.25 GiB)"
-    assert P.verdict(plan, 0.5) == "does not fit on 2 x 0.5 GiB (short by 0.25 GiB)"
-    assert P.verdict(plan) == "fits on 2 x 24 GiB (headroom 23.25 GiB)"  # the input's gpu_mem_gib
+    none = P.Band()  # the estimate itself
+    assert P.fits(plan, 1.0, none) and not P.fits(plan, 0.5, none)
+    assert P.verdict(plan, 1.0, none) == "fits on 2 x 1 GiB (headroom 0.25 GiB)"
+    assert P.verdict(plan, 0.5, none) == "does not fit on 2 x 0.5 GiB (short by 0.25 GiB)"
+    assert P.verdict(plan, band=none) == "fits on 2 x 24 GiB (headroom 23.25 GiB)"  # the input's gpu_mem_gib
+
+
+def test_the_verdict_uses_the_bands_top():
+    plan = P.estimate(plan_input(cuda_context_gib=1.0))  # ~1.0004 GiB
+    band = P.Band(0.9, 1.5)
+    assert band.text(plan) == f"{plan.gpu_total_gib:.2f} GiB (0.90–1.50)"
+    assert P.fits(plan, 1.2, P.Band()) and not P.fits(plan, 1.2, band)  # 1.5 GiB at the top
+    assert P.verdict(plan, 1.2, band).startswith("does not fit on 1 x 1.2 GiB (short by 0.30 GiB at the band's top")
+    assert P.plan_dict(plan, band)["band_gib"] == [round(0.9 * plan.gpu_total_gib, 4), round(1.5 * plan.gpu_total_gib, 4)]
+    # the default band is the held-out one: never narrower than the estimate itself
+    held = P.held_out_band()
+    assert held.low <= 1.0 <= held.high
+
+
+def test_zero3_offload_follows_deepspeeds_partitioning_with_world_size():
+    """Hand-computed on the test shape (115,080 base + 8,192 LoRA elements, bf16, no persistent
+    parameters). ZeRO-3 + optimizer offload, parameters on the GPU: each GPU holds ceil(2 B x n / N) of
+    the base and LoRA weights, so going from 2 to 4 GPUs saves 115,080 - 57,540 = 57,540 B of base and
+    8,192 - 4,096 = 4,096 B of LoRA weights; nothing else on the GPU depends on N. With the parameters
+    offloaded too the GPU keeps no partition: N changes nothing there, and the node's pinned CPU
+    partitions follow the power-of-two rounding of each process's share."""
+    from harness.planner.zero_memory import Tensor, pinned_partitions_bytes
+
+    def gpu(n, params):
+        return P.estimate(plan_input(zero_stage=3, world_size=n, offload_optimizer=True, offload_params=params,
+                                     zero_config=LIVE_1000)).gpu_total_bytes
+    assert gpu(2, False) - gpu(4, False) == 57_540 + 4_096
+    assert gpu(2, True) == gpu(4, True) == gpu(8, True)
+    # one 64 x 64 weight (4,096 elements): 3 processes pin ceil(4,096 / 3) = 1,366 x 2 B = 2,732 B each,
+    # rounded to 4,096 B: 12,288 B on the node; 4 processes: 2,048 B each, already a power of two
+    assert pinned_partitions_bytes([Tensor(4_096, 1)], 3, 2, 0) == 3 * 4_096
+    assert pinned_partitions_bytes([Tensor(4_096, 1)], 4, 2, 0) == 4 * 2_048
+    assert pinned_partitions_bytes([Tensor(4_096, 1)], 4, 2, 4_096) == 0  # persistent: stays on the GPU
+
+
+def test_zero3_persistent_parameters_stay_whole_on_every_gpu():
+    """DeepSpeed keeps tensors of <= stage3_param_persistence_threshold elements whole. Threshold 256
+    on the test shape: the LM's 2 x 2 norm vectors (64 each) and 2 x 2 biases of q (64) and k, v (32),
+    the ViT's ... are persistent; with LoRA r=4 every LM lora_A (4 x 64 = 256, and 4 x 128 for down:
+    512 > 256) and lora_B (q: 64 x 4 = 256; k, v: 128; o: 256; gate, up 512 > 256; down 256)."""
+    zero = {**LIVE_1000, "stage3_param_persistence_threshold": 256}
+    plan = P.estimate(plan_input(zero_stage=3, world_size=4, zero_config=zero))
+    assert plan.gpu_bytes["persistent_params"] > 0
+    none = P.estimate(plan_input(zero_stage=3, world_size=4, zero_config=LIVE_1000))
+    persistent = plan.details["persistent_params"]
+    # persistent elements move from the 1/4 share to whole: + 3/4 of their bytes (ceil rounding aside)
+    moved = plan.gpu_total_bytes - none.gpu_total_bytes
+    assert abs(moved - 2 * persistent * 3 / 4) <= 8
 
 
 def test_search_returns_the_largest_fitting_length_per_batch():
     inputs = plan_input(gpu_mem_gib=0.75 + 1e-3, cuda_context_gib=0.75)  # ~1 MiB to spend
-    rows = P.search_fits(inputs, batches=(1, 2), max_lengths=(64, 128, 256, 100_000))
+    none = P.Band()
+    rows = P.search_fits(inputs, batches=(1, 2), max_lengths=(64, 128, 256, 100_000), band=none)
     for row in rows:
         assert row["max_length"] in (64, 128, 256)
         ok = P.estimate(dataclasses.replace(inputs, micro_batch_size=row["batch"], max_length=row["max_length"]))
-        assert P.fits(ok)
+        assert P.fits(ok, band=none)
         nxt = {64: 128, 128: 256, 256: 100_000}[row["max_length"]]
-        assert not P.fits(P.estimate(dataclasses.replace(inputs, micro_batch_size=row["batch"], max_length=nxt)))
+        assert not P.fits(P.estimate(dataclasses.replace(inputs, micro_batch_size=row["batch"], max_length=nxt)),
+                          band=none)
     assert rows[0]["max_length"] >= rows[1]["max_length"]
-    assert P.search_fits(inputs, batches=(1,), max_lengths=(100_000,))[0]["max_length"] is None
+    assert P.search_fits(inputs, batches=(1,), max_lengths=(100_000,), band=none)[0]["max_length"] is None
 
 
 # --- shipped shapes ----------------------------------------------------------------------------------
@@ -534,7 +590,9 @@ def test_cli_text_output(capsys):
     assert rc == 0
     assert "per GPU" in text and "CPU RAM" in text
     assert "gradient checkpointing off" in text
-    assert "fits on 1 x 24 GiB" in text
+    assert "does not fit on 1 x 24 GiB" in text  # the band's top: the estimate alone fits
+    band = P.held_out_band()
+    assert f"the band is the estimate x {band.low:.3f}–{band.high:.3f}" in text
 
 
 def test_cli_accepts_a_shape_file_and_a_model_dir(tmp_path, capsys):
