@@ -12,29 +12,12 @@ import dataclasses
 import functools
 
 from harness.planner.memory import DEFAULT_BATCH_GRID, DEFAULT_MAX_LENGTH_GRID, GIB, Plan, PlanInput, estimate
-
-
-@dataclasses.dataclass(frozen=True)
-class Band:
-    """Measured / estimated over the held-out rows: the smallest (`low`) and largest (`high`) ratio."""
-
-    low: float = 1.0
-    high: float = 1.0
-
-    def range_gib(self, plan: Plan) -> tuple[float, float]:
-        return plan.gpu_total_gib * self.low, plan.gpu_total_gib * self.high
-
-    def text(self, plan: Plan) -> str:
-        """'13.20 GiB (11.90–15.00)'."""
-        low, high = self.range_gib(plan)
-        return f"{plan.gpu_total_gib:.2f} GiB ({low:.2f}–{high:.2f})"
+from harness.planner.published import Band, validate_published
 
 
 @functools.lru_cache(maxsize=1)
 def held_out_band() -> Band:
     """The band from the held-out published rows (computed once per process: a few dozen estimates)."""
-    from harness.planner.published import validate_published
-
     return validate_published().band
 
 

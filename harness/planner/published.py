@@ -18,13 +18,29 @@ import statistics
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.planner.memory import GIB, FRAGMENTATION_FACTOR, PlanInput, estimate
+from harness.planner.memory import GIB, FRAGMENTATION_FACTOR, Plan, PlanInput, estimate
 from harness.planner.shape import Tower, builtin_shape
 
 DATA = Path(__file__).with_name("published") / "lora_memory.yaml"
 UNITS = {"GiB": GIB, "GB": 10**9}
 FRAGMENTATION_GRID = tuple(round(1.0 + 0.01 * i, 2) for i in range(31))  # 1.00 .. 1.30
 GOAL = 0.15  # held-out error the planner aims to stay within on every row
+
+
+@dataclasses.dataclass(frozen=True)
+class Band:
+    """Measured / estimated over the held-out rows: the smallest (`low`) and largest (`high`) ratio."""
+
+    low: float = 1.0
+    high: float = 1.0
+
+    def range_gib(self, plan: Plan) -> tuple[float, float]:
+        return plan.gpu_total_gib * self.low, plan.gpu_total_gib * self.high
+
+    def text(self, plan: Plan) -> str:
+        """'13.20 GiB (11.90–15.00)'."""
+        low, high = self.range_gib(plan)
+        return f"{plan.gpu_total_gib:.2f} GiB ({low:.2f}–{high:.2f})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +80,9 @@ class Validation:
         return [r.error for r in self.rows if r.half == half and (r.zero_or_offload or not zero_only)]
 
     @property
-    def band(self):
+    def band(self) -> Band:
         """measured / estimate over the held-out rows: a point's ratio; a bound's only where it lies
         outside its interval (inside, the data set's lengths, not the planner, set the figure)."""
-        from harness.planner.answers import Band
-
         low, high = 1.0, 1.0
         for r in self.rows:
             if r.half != "check":
@@ -109,7 +123,8 @@ def plan_input(row: dict, lm_tokens: int, fragmentation_factor: float) -> PlanIn
     return PlanInput(shape=_shape(row), lora_r=s["lora_r"], targets=s["targets"], freeze_vision=s["freeze_vision"],
                      train_embeddings=s.get("train_embeddings", False), micro_batch_size=s["batch"],
                      max_length=lm_tokens - image, image_tokens=image, grad_checkpointing=s.get("grad_ckpt", True),
-                     precision=s["precision"], zero_stage=s["zero"], offload_optimizer=s.get("offload_optimizer", False),
+                     precision=s["precision"], zero_stage=s["zero"],
+                     offload_optimizer=s.get("offload_optimizer", False),
                      offload_params=s.get("offload_params", False), world_size=s["gpus"],
                      fragmentation_factor=fragmentation_factor)
 

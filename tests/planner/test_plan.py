@@ -289,7 +289,8 @@ def test_the_verdict_uses_the_bands_top():
     assert band.text(plan) == f"{plan.gpu_total_gib:.2f} GiB (0.90–1.50)"
     assert P.fits(plan, 1.2, P.Band()) and not P.fits(plan, 1.2, band)  # 1.5 GiB at the top
     assert P.verdict(plan, 1.2, band).startswith("does not fit on 1 x 1.2 GiB (short by 0.30 GiB at the band's top")
-    assert P.plan_dict(plan, band)["band_gib"] == [round(0.9 * plan.gpu_total_gib, 4), round(1.5 * plan.gpu_total_gib, 4)]
+    total = plan.gpu_total_gib
+    assert P.plan_dict(plan, band)["band_gib"] == [round(0.9 * total, 4), round(1.5 * total, 4)]
     # the default band is the held-out one: never narrower than the estimate itself
     held = P.held_out_band()
     assert held.low <= 1.0 <= held.high
