@@ -3,7 +3,8 @@
 Two tables, built from the records alone (nothing here runs during training):
 
 runs   one row per record. Columns, in this order:
-       run_id, suite, status, error (its last line), started_at, finished_at, wall_s, spec_hash, command;
+       run_id, label (the cell's name as the report writes it: `peft · aligned · control: lr ÷ 20`),
+       suite, status, error (its last line), started_at, finished_at, wall_s, spec_hash, command;
        cell.<key> (framework, alignment, seed, lever, ...);
        spec.<dotted.key> (the whole spec flattened: spec.lora.r, spec.optim.lr, ...);
        metrics.<name> (every metric; an interval `<name>_ci` becomes metrics.<name>_ci_lo / _ci_hi);
@@ -28,11 +29,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.analysis.cell_names import record_label
 from harness.dotted import flatten
 from harness.errors import UserError
 
 FORMATS = ("csv", "parquet", "tensorboard")
-IDENTITY_COLUMNS = ("run_id", "suite", "status", "error", "started_at", "finished_at", "wall_s",
+IDENTITY_COLUMNS = ("run_id", "label", "suite", "status", "error", "started_at", "finished_at", "wall_s",
                     "spec_hash", "command")
 STEP_COLUMNS = ("run_id", "step", "loss", "lr", "grad_norm", "tokens", "samples", "seconds",
                 "max_seq_len", "image_tokens")
@@ -74,6 +76,7 @@ def run_row(record: Mapping) -> dict:
     """One record as one flat row of the runs table."""
     row = {key: record.get(key) for key in IDENTITY_COLUMNS}
     row["error"] = _last_line(record.get("error"))
+    row["label"] = record_label(record)
     for key, value in (record.get("cell") or {}).items():
         row[f"cell.{key}"] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
     _flatten("spec", record.get("spec") or {}, row)

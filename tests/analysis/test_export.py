@@ -27,7 +27,7 @@ def test_runs_table_has_identity_cell_spec_metrics_and_env_columns(results):
     runs = to_dataframe(path)
     assert len(runs) == len(records) == 8
     columns = list(runs.columns)
-    assert columns[:4] == ["run_id", "suite", "status", "error"]
+    assert columns[:5] == ["run_id", "label", "suite", "status", "error"]
     assert columns[columns.index("cell.framework"):columns.index("cell.framework") + 3] == \
         ["cell.framework", "cell.alignment", "cell.seed"]
     for column in ("spec.lora.r", "spec.lora.targets", "spec.train.lr", "spec.world_size",

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from harness.analysis import figure_memory, figure_training, figures
 from harness.analysis import report as rep
 from harness.analysis.figure_style import CELL_GID, cell_styles
-from harness.analysis.report.names import cell_label, record_label
+from harness.analysis.cell_names import cell_label, record_label
 from harness.results.store import load_records
 from tests import fixtures_records as fx
 from tests.analysis.figure_checks import problems

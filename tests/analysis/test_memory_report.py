@@ -85,26 +85,28 @@ def test_memory_timeline_figure_and_section(tmp_path):
     record, rows = fx.make_record("torch", "aligned", 0)  # an older record: no timeline
     fx.write_run(results, record, rows)
     report = rep.build_report(load_records(results))
-    title, draw, kwargs = report.figure_inputs["memory_timeline"]
+    title, draw, kwargs, caption = report.figure_inputs["memory_timeline"]
     lines = {s["label"]: s for s in kwargs["series"]}
-    assert set(lines) == {"peft/aligned", "swift/aligned"}  # the cell without a timeline is left out
-    swift = lines["swift/aligned"]
+    assert set(lines) == {"peft · aligned", "swift · aligned"}  # the cell without a timeline is left out
+    swift = lines["swift · aligned"]
     assert swift["phase"] == ["load", "load", "train", "train", "eval"]
     assert swift["t"][-1] == 9.0 + 1.0  # the eval process drawn after training ended
     assert max(swift["cpu"]) == 700.0 and swift["gpu"] == [None] * 5
     paths = rep.write_report(load_records(results), out)
     assert (out / "figures" / "memory_timeline.png").read_bytes()[:4] == b"\x89PNG"
     md = paths["md"].read_text()
-    assert "### Figure: Memory over time per cell" in md and "Line style marks the phase" in md
-    assert "Line style marks the phase" in paths["html"].read_text()
+    assert "### Figure: Memory over time per cell" in md and "Shading marks the phase" in md
+    assert "Shading marks the phase" in paths["html"].read_text()
+    assert swift["peak"] == {"t": 5.0, "value": 700.0, "where": "step 1"}
 
 
-def test_memory_timeline_with_gpu_draws_a_second_panel(tmp_path):
+def test_memory_timeline_with_gpu_draws_gpu_memory(tmp_path):
     record, rows = fx.make_record("peft", "aligned", 0)
     write_with_timeline(tmp_path, record, rows, 100.0, gpu=True)
     report = rep.build_report(load_records(tmp_path))
-    _, draw, kwargs = report.figure_inputs["memory_timeline"]
+    _, draw, kwargs, _ = report.figure_inputs["memory_timeline"]
     assert kwargs["series"][0]["gpu"][:4] == [0.0, 100.0, 200.0, 300.0]
+    assert kwargs["series"][0]["peak"]["value"] == 300.0  # the peak is the GPU's when the run had one
     png = draw(stem=tmp_path / "fig", **kwargs)
     assert png.read_bytes()[:4] == b"\x89PNG" and png.with_suffix(".pdf").exists()
 
@@ -114,3 +116,15 @@ def test_no_timeline_no_figure(tmp_path):
     record["memory"]["timeline_file"] = "missing.memory_timeline.jsonl"  # named, but not there (a baseline)
     fx.write_run(tmp_path, record, rows)
     assert "memory_timeline" not in rep.build_report(load_records(tmp_path)).figure_inputs
+
+
+def test_a_suite_that_does_not_evaluate_shows_no_quality_columns(tmp_path):
+    for lever in ("baseline", "zero3"):
+        record, rows = fx.make_record("peft", "aligned", 0, extra_cell={"lever": lever})
+        record["metrics"] = {k: v for k, v in record["metrics"].items() if k in dict(COST_COLUMNS)}
+        record["roundtrip"] = {"ok": True}
+        fx.write_run(tmp_path, record, [])
+    table = rep.build_report(load_records(tmp_path)).tables[0]
+    assert table.title == "Table 1. Round trip per cell"
+    assert table.header == ["framework", "alignment", "lever", "ok runs", "round trip"]
+    assert [row[-1].text for row in table.rows] == ["1/1", "1/1"] and "does not evaluate" in table.caption

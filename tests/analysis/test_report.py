@@ -124,7 +124,7 @@ def test_every_run_id_is_traceable_and_failed_run_listed(rendered):
     # the summary line of a traceback is its exception, and raw HTML never reaches the Markdown
     assert "RuntimeError: CUDA out of memory &lt;script&gt;" in failed_section
     assert "<script>" not in md
-    assert "[^quality-1]: Table 1, peft/aligned:" in md
+    assert "[^quality-1]: Table 1, peft · aligned:" in md
 
 
 def test_parity_tables_sorted_largest_first(rendered):
@@ -267,5 +267,5 @@ def test_damaged_inputs_cost_detail_not_the_report(tmp_path):
     (path.parent / other["per_sample_file"]).write_text('{"id": "doc-0000", "cer": \n')
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 0
     md = (tmp_path / "o" / "report.md").read_text()
-    assert 'No per-sample file (so no significance test) for: swift/aligned/["all"].' in md
+    assert 'No per-sample file (so no significance test) for: swift · aligned · targets ["all"].' in md
     assert '| peft | aligned | ["q", "v"] | 2/2 |' in md

@@ -70,7 +70,7 @@ def _md_table(section: str) -> list[list[str]]:
 def test_per_field_table_is_the_mean_over_seeds(detailed):
     rows = _md_table(_section(detailed["md"], "Quality per field"))
     header, body = rows[0], {r[0]: r for r in rows[1:]}
-    assert header == ["field", "n", "peft/aligned", f"peft/aligned [control: {CONTROL}]", "swift/aligned"]
+    assert header == ["field", "n", "peft · aligned", "peft · aligned · control: lr ÷ 20", "swift · aligned"]
     assert sorted(body) == sorted([*fx.FIELD_NAMES, OTHER_KEYS])
     assert body[OTHER_KEYS][2:] == ["0", "0", "0"]  # no invented keys in the fixtures
     peft = [r for r in detailed["records"] if _cell(r) == ("peft", None)]
@@ -111,7 +111,7 @@ def test_per_kind_table_shows_f1_and_cer(detailed):
 
 def test_control_detected_with_the_paired_test(detailed):
     section = _section(detailed["md"], "## Negative control")
-    assert "- **Detected**: control peft/aligned [control: lr / 20] against peft/aligned: field F1" in section
+    assert "- **Detected**: control peft · aligned · control: lr ÷ 20 against peft · aligned: field F1" in section
     control = [r for r in detailed["records"] if _cell(r) == ("peft", CONTROL)]
     reference = [r for r in detailed["records"] if _cell(r) == ("peft", None)]
     # field F1 and CER are both tested, Holm-corrected together; the detection on F1 is reported
@@ -166,8 +166,8 @@ def test_gallery_same_samples_for_every_cell(detailed):
         assert f"![test image {sample_id}](figures/sample-{sample_id}.png)" in gallery
         assert (detailed["out"] / "figures" / f"sample-{sample_id}.png").read_bytes()[:4] == b"\x89PNG"
     # every cell once per sample, from its seed 0
-    assert gallery.count("**peft/aligned** (seed 0)") == 4
-    assert gallery.count(f"**peft/aligned [control: {CONTROL}]** (seed 0)") == 4
+    assert gallery.count("**peft · aligned** (seed 0)") == 4
+    assert gallery.count("**peft · aligned · control: lr ÷ 20** (seed 0)") == 4
 
 
 def test_gallery_marks_the_changed_characters(detailed):
@@ -183,7 +183,7 @@ def test_gallery_marks_the_changed_characters(detailed):
             value = fx.reference_fields(index)[name]
             expected = expected.replace(f'"{value}"', f'"[-{value[0]}-]{{+X+}}{value[1:]}"')
     block = detailed["md"].split(f"### Sample {first}", 1)[1].split(
-        f"**peft/aligned [control: {CONTROL}]** (seed 0)", 1)[1]
+        "**peft · aligned · control: lr ÷ 20** (seed 0)", 1)[1]
     assert block.split("```text\n", 1)[1].split("\n```", 1)[0] == expected
     assert control["eval"]["per_field"]  # the control really is a detail record
 
@@ -232,11 +232,11 @@ def test_resamples_grow_with_the_family():
 
 def test_step_curves_carry_lr_and_grad_norm(detailed):
     report = rep.build_report(detailed["records"])
-    title, _, kwargs = report.figure_inputs["loss_curves"]
+    title, _, kwargs, _ = report.figure_inputs["loss_curves"]
     assert title == "Training loss, learning rate and gradient norm per cell"
     peft = [r for r in detailed["records"] if _cell(r) == ("peft", None)]
-    lr = next(s for s in kwargs["lr_series"] if s["label"] == "peft/aligned/-")
-    grad = next(s for s in kwargs["grad_norm_series"] if s["label"] == "peft/aligned/-")
+    lr = next(s for s in kwargs["lr_series"] if s["label"] == "peft · aligned")
+    grad = next(s for s in kwargs["grad_norm_series"] if s["label"] == "peft · aligned")
     assert lr["mean"] == [pytest.approx(1e-4)] * 20
     assert grad["mean"][0] == pytest.approx(statistics.fmean(r["train"]["steps"][0]["grad_norm"] for r in peft))
     assert grad["lo"][0] == min(r["train"]["steps"][0]["grad_norm"] for r in peft)

@@ -14,7 +14,7 @@ from harness.analysis.report.latex import render_latex
 from harness.analysis.report.markdown import render_markdown
 from harness.analysis.report.methods import error_line, methods_facts
 from harness.analysis.report.model import Report, Table, shown_keys
-from harness.analysis.report.names import record_label
+from harness.analysis.cell_names import record_label
 from harness.analysis.report.quality_views import per_field_table, per_kind_table
 from harness.analysis.report.tables import cost_table, levers_table, parity_tables, phase_table, quality_table
 from harness.results.store import cell_keys, group_cells

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from harness.analysis.report.model import fmt_quality
-from harness.analysis.report.names import group_label
+from harness.analysis.cell_names import group_label
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import METRIC_DIRECTION, METRICS
 from harness.results.store import metric_values

@@ -13,7 +13,7 @@ from harness.analysis.figure_style import color_for
 from harness.analysis.report.memory_levers import peak_bars_input
 from harness.analysis.report.memory_timeline import timeline_input
 from harness.analysis.report.model import Report
-from harness.analysis.report.names import global_batch, group_label
+from harness.analysis.cell_names import global_batch, group_label
 from harness.analysis.report.tables import MEMORY_LABELS, memory_metric
 from harness.results.store import metric_values
 

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness.analysis.report.names import group_label
+from harness.analysis.cell_names import group_label
 from harness.analysis.report.significance import read_jsonl
 from harness.results.store import resolve_sidecar
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from harness.analysis import figure_memory
 from harness.analysis.report.memory_timeline import read_timeline
-from harness.analysis.report.names import group_label
+from harness.analysis.cell_names import group_label
 from harness.errors import UserError
 from harness.planner.hf_shape import shape_from_hf_config
 from harness.planner.memory import estimate

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 from harness.analysis import figure_memory
-from harness.analysis.report.names import group_label
+from harness.analysis.cell_names import group_label
 from harness.results.store import resolve_sidecar
 
 TITLE = "Memory over time per cell"

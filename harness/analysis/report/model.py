@@ -82,7 +82,7 @@ def best_index(means: Sequence[float | None], metric: str) -> set[int]:
 
 def column_value(value: Any) -> str:
     """A cell key's value in its own table column ("-" when the cell does not set it); a cell's
-    whole name comes from harness.analysis.report.names."""
+    whole name comes from harness.analysis.cell_names."""
     return "-" if value is None else str(value)
 
 

@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from harness.analysis.report.model import TableCell, Table, best_index, fmt_quality
-from harness.analysis.report.names import group_label
+from harness.analysis.cell_names import group_label
 
 
 def _breakdown(group: Sequence[Mapping], section: str) -> list[Mapping]:

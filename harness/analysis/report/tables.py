@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
                                            column_value, roundtrip_cell, runs_cell, shown_keys)
-from harness.analysis.report.names import cell_label, group_label
+from harness.analysis.cell_names import cell_label, group_label
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS, TIMING_METRICS
 from harness.results.stats import mean_t_interval
