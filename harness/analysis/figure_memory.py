@@ -36,7 +36,7 @@ def _spans(t: Sequence[float], phases: Sequence[str]) -> list[tuple[str, float, 
     return spans
 
 
-def timeline_figure(series: Sequence[dict], *, ylabel: str = "MiB") -> Figure:
+def timeline_figure(series: Sequence[dict], *, ylabel: str = "anonymous memory (MiB)") -> Figure:
     """series: [{"label", "framework", "alignment", "t": [s], "phase": [str], "cpu": [MiB],
     "gpu": [MiB | None] | None, "peak": {"t", "value", "where"}}]; one panel per series, y shared so
     panels compare, the peak marked and written with where it happened (a training step or a phase)."""
@@ -83,7 +83,8 @@ def memory_timeline(series: Sequence[dict], stem: Path, **kwargs) -> Path:
 
 
 MEASURED_COLORS = ("#6baed6", "#08519c", "#9ecae1")
-ESTIMATE_COLORS = ("#fdae6b", "#e6550d", "#a63603", "#fdd0a2", "#d9d9d9")
+ESTIMATE_COLORS = ("#fdae6b", "#e6550d", "#a63603", "#fdd0a2")
+RUNTIME_COLOR = "#d9d9d9"
 
 
 def peak_bars_figure(cells: Sequence[dict], *, xlabel: str) -> Figure:
@@ -96,6 +97,7 @@ def peak_bars_figure(cells: Sequence[dict], *, xlabel: str) -> Figure:
     measured_parts = list(dict.fromkeys(p for c in cells for p, _ in c["measured"]))
     estimate_parts = list(dict.fromkeys(p for c in cells for p, _ in c.get("estimate") or ()))
     colors = {**dict(zip(measured_parts, MEASURED_COLORS)), **dict(zip(estimate_parts, ESTIMATE_COLORS))}
+    colors.update({p: RUNTIME_COLOR for p in estimate_parts if p.startswith("runtime")})  # grey: not a planner term
     any_estimate = bool(estimate_parts)
     height = 0.38 if any_estimate else 0.7
     right = 0.0

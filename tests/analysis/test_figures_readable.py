@@ -142,3 +142,14 @@ def test_a_long_bar_chart_title_wraps_inside_the_figure():
                               title="Ablation: loss gap when one factor of swift-default takes "
                                     "minicpmv-official's value, one factor at a time")
     assert problems(fig) == []
+
+
+def test_peak_bars_with_every_part_fit():
+    from harness.analysis.report import memory_levers as ml
+
+    estimate = [(name, 20.0) for name in (*ml.ESTIMATE_PARTS, ml.HOST_PART, ml.RUNTIME_PART)]
+    cells = [{"label": cell_label({"framework": "peft", "alignment": "aligned", "lever": lever}),
+              "measured": [(ml.LOAD_PART, 80.0), (ml.TRAIN_PART, 130.0)], "estimate": estimate}
+             for lever in ("baseline", "zero3+offload", "batch 1 x accumulation 4")]
+    cells.append({"label": "swift · aligned · baseline", "measured": [(ml.WHOLE_PART, 300.0)], "estimate": None})
+    assert problems(figure_memory.peak_bars_figure(cells, xlabel="MiB")) == []

@@ -29,17 +29,18 @@ from harness.planner.validate import plan_input_for
 MIB = 1024 * 1024
 TITLE = "Peak memory per cell: measured and planned"
 LOAD_PART = "model load and set-up"
-TRAIN_PART = "training on top (activations, gradients, optimizer states, transient)"
-WHOLE_PART = "peak (not split: no load-phase peak recorded)"
-RUNTIME_PART = "runtime state (not modelled; measured on the baseline lever)"
+TRAIN_PART = "added by training"
+WHOLE_PART = "peak (no load-phase peak to split at)"
+RUNTIME_PART = "runtime state (from the baseline)"
 # the planner's terms, folded into what a reader asks about
 ESTIMATE_PARTS = {"weights": ("frozen_weights", "lora_weights", "trained_base_weights"),
                   "gradients and optimizer states": ("gradients", "optimizer_states", "optimizer_step"),
                   "activations and buffers": ("activations", "transient", "zero_buffers")}
-HOST_PART = "host-side states (offloaded), per process"
+HOST_PART = "host-side states, per process"
 MEASURED_CAPTION = ("Upper bar of each pair: the peak anonymous memory above the post-import baseline that the "
                     "cell measured (its first ok seed, the largest rank), split at the load phase's peak into "
-                    "model load and set-up and what training added on top. ")
+                    "model load and set-up and what training added on top (activations, gradients, optimizer "
+                    "states, transient buffers). ")
 PLANNED_CAPTION = ("Lower, hatched bar: the memory planner's estimate for the same set-up (the run's batch and "
                    "longest sequence, as `lorabench plan --validate` compares them), by term. The planner does "
                    "not model the runtime's own state (data, processor, Trainer, allocator caches); where the "
