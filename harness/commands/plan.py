@@ -178,9 +178,9 @@ def load_spec_plans(path: str, args) -> tuple[str | None, list[SpecPlan]]:
     shapes: dict[str, planner.Shape] = {}
     out = []
     for label, spec in specs:
-        if spec["model"] not in shapes:
-            shapes[spec["model"]] = planner.shape_from_hf_config(_spec_model_dir(spec["model"]))
-        shape, seq = shapes[spec["model"]], spec["train"]["max_length"]
+        if spec.model not in shapes:
+            shapes[spec.model] = planner.shape_from_hf_config(_spec_model_dir(spec.model))
+        shape, seq = shapes[spec.model], spec.train.max_length
         image, capped = args.image_tokens, False
         if image is None:
             image = shape.image_tokens.default_per_sample
@@ -232,7 +232,7 @@ def run_spec(args) -> int:
     print("\n".join([f"{args.spec} (suite {suite}): {len(plans)} cells, per-GPU estimate with every sample at "
                       "train.max_length" + (" (the model's default image tokens cut to fit)" if capped else "")]
                      + [f"{sp.label}: not planned: {sp.error}" if sp.error else
-                        render.cell_line(sp.label, sp.spec["lora"]["targets"], sp.inputs, sp.plan) for sp in plans]))
+                        render.cell_line(sp.label, sp.spec.lora.targets, sp.inputs, sp.plan) for sp in plans]))
     return 0
 
 

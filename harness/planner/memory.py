@@ -20,6 +20,7 @@ from harness.planner.shape import (LM_ONLY_TARGETS, SPEC_TARGETS, TARGET_PRESETS
 from harness.planner.zero_memory import (parameter_tensors, persistent_elements, pinned_partitions_bytes,
                                          stage3_offload_cpu_bytes, stage3_optimizer_step_bytes, zero_buffer_bytes,
                                          zero_get, zero_section)
+from harness.run_spec import Spec
 
 GIB = 2**30
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per weight / activation element
@@ -105,33 +106,33 @@ class PlanInput:
         return self.max_length + self.image_tokens_per_sample
 
 
-def plan_input_from_spec(spec: Mapping, shape: Shape, *, max_length: int, image_tokens: int | None,
+def plan_input_from_spec(spec: Spec, shape: Shape, *, max_length: int, image_tokens: int | None,
                          **overrides) -> PlanInput:
     """The set-up a lorabench run spec (harness.config.spec) describes: LoRA r, targets preset and
     dropout, micro batch (train.batch_size), precision, gradient checkpointing, freeze_vision, ZeRO
     stage (none: 0) and offloads, world size. `max_length` is text tokens (the LM sequence adds
     `image_tokens`). `overrides` set any other PlanInput field. ValueError for what the planner does
     not model (lora.targets as a list of module names) or an invalid combination."""
-    lora, train, dist = spec["lora"], spec["train"], spec["distributed"]
-    targets = lora["targets"]
+    lora, train, dist = spec.lora, spec.train, spec.distributed
+    targets = lora.targets
     if not (isinstance(targets, str) and targets in SPEC_TARGETS):
         raise ValueError(f"lora.targets {targets!r}: the planner models the presets only "
                          f"({', '.join(TARGET_PRESETS)})")
     # modules trained in full beside LoRA: the embeddings, and the projector (trained anyway with the
     # vision tower when freeze_vision is off; on its own it is small and not modelled)
-    saved = list(lora.get("modules_to_save") or [])
+    saved = list(lora.modules_to_save)
     unmodelled = [m for m in saved
-                  if m != "embed_tokens" and not (m.endswith("merger") and not train["freeze_vision"])]
+                  if m != "embed_tokens" and not (m.endswith("merger") and not train.freeze_vision)]
     if unmodelled:
         raise ValueError(f"lora.modules_to_save {unmodelled}: the planner models embed_tokens (and the "
                          f"projector with freeze_vision off) only")
     fields = dict(
-        shape=shape, lora_r=lora["r"], targets=SPEC_TARGETS[targets], lora_dropout=lora["dropout"],
-        freeze_vision=train["freeze_vision"], train_embeddings="embed_tokens" in saved,
-        micro_batch_size=train["batch_size"], max_length=max_length,
-        image_tokens=image_tokens, grad_checkpointing=train["grad_checkpointing"], precision=train["precision"],
-        zero_stage=dist["zero_stage"] or 0, offload_optimizer=dist["offload_optimizer"],
-        offload_params=dist["offload_params"], world_size=dist["world_size"])
+        shape=shape, lora_r=lora.r, targets=SPEC_TARGETS[targets], lora_dropout=lora.dropout,
+        freeze_vision=train.freeze_vision, train_embeddings="embed_tokens" in saved,
+        micro_batch_size=train.batch_size, max_length=max_length,
+        image_tokens=image_tokens, grad_checkpointing=train.grad_checkpointing, precision=train.precision,
+        zero_stage=dist.zero_stage or 0, offload_optimizer=dist.offload_optimizer,
+        offload_params=dist.offload_params, world_size=dist.world_size)
     return PlanInput(**(fields | overrides))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from harness.planner.memory import PlanInput, estimate, plan_input_from_spec
 from harness.planner.hf_shape import shape_from_hf_config
 from harness.results.store import load_records
+from harness.run_spec import Spec
 
 MIB = 1024 * 1024
 
@@ -39,7 +40,7 @@ def plan_input_for(record: dict, shape) -> PlanInput:
     seq = max(s.get("max_seq_len", 0) for s in steps)
     samples = sum(s["samples"] for s in steps)
     image_per_sample = round(sum(s.get("image_tokens", 0) for s in steps) / max(1, samples))
-    return plan_input_from_spec(record["spec"], shape, max_length=max(1, seq - image_per_sample),
+    return plan_input_from_spec(Spec.from_dict(record["spec"]), shape, max_length=max(1, seq - image_per_sample),
                                 image_tokens=image_per_sample, gpu_mem_gib=1e6, cuda_context_gib=0.0,
                                 fragmentation_factor=1.0)
 

@@ -6,8 +6,10 @@ the eval worker an `EvalSummary`, and the runner assembles the `RunRecord`. Ever
 test fixtures build them through these types, so a key is named in one place.
 
 Readers call `migrate` before `validate_record`: a record of an older schema version is brought up
-to date by the functions in MIGRATIONS (none yet: version 1 is the first), so old baselines keep
-loading after the schema changes.
+to date by the functions in MIGRATIONS, so old baselines keep loading after the schema changes.
+Version 2 names the run's work files (adapter, framework arguments, reproduction script) relative to
+the record's directory, as it names every other file, so a results directory that is moved or shared
+still points at its own files; version 1 wrote them as absolute paths.
 """
 
 from __future__ import annotations
@@ -70,6 +72,113 @@ class EvalSummary(TypedDict, total=False):
     process: dict  # imports_s, load_s (model + adapter + PEFT round trip), process_s (start to this write)
 
 
+class TrainPart(TypedDict, total=False):
+    """The record's `train`: rank 0's steps and where the run's files stay."""
+
+    steps: list[StepRecord]  # stripped in baselines
+    warmup_steps_excluded: int  # steps left out of the throughput (compilation, allocator warm-up)
+    setup_s: float
+    train_s: float
+    # the run's work files, relative to the record's directory (schema version 2; absolute in version 1)
+    adapter_dir: str  # the saved PEFT-format adapter
+    framework_args: str | None  # the framework's resolved arguments as JSON
+    command_line: str | None  # a script or command line that reruns the training outside lorabench
+
+
+class RankMemory(TypedDict, total=False):
+    """One training process's memory peaks (MiB) in the record's `memory.per_rank`."""
+
+    rank: int
+    peak_anon_mib: float | None  # the tracked figure: anonymous memory, sampled every 10 ms
+    peak_anon_above_baseline_mib: float | None
+    baseline_anon_mib: float | None
+    peak_rss_mib: float
+    peak_rss_above_baseline_mib: float
+    baseline_rss_mib: float
+    ru_maxrss_mib: float
+    sampled_peak_rss_mib: float
+    meter_overhead_fraction: float
+    gpu_max_allocated_mib: float | None  # None on the CPU
+    gpu_max_reserved_mib: float | None
+
+
+class MemoryPart(TypedDict, total=False):
+    """The record's `memory`: the distributed set-up and each rank's peaks."""
+
+    world_size: int
+    zero_stage: int | None
+    offload_optimizer: bool
+    offload_params: bool
+    baseline_rss_mib: float
+    baseline_anon_mib: float | None
+    per_rank: list[RankMemory]
+    timeline_file: str | None  # `<run_id>.memory_timeline.jsonl`, relative to the record's directory
+
+
+class TrainingCheck(TypedDict, total=False):
+    """The record's `training_check` (harness.run.training_check): did the run train at all?"""
+
+    lora_modules: int
+    lora_modules_moved: int  # LoRA modules whose saved weights differ from their initial value
+    max_change_norm: float
+    min_change_norm: float
+    change_norm_per_module: dict[str, float]
+    steps_with_grad_norm: int
+    live_gradient_fraction: float  # steps whose gradient norm was finite and non-zero
+
+
+class LoaderCheck(TypedDict, total=False):
+    """One loader's reload of the saved adapter (harness.run.roundtrip)."""
+
+    max_abs_logit_diff: float  # the reloaded model's logits against the live trained model's
+    tolerance: float
+    missing: list[str]  # trained tensors the saved adapter lacks
+    tensors_checked: int
+    ok: bool
+    error: str  # when the loader itself failed
+    adapter_effect: float  # PEFT: how far the adapter moves the logits from the base model's
+    merged_greedy_equal: bool
+
+
+class RoundtripPart(TypedDict, total=False):
+    """The record's `roundtrip`: the saved adapter reloaded by each framework's loader."""
+
+    loaders: dict[str, LoaderCheck]
+    max_abs_logit_diff: float | None
+    adapter_effect: float | None
+    ok: bool | None  # None: not checked (the adapter wrote no probe)
+    cause: str | None
+    seconds: float
+
+
+class EvalPart(TypedDict, total=False):
+    """The record's `eval`."""
+
+    task: str
+    split: str
+    n: int  # 0 when the suite does not evaluate
+    seconds: float
+    per_field: dict[str, dict[str, float]]  # field -> n, precision, recall, f1, anls
+    per_kind: dict[str, dict[str, float]]  # document kind -> corpus metrics
+    system_prompt: str | None
+    predictions_file: str | None  # relative to the record's directory
+
+
+class LoadPart(TypedDict, total=False):
+    """The record's `load` (harness.run.machine_load): what else the machine did during the run."""
+
+    cores: int
+    cpus: list[int] | None
+    wall_s: float
+    loadavg_1m_start: float
+    loadavg_1m_end: float
+    other_cpu_fraction: float | None  # CPU time of other processes, as a fraction of the run's cores
+    steal_fraction: float | None
+    own_cpu_s: float | None
+    loaded: bool  # above a threshold: the run's timings are marked in reports
+    thresholds: dict[str, float]
+
+
 class RunRecord(TypedDict, total=False):
     """`results/runs/<run_id>.json`."""
 
@@ -86,19 +195,19 @@ class RunRecord(TypedDict, total=False):
     wall_s: float
     command: str  # the command line that ran the suite
     env: dict  # environment fingerprint: git commit + dirty, packages, CPU/GPU, threads, dataset and model checksums
-    effective_settings: dict  # rank 0's read-back settings
-    train: dict  # steps (StepRecord list), warmup_steps_excluded, setup_s, train_s, adapter_dir, framework_args, command_line
-    training_check: dict  # harness.run.training_check: how far the adapter moved, live gradient fraction
-    roundtrip: dict  # harness.run.roundtrip: the saved adapter reloaded by each loader vs the live model
-    memory: dict  # world size, ZeRO settings, baseline and per-rank peaks
-    eval: dict  # task, split, n, seconds, per_field, per_kind, system_prompt, predictions_file
-    metrics: dict  # flat metric name -> number (names and directions: harness.results.metric_table)
+    effective_settings: dict[str, Any]  # rank 0's read-back settings, flat
+    train: TrainPart
+    training_check: TrainingCheck
+    roundtrip: RoundtripPart
+    memory: MemoryPart
+    eval: EvalPart
+    metrics: dict[str, Any]  # flat metric name -> number or [lo, hi] (names and directions: harness.results.metric_table)
     per_sample_file: str | None  # sidecar JSONL of per-sample quality counts, relative to the record
-    phases: dict  # where the wall time went, seconds (harness.run.runner.phase_times); ok runs
-    load: dict  # what else the machine did meanwhile (harness.run.machine_load): other_cpu_fraction, loaded
+    phases: dict[str, float]  # where the wall time went, seconds (harness.run.runner.phase_times); ok runs
+    load: LoadPart
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "failed", "timeout", "oom", "cancelled")
 
 # Top-level keys every record has, whatever its status; an ok record has these too.
@@ -172,8 +281,27 @@ def validate_record(d: Any) -> list[str]:
 
 
 
+WORK_FILES = ("adapter_dir", "framework_args", "command_line")  # the record's `train` keys that name work files
+
+
+def _work_files_relative(record: dict) -> dict:
+    """Version 1 -> 2: the work files' absolute paths (`.../<results>/work/<run_id>/...`) relative to
+    the record's directory (`<results>/runs`). A path outside a work directory stays as it was."""
+    train = record.get("train")
+    if not isinstance(train, dict):
+        return record
+    run_id = record.get("run_id")
+    marker = f"/work/{run_id}/"
+    moved = {}
+    for key in WORK_FILES:
+        path = train.get(key)
+        if isinstance(path, str) and path.startswith("/") and marker in path:
+            moved[key] = f"../work/{run_id}/" + path.rsplit(marker, 1)[1]
+    return {**record, "train": {**train, **moved}}
+
+
 # version v -> a function turning a record of version v into one of version v + 1
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _work_files_relative}
 
 
 def migrate(record: Any) -> Any:

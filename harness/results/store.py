@@ -147,9 +147,9 @@ def load_records(path: str | Path) -> list[dict]:
     doc = _read_json(path)
     if not is_bundle(doc):
         return [_checked(doc, str(path), path)]
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    if doc.get("schema_version") not in range(1, SCHEMA_VERSION + 1):  # older bundles: their records migrate
         raise UserError(f"{path}: bundle schema_version is {doc.get('schema_version')!r}, "
-                        f"this lorabench reads {SCHEMA_VERSION}")
+                        f"this lorabench reads 1 to {SCHEMA_VERSION}")
     if not isinstance(doc["records"], list):
         raise UserError(f"{path}: 'records' must be a list")
     return _skipping_corrupt((lambda i=i, r=r: _checked(r, f"{path} (records[{i}])", path))
@@ -307,12 +307,12 @@ def env_fingerprint_diff(env_a: Mapping | None, env_b: Mapping | None) -> list[s
 
 
 def resolve_sidecar(record: Mapping, name: str | None) -> Path | None:
-    """Path of a file named in a record (`per_sample_file`, predictions), relative to the record
-    file's directory; None when the record names none or it is not there."""
+    """Path of a file or directory named in a record (`per_sample_file`, predictions, the work files),
+    relative to the record file's directory; None when the record names none or it is not there."""
     if not name or "_source" not in record:
         return None
     path = Path(record["_source"]).parent / name
-    return path if path.is_file() else None
+    return path if path.exists() else None
 
 
 def make_bundle(records: Iterable[Mapping], suite: str, created_at: str) -> dict:

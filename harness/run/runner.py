@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 from harness.results import store as results
 from harness.errors import UserError
-from harness.results.schema import RunRecord
+from harness.results.schema import WORK_FILES, RunRecord
 from harness.run import training_check
 from harness.run.launch import run_worker as _run_worker
 from harness.run.progress import Progress, RunCounter
@@ -140,9 +141,9 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     record["effective_settings"] = rank0["effective"]
     record["train"] = {"steps": rank0["steps"], "warmup_steps_excluded": rank0["throughput"]["warmup_steps_excluded"],
                        "setup_s": rank0["setup_s"], "train_s": rank0["train_s"],
-                       # where the trained adapter and the reproduction files stay (the run's work directory)
-                       "adapter_dir": rank0["adapter_dir"], "framework_args": rank0.get("framework_args"),
-                       "command_line": rank0.get("command_line")}
+                       # where the trained adapter and the reproduction files stay (the run's work directory),
+                       # relative to the record's directory like every file a record names
+                       **{key: _relative_to(results_dir / "runs", rank0.get(key)) for key in WORK_FILES}}
     record["memory"] = memory_section(spec, ranks)
     # rank 0 logs its own micro-batches; ranks read disjoint data, so the run's rate is world x rank 0's
     world_scale = max(1, spec.distributed.world_size)
@@ -291,6 +292,10 @@ def memory_section(spec: Spec, ranks: list[dict]) -> dict:
                       "gpu_max_reserved_mib": max((g["max_reserved_mib"] for g in r["memory"]["gpu"]), default=None)}
                      for r in sorted(ranks, key=lambda r: r["rank"])],
     }
+
+
+def _relative_to(directory: Path, path: str | None) -> str | None:
+    return os.path.relpath(path, directory) if path else None
 
 
 def _max_of(ranks, key):

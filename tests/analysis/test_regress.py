@@ -12,6 +12,7 @@ from tests import fixtures_records as fx
 
 from harness.analysis import regress as regress  # noqa: E402
 from harness.cli import main  # noqa: E402
+from harness.results.schema import SCHEMA_VERSION  # noqa: E402
 from harness.results.store import load_records, write_record  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def _verdicts(result, cell="peft/aligned"):
 
 def test_baseline_bundle_is_small_and_complete(suite):
     bundle = json.loads(suite["baseline"].read_text())
-    assert bundle["schema_version"] == 1 and bundle["suite"] == "default"
+    assert bundle["schema_version"] == SCHEMA_VERSION and bundle["suite"] == "default"
     assert len(bundle["records"]) == 18
     record = bundle["records"][0]
     assert "steps" not in record["train"]
@@ -199,11 +200,11 @@ def test_malformed_baseline_exits_2(suite, capsys, tmp_path):
 
 def test_wrong_schema_version_exits_2(suite, capsys, tmp_path):
     bundle = json.loads(suite["baseline"].read_text())
-    bundle["schema_version"] = 2
+    bundle["schema_version"] = 99  # a release newer than this lorabench
     old = tmp_path / "old.json"
     old.write_text(json.dumps(bundle))
     assert main(["regress", "--baseline", str(old), "--current", str(suite["current"])]) == 2
-    assert "old.json: bundle schema_version is 2" in capsys.readouterr().err
+    assert "old.json: bundle schema_version is 99" in capsys.readouterr().err
 
 
 def test_no_records_or_bad_threshold_exits_2(suite, capsys, tmp_path):

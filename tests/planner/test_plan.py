@@ -93,7 +93,7 @@ def test_the_official_minicpmv_recipe_is_planned_with_its_trained_embeddings():
     from harness.config.spec import make_spec
 
     spec = make_spec({"model": "tiny", "framework": "peft", "alignment": "minicpmv-official"})
-    assert spec["lora"]["modules_to_save"] == PROFILES["minicpmv-official"]["lora"]["modules_to_save"]
+    assert list(spec.lora.modules_to_save) == PROFILES["minicpmv-official"]["lora"]["modules_to_save"]
     shape = P.builtin_shape("minicpm-v-4_6")
     inputs = P.plan_input_from_spec(spec, shape, max_length=512, image_tokens=None)
     assert (inputs.targets, inputs.freeze_vision, inputs.train_embeddings) == ("lm-attention", False, True)
@@ -101,9 +101,9 @@ def test_the_official_minicpmv_recipe_is_planned_with_its_trained_embeddings():
     without = P.estimate(dataclasses.replace(inputs, train_embeddings=False))
     embeddings = 248_094 * 1024
     assert with_embeddings.params["trainable"] - without.params["trainable"] == embeddings
-    spec["lora"]["modules_to_save"] = ["lm_head.weight"]
+    unmodelled = dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, modules_to_save=("lm_head.weight",)))
     with pytest.raises(ValueError, match="modules_to_save"):
-        P.plan_input_from_spec(spec, shape, max_length=512, image_tokens=None)
+        P.plan_input_from_spec(unmodelled, shape, max_length=512, image_tokens=None)
 
 
 # --- model states by ZeRO stage ------------------------------------------------------------------
@@ -671,7 +671,7 @@ def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir
     from harness.planner.validate import format_rows, validate_against_runs
     from harness.config.spec import make_spec
 
-    spec = make_spec({"train": {"batch_size": 4}, "distributed": {"zero_stage": 2}})
+    spec = make_spec({"train": {"batch_size": 4}, "distributed": {"zero_stage": 2}}).to_dict()
     record = {
         "schema_version": 1, "run_id": "memory-abc", "suite": "memory", "spec_hash": "x" * 64, "spec": spec,
         "cell": {"framework": "peft", "alignment": "aligned", "seed": 0, "lever": "zero2"}, "status": "ok",
@@ -700,7 +700,7 @@ def test_validate_compares_estimates_with_measured_runs(tmp_path, tiny_model_dir
     record["run_id"], record["spec"] = "memory-gpu", make_spec({"device": "cuda", "train": {"batch_size": 4,
                                                                                             "precision": "bf16"},
                                                                  "distributed": {"zero_stage": 3,
-                                                                                 "offload_optimizer": True}})
+                                                                                 "offload_optimizer": True}}).to_dict()
     record["memory"]["per_rank"] = [{"rank": 0, "peak_rss_mib": 900.0, "peak_rss_above_baseline_mib": 400.0,
                                      "peak_anon_above_baseline_mib": 120.0, "gpu_max_allocated_mib": 30.0}]
     (tmp_path / "runs" / "memory-abc.json").unlink()

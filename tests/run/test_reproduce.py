@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.results.store import load_records
+from harness.results.store import load_records, resolve_sidecar
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +24,11 @@ def test_swift_command_line_reproduces_the_first_losses(tmp_path, tiny_model_dir
     assert main(["run", str(suite), "--results", str(results)]) == 0
     (record,) = load_records(results)
     train = record["train"]
-    assert os.path.isfile(os.path.join(train["adapter_dir"], "adapter_model.safetensors"))
-    args = json.loads(open(train["framework_args"]).read())
+    assert not os.path.isabs(train["adapter_dir"])  # relative to the record: a moved directory still works
+    assert (resolve_sidecar(record, train["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    args = json.loads(resolve_sidecar(record, train["framework_args"]).read_text())
     assert args["max_steps"] == 3 and args["tuner_type"] == "lora"
-    cmd = shlex.split(open(train["command_line"]).read())
+    cmd = shlex.split(resolve_sidecar(record, train["command_line"]).read_text())
     assert cmd[:2] == ["swift", "sft"]
     out = tmp_path / "rerun"
     cmd[cmd.index("--output_dir") + 1] = str(out)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from harness.chat import DEFAULT_SYSTEM
+from harness.config.spec import make_spec
 from harness.run import roundtrip
+from harness.run.job_file import Job
 
 
 # ---- unit: the comparisons ---------------------------------------------------------------------
@@ -79,12 +81,13 @@ def _trained_adapter(tiny_model_dir: Path, mini_dataset: Path, out: Path, full_m
 
     from adapters import chat_data, lora_setup, readback
     from harness import lora_targets
+
     from harness.data.samples import split_file
 
     torch.manual_seed(0)
     processor = AutoProcessor.from_pretrained(str(tiny_model_dir))
     model = AutoModelForImageTextToText.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    spec = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "init": "kaiming", "rslora": False}}
+    spec = make_spec({"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "init": "kaiming", "rslora": False}})
     unfrozen = lora_setup.vision_modules_to_save(model) if full_modules else []
     targets = lora_targets.resolve_targets(model, "lm-linear")
     model = get_peft_model(model, lora_setup.lora_config(spec, targets, unfrozen))
@@ -139,8 +142,9 @@ def test_peft_round_trip_matches_and_a_dropped_tensor_is_named(tiny_model_dir, m
 def test_swift_loader_reloads_a_peft_trained_adapter(tiny_model_dir, mini_dataset, tmp_path, repo_root):
     """Cross-framework: an adapter trained outside swift loads through swift's own path, same logits."""
     adapter, probe = _trained_adapter(tiny_model_dir, mini_dataset, tmp_path, full_modules=False)
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps({"run_dir": str(tmp_path), "model_dir": str(tiny_model_dir), "spec": {"device": "cpu"}}))
+    job = Job(spec=make_spec(), run_dir=tmp_path, model_dir=tiny_model_dir, dataset_dir=mini_dataset,
+              train_jsonl=tmp_path / "train.jsonl", n_train=0, eval_jsonl=tmp_path / "test.jsonl",
+              deepspeed_config=None).write()
     subprocess.run([sys.executable, "-m", "harness.run.worker", "roundtrip-swift", str(job)], cwd=repo_root,
                    check=True, capture_output=True)
     block = json.loads((tmp_path / "roundtrip.swift.json").read_text())
