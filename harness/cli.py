@@ -28,6 +28,7 @@ COMMANDS = {
     "baseline": ("baseline", "promote current results to the committed baseline"),
     "history": ("history", "show metrics over commits"),
     "plan": ("plan", "estimate per-GPU memory for a real model: will it fit?"),
+    "env": ("env", "list, create or remove the package sets a cell may train in (a spec's env)"),
 }
 
 

@@ -100,6 +100,9 @@ class Spec:
     eval: EvalSpec = field(default_factory=EvalSpec)
     device: str = "cpu"  # cpu | cuda
     timeout_s: float = 3600
+    # the package set the train worker runs in: None = the main environment; a name under harness/envs/, or
+    # pins on top of constraints.txt ("peft==0.21.2,transformers==5.19.1"); see harness.config.envs
+    env: str | None = None
 
     @property
     def native(self) -> bool:
@@ -107,8 +110,13 @@ class Spec:
         return self.alignment == "native"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (records, job files, the hash): sections as dicts, tuples as lists."""
-        return _plain(self)
+        """The JSON form (records, job files, the hash): sections as dicts, tuples as lists; OPTIONAL keys
+        only when set."""
+        out = _plain(self)
+        for key, default in OPTIONAL.items():
+            if out[key] == default:
+                del out[key]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Spec:
@@ -122,6 +130,10 @@ class Spec:
             values[key] = _build(kind, value) if kind else _frozen(value)
         return cls(**values)
 
+
+# Top-level keys added after records existed, left out of the JSON form while at their default: a record's
+# spec then reads back key for key, and its hash (harness.config.spec.spec_hash) stays what it was.
+OPTIONAL: dict[str, Any] = {"env": None}
 
 SECTIONS: dict[str, type] = {"lora": LoraSpec, "optim": OptimSpec, "schedule": ScheduleSpec, "train": TrainSpec,
                              "distributed": DistributedSpec, "eval": EvalSpec}
@@ -145,5 +157,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# Every key a spec may hold, with its default, in JSON form: what merging and validation start from.
+# Every key a spec holds, with its default, in JSON form: what merging and validation start from
+# (OPTIONAL keys are accepted besides these).
 DEFAULTS: dict[str, Any] = Spec().to_dict()

@@ -21,8 +21,9 @@ import yaml
 
 import adapters
 from harness.lora_targets import RENAMED_TARGET_PRESETS, TARGET_PRESETS  # noqa: F401 (the presets' one home)
+from harness.config.envs import check_env
 from harness.config.profiles import PROFILES, apply_profile
-from harness.run_spec import DEFAULTS, Spec
+from harness.run_spec import DEFAULTS, OPTIONAL, Spec
 from harness.errors import UserError
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
@@ -36,7 +37,9 @@ ANSWER_PREFIXES = ("template", "none")
 ALIGNMENTS = ("aligned", "native", *PROFILES)
 # Keys added after records existed: while a key holds this value, spec_hash leaves it out, so a spec
 # that does not use it keeps the hash (and the run id) it had before the key existed.
-HASH_NEUTRAL = {("lora", "modules_to_save"): [], ("train", "answer_prefix"): "template"}
+# A key path of one name is a top-level key.
+HASH_NEUTRAL: dict[tuple[str, ...], object] = {("lora", "modules_to_save"): [], ("train", "answer_prefix"): "template",
+                                               ("env",): None}
 
 def _suggest(key: str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1)
@@ -49,8 +52,12 @@ def merge(base: dict | Spec, override: dict | Spec, where: str = "", source: str
     out = copy.deepcopy(base)
     for key, value in (override or {}).items():
         dotted = f"{where}{key}"
-        if key not in base:
-            raise UserError(f"{source}: unknown key {dotted!r}{_suggest(key, base)}")
+        known = {*base, *OPTIONAL} if not where else base
+        if key not in known:
+            raise UserError(f"{source}: unknown key {dotted!r}{_suggest(key, known)}")
+        if key not in base:  # an optional top-level key (env): a plain value
+            out[key] = value
+            continue
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise UserError(f"{source}: {dotted!r} must be a mapping, got {type(value).__name__}")
@@ -154,6 +161,8 @@ def validate_spec(spec: dict, source: str = "spec") -> dict:
     if (dist["offload_optimizer"]) and dist["zero_stage"] in (None, 0):
         raise UserError(f"{source}: distributed.offload_optimizer needs zero_stage 1, 2 or 3")
     _check_choice(spec["device"], ("cpu", "cuda"), "device", source)
+    if spec.get("env") is not None:
+        check_env(spec["env"], spec["framework"], source)
     return spec
 
 
@@ -191,9 +200,11 @@ def _renamed_preset(targets, source: str):
 def spec_hash(spec: dict | Spec) -> str:
     """sha256 of the canonical JSON form; keys at their HASH_NEUTRAL value are left out."""
     spec = copy.deepcopy(_json_form(spec))
-    for (section, key), neutral in HASH_NEUTRAL.items():
-        if spec.get(section, {}).get(key, neutral) == neutral:
-            spec.get(section, {}).pop(key, None)
+    for path, neutral in HASH_NEUTRAL.items():
+        *sections, key = path
+        holder = spec.get(sections[0], {}) if sections else spec
+        if holder.get(key, neutral) == neutral:
+            holder.pop(key, None)
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

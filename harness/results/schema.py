@@ -56,6 +56,7 @@ class RankResult(TypedDict, total=False):
     framework_args: str | None  # rank 0: the framework's resolved arguments as JSON
     command_line: str | None  # rank 0: a command line or script that reruns the training outside lorabench
     process: dict  # the process's own clock: imports_s (start-up + imports), process_s (start to this write)
+    packages: dict[str, str | None]  # rank 0: framework releases as this process saw them (harness.run.env.FRAMEWORKS)
 
 
 class EvalSummary(TypedDict, total=False):

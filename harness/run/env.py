@@ -14,6 +14,8 @@ from harness.paths import REPO_ROOT
 
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "ms-swift", "trl", "deepspeed", "accelerate",
             "jiwer", "numpy", "pillow", "tokenizers", "lorabench")
+# what the train worker reports of its own environment (a cell's `env` may change any of them)
+FRAMEWORKS = ("torch", "transformers", "peft", "ms-swift", "trl", "accelerate", "deepspeed")
 
 
 def git_state() -> tuple[str | None, bool]:
@@ -27,9 +29,10 @@ def git_state() -> tuple[str | None, bool]:
         return None, False
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions as this process's sys.path sees them (an environment's overlay first)."""
     out = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

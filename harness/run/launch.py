@@ -36,11 +36,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_command(mode: str, job_path: Path, world_size: int, rdzv: dict | None = None) -> list[str]:
+def worker_command(mode: str, job_path: Path, world_size: int, rdzv: dict | None = None,
+                   python: str | Path | None = None) -> list[str]:
+    """`python`: the interpreter of the cell's environment (harness.run.environments); default this one."""
+    python = str(python or sys.executable)
     if world_size <= 1:
-        return [sys.executable, "-m", "harness.run.worker", mode, str(job_path)]
+        return [python, "-m", "harness.run.worker", mode, str(job_path)]
     rdzv = rdzv or {}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world_size}"]
+    cmd = [python, "-m", "torch.distributed.run", f"--nproc-per-node={world_size}"]
     if rdzv.get("nnodes", 1) > 1:  # multi-node: torchrun's rendezvous options, passed through
         cmd += [f"--nnodes={rdzv['nnodes']}", f"--node-rank={rdzv.get('node_rank', 0)}",
                 f"--rdzv-endpoint={rdzv['endpoint']}", "--rdzv-backend=c10d",
@@ -105,12 +108,14 @@ def _reap(proc: subprocess.Popen) -> tuple[int, float] | None:
 
 def run_worker(mode: str, job_path: Path, log_path: Path, timeout_s: float, world_size: int = 1,
                device: str = "cpu", poll=None, rdzv: dict | None = None,
-               cpus: list[int] | None = None) -> WorkerResult:
+               cpus: list[int] | None = None, python: str | Path | None = None) -> WorkerResult:
     """Run one worker to completion; `poll()` is called about twice a second while it runs (it may
-    raise KeyboardInterrupt to cancel the worker). `cpus`: the cores the worker may run on."""
+    raise KeyboardInterrupt to cancel the worker). `cpus`: the cores the worker may run on; `python`:
+    the interpreter to run it with (a cell's own environment; default the main one)."""
     t0 = time.perf_counter()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(worker_command(mode, job_path, world_size, rdzv), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(worker_command(mode, job_path, world_size, rdzv, python), stdout=log,
+                                stderr=subprocess.STDOUT,
                                 env=worker_env(world_size, device, cpus), start_new_session=True,
                                 preexec_fn=_child_setup(cpus), cwd=str(REPO_ROOT))
         try:

@@ -127,11 +127,17 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
             raise KeyboardInterrupt
         progress.poll(work / "progress.jsonl")
 
+    if spec.env is not None:  # named even when the environment cannot be created
+        record["env"]["environment"] = {"name": spec.env}
     try:  # the lanes share the dataset build and the canvas cache: one prepares at a time
         run = train(spec, work, poll=poll, run_worker=run_worker, prepare_lock=PREPARE_LOCK)
     except UserError as exc:
         return done("failed", f"lorabench: error: {exc}")
     job, res = run.job, run.result
+    if run.environment is not None:
+        # the releases the train worker itself saw (None until it ran); the lock's hash says the rest
+        seen = run.ranks[0].get("packages") if run.ranks else None
+        record["env"]["environment"] = {**run.environment.record(), "packages": seen}
     record["env"]["dataset"] = dataset_fingerprint(job.dataset_dir, spec.dataset)
     record["env"]["model"] = model_fingerprint(job.model_dir, spec.model)
     if res.status != "ok":

@@ -12,6 +12,7 @@ from pathlib import Path
 from harness.run.job import prepare_job
 from harness.run.job_file import Job
 from harness.run_spec import Spec
+from harness.run.environments import Environment
 from harness.run.launch import WorkerResult, run_worker as launch_worker
 
 
@@ -20,6 +21,7 @@ class TrainRun:
     job: Job
     result: WorkerResult
     ranks: list[dict]  # every rank's train.rank<R>.json, rank order; empty unless the worker ended ok
+    environment: Environment | None = None  # the spec's `env`, as created; None: the main environment
 
     @property
     def rank0(self) -> dict:
@@ -41,14 +43,25 @@ def train(spec: Spec, work: Path, *, poll=None, run_worker=None, prepare_lock=No
     A user's mistake in preparing (missing data, bad model path) raises UserError; whatever happens
     to the worker is in `result.status`. `run_worker` replaces the launcher (the runner passes one that
     pins it to a lane's cores and counts the cell's CPU time); `prepare_lock` serialises preparation
-    between lanes."""
+    between lanes.
+
+    A spec with `env` trains with that environment's Python, created first if it is not cached (an
+    environment that cannot be created is a UserError with the installer's reason). Only training:
+    evaluation and the round trip load the adapter in the main environment, one evaluator for all."""
     shutil.rmtree(work, ignore_errors=True)
+    environment = None
     with prepare_lock or contextlib.nullcontext():
+        if spec.env is not None:
+            from harness.config.envs import load_env
+            from harness.run.environments import ensure
+
+            environment = ensure(load_env(spec.env), log=lambda msg: print(f"lorabench: {msg}", flush=True))
         job = prepare_job(spec, work)
+    python = {"python": environment.python} if environment else {}
     result = (run_worker or launch_worker)("train", work / "job.json", work / "worker.log", spec.timeout_s,
                                            world_size=spec.distributed.world_size, device=spec.device,
-                                           poll=poll)
+                                           poll=poll, **python)
     ranks = []
     if result.status == "ok":
         ranks = sorted((json.loads(p.read_text()) for p in work.glob("train.rank*.json")), key=lambda r: r["rank"])
-    return TrainRun(job, result, ranks)
+    return TrainRun(job, result, ranks, environment)

@@ -50,6 +50,7 @@ def train(job: Job) -> int:
 
     import adapters
     from adapters.base import TrainData
+    from harness.run.env import FRAMEWORKS, package_versions
     from harness.run.meters import MemoryMeter, seconds_since_process_start, throughput
 
     spec, run_dir = job.spec, job.run_dir
@@ -91,7 +92,9 @@ def train(job: Job) -> int:
                       adapter_dir=str(outcome.adapter_dir), initial_adapter=str(outcome.initial_adapter),
                       framework_args=outcome.framework_args and str(outcome.framework_args),
                       command_line=outcome.command_line and str(outcome.command_line),
-                      probe=outcome.probe and str(outcome.probe))
+                      probe=outcome.probe and str(outcome.probe),
+                      # the framework releases this process imported (a cell's `env` overlays the main ones)
+                      packages=package_versions(FRAMEWORKS))
     _write_json(run_dir / f"train.rank{rank}.json", result)
     return 0
 
