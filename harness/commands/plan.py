@@ -9,7 +9,9 @@
 Prints the breakdown per GPU and for the node's CPU RAM, the verdict line, and with --search the
 largest max_length that fits for each batch size. --json prints the same as one JSON object.
 --deepspeed-config FILE plans for the user's own DeepSpeed JSON (stage, offloads, buffer sizes).
---spec plans a run spec (the same breakdown) or a suite (one line per cell) from its own settings.
+--spec plans a run spec (the same breakdown) or a suite (one line per cell) from its own settings;
+for a single spec whose data set is at hand it adds the whole run: the estimate at the longest
+sample and the largest image the training split holds, next to the one at train.max_length.
 Formulas and assumptions: docs/plan.md.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from harness import planner
@@ -51,6 +54,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "train.max_length (text + image tokens), LoRA r/targets/dropout, precision, "
                              "ZeRO stage, offloads, world size, freeze_vision, checkpointing; a suite plans "
                              "each cell on one line")
+    parser.add_argument("--data", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --spec: also plan the whole run from the data set's own lengths (the longest "
+                             "sample, the largest image). Default: when the data set is built (or a directory) "
+                             "and --image-tokens is not given; --data builds a card's data set first")
     parser.add_argument("--gpus", type=int, help="number of GPUs (world size; default 1)")
     parser.add_argument("--gpu-mem", type=float, default=24.0, help="memory per GPU, GiB")
     parser.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None,
@@ -200,6 +207,35 @@ def load_spec_plans(path: str, args) -> tuple[str | None, list[SpecPlan]]:
     return suite, out
 
 
+def whole_run(args, sp: SpecPlan):
+    """The spec planned over its data set's lengths (harness.planner.dataset_lengths.WholeRun), or None
+    when it is not asked for (--no-data, --image-tokens) or, by default, the data set is not built."""
+    from harness.planner import dataset_lengths as dl
+
+    if args.data is False or sp.inputs is None:
+        return None
+    if args.image_tokens is not None:
+        if args.data:
+            raise UserError("--data reads the image tokens from the data set; --image-tokens sets them: keep one")
+        return None
+    ready = dl.dataset_ready(sp.spec)
+    if ready is None and not args.data:
+        print(f"(data set {sp.spec.dataset!r} is not built: planned at train.max_length only; --data builds it "
+              "and adds the whole run)", file=sys.stderr)
+        return None
+    lengths = dl.data_lengths(sp.spec, _spec_model_dir(sp.spec.model), ready)
+    return dl.whole_run(sp.inputs, lengths, sp.spec.train.max_length)
+
+
+def _whole_run_dict(run) -> dict:
+    def sample(s) -> dict:
+        return dataclasses.asdict(s) | {"text_tokens": s.text_tokens}
+    return {"source": str(run.lengths.source), "samples": len(run.lengths.samples), "max_length": run.max_length,
+            "truncated": run.truncated, "longest": sample(run.lengths.longest),
+            "largest_image": sample(run.lengths.largest_image), "peak_at": run.at.id,
+            "peak": planner.plan_dict(run.peak)}
+
+
 def _spec_flags_given(args) -> list[str]:
     """The set-up flags on the command line (store_true flags when on; the others when not None)."""
     return [flag for key, flag in SETUP_FLAGS.items()
@@ -219,7 +255,12 @@ def run_spec(args) -> int:
         header = [f"spec {args.spec}" + (f" (suite {suite}, cell {sp.label})" if suite else "")
                   + f": train.max_length {sp.inputs.lm_seq_len} = text + image tokens"
                   + (" (the model's default image tokens cut to fit)" if sp.capped else "")]
-        return print_plan(args, sp.inputs, sp.plan, header, {"spec": args.spec})
+        run = whole_run(args, sp)
+        extra = {"spec": args.spec} | ({"whole_run": _whole_run_dict(run)} if run else {})
+        rc = print_plan(args, sp.inputs, sp.plan, header, extra)
+        if run and not args.json:
+            print("\n".join(render.whole_run_lines(run, sp.plan)))
+        return rc
     if args.search or args.deepspeed_check:
         raise UserError(f"--search and --deepspeed-check plan one set-up; {args.spec} has {len(plans)} cells: "
                         "plan one with a single spec (or --model)")

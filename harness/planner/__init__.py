@@ -10,7 +10,9 @@ Modules, one idea each:
 - `deepspeed_check`: DeepSpeed's own estimators next to ours;
 - `deepspeed_config`: a user's DeepSpeed config file as planner inputs (the ZeRO section the runs
   use comes from harness.planner.zero_templates, the same function for both);
-- `validate`: the estimate against measured runs (imported on demand: it needs the results store).
+- `validate`: the estimate against measured runs (imported on demand: it needs the results store);
+- `dataset_lengths`: a run's training samples as LM lengths, and the whole run planned over them
+  (imported on demand: it loads the model's processor).
 
 The names below are the planner's API, so callers write `planner.estimate(...)` without knowing
 which module holds what.

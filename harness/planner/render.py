@@ -121,3 +121,28 @@ def plan_text(inputs: PlanInput, plan: Plan, deepspeed_file: str | None, header=
             lines += [f"  not available: {check['reason']}",
                       f"  ours: {check['ours_gpu_gib']:.2f} GiB per GPU, {check['ours_cpu_gib']:.2f} GiB CPU"]
     return "\n".join(lines)
+
+
+def whole_run_lines(run, at_max_length: Plan) -> list[str]:
+    """The whole-run block of `plan --spec`: the longest sample, the largest image, the estimate at the
+    run's longest batch against the one at train.max_length. `run` is a dataset_lengths.WholeRun."""
+    band, p, n = held_out_band(), run.peak.inputs, len(run.lengths.samples)
+    longest, largest = run.lengths.longest, run.lengths.largest_image
+
+    def sample(s) -> str:
+        return (f"{s.id}: {s.tokens} LM tokens = {s.text_tokens} text + {s.image_tokens} image "
+                f"(image {s.image_size[0]}x{s.image_size[1]})")
+    cut = (f"{run.truncated} of {n} samples are longer than train.max_length {run.max_length}: the collator cuts "
+           "their answers (right truncation)" if run.truncated else
+           f"no sample is longer than train.max_length {run.max_length}")
+    return ["", f"whole run over the data set ({run.lengths.source}, {n} samples the run trains on):",
+            f"  longest sample  {sample(longest)}",
+            f"  largest image   {sample(largest)}" if largest.id != longest.id else
+            "  largest image   the same sample",
+            f"  {cut}",
+            f"  peak of the run   {band.text(run.peak)} per GPU: batch {p.micro_batch_size} x {p.lm_seq_len} "
+            f"tokens ({p.image_tokens_per_sample} image), at sample {run.at.id}",
+            f"  at max_length     {band.text(at_max_length)} per GPU: batch {at_max_length.inputs.micro_batch_size} "
+            f"x {at_max_length.inputs.lm_seq_len} tokens ({at_max_length.inputs.image_tokens_per_sample} image), "
+            "every sample at the cap (the breakdown above)",
+            f"  whole run: {verdict(run.peak)}"]
