@@ -24,6 +24,25 @@ from adapters.base import Hooks, TrainData, TrainOutcome
 from harness import archs, lora_targets
 from harness.run_spec import Spec
 
+# The one place this adapter looks at the installed ms-swift release. It drives the 4.x API
+# (swift.arguments.SftArguments, swift.pipelines, `tuner_type`, `init_weights`); 3.x named these
+# swift.llm.TrainArguments / sft_main, `train_type` and `init_lora_weights`, and ran on transformers 4.x.
+SUPPORTED_MAJOR = 4
+
+
+def check_release() -> str:
+    """The installed ms-swift's version; a release this adapter cannot drive fails the cell in one line."""
+    import importlib.metadata
+
+    from harness.errors import UserError
+
+    version = importlib.metadata.version("ms-swift")
+    if not version.startswith(f"{SUPPORTED_MAJOR}."):
+        raise UserError(f"ms-swift {version} is not supported: the swift adapter drives the {SUPPORTED_MAJOR}.x API "
+                        "(SftArguments with tuner_type / init_weights)")
+    return version
+
+
 SWIFT_INIT = {"kaiming": "true", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -102,6 +121,7 @@ class SwiftAdapter:
         from adapters.swift_model import register, template_env
 
         t0 = time.perf_counter()
+        check_release()
         register()
         from swift.pipelines import SwiftSft
 

@@ -121,3 +121,15 @@ def test_a_real_environment_trains_a_cell_with_its_own_releases(tmp_path, monkey
     assert record["env"]["packages"]["peft"] != "0.21.2"  # the runner's (and the evaluator's) own
     [path] = (tmp_path / "envs").glob("peft-0.21-*/")
     assert environments._disk_mib(path) < 50  # an overlay, not a copy of torch
+
+
+def test_a_swift_release_the_adapter_cannot_drive_is_named_in_one_line(monkeypatch):
+    import importlib.metadata
+
+    from adapters import swift_adapter
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "3.6.4")
+    with pytest.raises(UserError, match=r"^ms-swift 3\.6\.4 is not supported: the swift adapter drives the 4\.x API"):
+        swift_adapter.check_release()
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "4.6.0")
+    assert swift_adapter.check_release() == "4.6.0"
