@@ -72,9 +72,9 @@ MICROBENCH_FILES ?= tests/microbench/test_peft_step.py tests/microbench/test_swi
 MICROBENCH_DIR ?= .benchmarks/lorabench
 MICROBENCH_FAIL ?= median:25%
 
-memory-gpu: setup  ## memory suite on a GPU (bf16, ZeRO-2/3, offload) + plan --validate; DRY_RUN=1 lists, MODEL=DIR
+memory-gpu: setup  ## memory suite on a GPU + measured ZeRO-2/3/offload rows for plan --validate-published; DRY_RUN=1, ZERO_ONLY=1, MODEL=DIR
 	$(if $(DRY_RUN)$(MODEL),,$(MAKE) model)
-	$(PY) -m harness.memory_gpu $(if $(DRY_RUN),--dry-run) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m harness.memory_gpu $(if $(DRY_RUN),--dry-run) $(if $(ZERO_ONLY),--zero-only) $(if $(MODEL),--model $(MODEL))
 
 microbench: setup model  ## micro-benchmarks (encode, train step); fails on a median slowdown > 25% vs the last pass
 	@mkdir -p $(MICROBENCH_DIR)

@@ -19,10 +19,13 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.planner.memory import GIB, FRAGMENTATION_FACTOR, Plan, PlanInput, estimate
-from harness.planner.shape import Tower, builtin_shape
+from harness.planner.shape import Tower, builtin_shape, shape_from_dict
 
 DATA = Path(__file__).with_name("published") / "lora_memory.yaml"
-UNITS = {"GiB": GIB, "GB": 10**9}
+UNITS = {"GiB": GIB, "GB": 10**9, "MiB": 2**20}
+# set-up keys a row may add to the ones every row has (lorabench's own measured rows set them all)
+OPTIONAL_SETUP = {"lora_dropout": "lora_dropout", "cuda_context_gib": "cuda_context_gib",
+                  "flash_attention": "flash_attention"}
 FRAGMENTATION_GRID = tuple(round(1.0 + 0.01 * i, 2) for i in range(31))  # 1.00 .. 1.30
 GOAL = 0.15  # held-out error the planner aims to stay within on every row
 
@@ -109,7 +112,9 @@ def load_rows(path: Path = DATA) -> list[dict]:
 
 
 def _shape(row: dict):
-    shape = builtin_shape(row["shape"])
+    # a built-in name for the published rows; our measured rows carry the checkpoint's shape itself
+    shape = shape_from_dict(row["shape"], where=f"row {row['id']}: shape") if isinstance(row["shape"], dict) \
+        else builtin_shape(row["shape"])
     if row.get("text_only"):
         shape = dataclasses.replace(shape, name=f"{shape.name} (language model)", vision=Tower(), projector=Tower(),
                                     image_tokens=dataclasses.replace(shape.image_tokens, default_per_sample=0))
@@ -126,7 +131,8 @@ def plan_input(row: dict, lm_tokens: int, fragmentation_factor: float) -> PlanIn
                      precision=s["precision"], zero_stage=s["zero"],
                      offload_optimizer=s.get("offload_optimizer", False),
                      offload_params=s.get("offload_params", False), world_size=s["gpus"],
-                     fragmentation_factor=fragmentation_factor)
+                     fragmentation_factor=fragmentation_factor,
+                     **{field: s[key] for key, field in OPTIONAL_SETUP.items() if key in s})
 
 
 def estimate_row(row: dict, fragmentation_factor: float) -> Row:
@@ -136,6 +142,8 @@ def estimate_row(row: dict, fragmentation_factor: float) -> Row:
         plan_input(row, s["length_low"], fragmentation_factor)).gpu_total_gib
     src = row["source"]
     where = src.get("commit", "")[:10] or src.get("url", "")
+    if row.get("measured_by"):  # our own rows: say so where the table names the source
+        where += f", measured by {row['measured_by']} {row.get('date', '')}".rstrip()
     return Row(row["id"], row["half"], row["kind"],
                s["zero"] == 3 or s.get("offload_optimizer", False) or s.get("offload_params", False),
                row["figure"] * UNITS[row["unit"]] / GIB, low, high, f"{src['repo']}/{src['path']}@{where}")
@@ -184,4 +192,7 @@ def format_validation(v: Validation) -> str:
               f"band (published / estimate, held-out): {band.low:.3f}–{band.high:.3f}",
               f"rows outside {100 * GOAL:.0f} %: " + (", ".join(
                   r.id for r in v.rows if r.half == "check" and r.error > GOAL) or "none")]
+    ours = [r for r in v.rows if ", measured by " in r.source]
+    if ours:
+        lines += ["rows of our own (not published):"] + [f"  {r.id}: {r.source}" for r in ours]
     return "\n".join(lines)
