@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.paths import REPO_ROOT
 from harness.planner.answers import held_out_band, verdict
 from harness.planner.memory import DEFAULT_MAX_LENGTH_GRID, Plan, PlanInput
 
@@ -135,7 +136,10 @@ def whole_run_lines(run, at_max_length: Plan) -> list[str]:
     cut = (f"{run.truncated} of {n} samples are longer than train.max_length {run.max_length}: the collator cuts "
            "their answers (right truncation)" if run.truncated else
            f"no sample is longer than train.max_length {run.max_length}")
-    return ["", f"whole run over the data set ({run.lengths.source}, {n} samples the run trains on):",
+    source = run.lengths.source
+    if source.is_relative_to(REPO_ROOT):  # the repository's own data sets, as a user would type them
+        source = source.relative_to(REPO_ROOT)
+    return ["", f"whole run over the data set ({source}, {n} samples the run trains on):",
             f"  longest sample  {sample(longest)}",
             f"  largest image   {sample(largest)}" if largest.id != longest.id else
             "  largest image   the same sample",
