@@ -1,7 +1,7 @@
 """The import rules that keep the layout honest, checked on the source (no imports executed).
 
 - adapters/ may use only the prompt contract (harness.chat), the architecture map (harness.archs), errors
-  and the LoRA target presets (harness.lora_targets):
+  the LoRA target presets (harness.lora_targets) and the typed spec they are given (harness.run_spec):
   an adapter must never reach into the runner, the evaluation or the results.
 - the evaluation never imports an adapter or a framework's training code: it is framework-neutral.
 - results/ (schema, store, statistics, metric table) depends on nothing above it.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-ADAPTER_MAY_IMPORT = {"harness.archs", "harness.chat", "harness.errors", "harness.lora_targets"}
+ADAPTER_MAY_IMPORT = {"harness.archs", "harness.chat", "harness.errors", "harness.lora_targets", "harness.run_spec"}
 
 
 def _imports(path: Path) -> set[str]:
