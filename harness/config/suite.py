@@ -87,7 +87,8 @@ def load_suite(path: str | Path, only: list[str] | None = None, overrides: list[
         if filters and not all(str(cell.get(k, _lookup(base, k))) == v for k, v in filters):
             continue
         specific = [ov for cond, ov in conditional.items() if _matches(cell, dict([cond.split("=", 1)]))]
-        spec = make_spec(base, *specific, cell_override(cell), source=f"{path} cell {cell}")
+        # --set comes last: a command-line override holds for every cell, even one the suite sets itself
+        spec = make_spec(base, *specific, cell_override(cell), extra, source=f"{path} cell {cell}")
         h = spec_hash(spec)
         if h in seen:
             continue

@@ -76,6 +76,8 @@ cells: {"framework=torch": {train: {steps: 1}}}
     assert [c.spec_hash for c in load_suite(path)[1]] == [c.spec_hash for c in cells]
     assert [c.key for c in load_suite(path, only=["framework=peft"])[1]] == [
         {"framework": "peft", "seed": 0}, {"framework": "peft", "seed": 1}]
+    # --set holds for every cell, the one the suite gives its own steps too
+    assert {c.spec.train.steps for c in load_suite(path, overrides=["train.steps=5"])[1]} == {5}
 
 
 def test_suite_rejects_unknown_keys(tmp_path):
