@@ -22,6 +22,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.paths import ASSETS_DIR, CACHE_DIR as CACHE_ROOT
 from harness.tinymodel.card import EVAL_DOCS_DURING_TRAINING
+from harness.tinymodel.quality import measure_quality, reading_and_structure, held_out_pages
 
 # bump when harness.tinymodel.forge / harness.tinymodel.architecture change what the reading stage produces
 FORGE_VERSION = 2
@@ -192,13 +193,14 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
     import torch
 
     from harness.tinymodel import forge
+    from harness.tinymodel.forge_pages import build_pool
 
     tiny_model = family_module(plan.family)
     canvas = getattr(tiny_model, "IMAGE_CANVAS", None)
     t0 = time.perf_counter()
     data_dir = ensure_built(plan.card)
     pretrain = load_samples(split_file(data_dir, "pretrain", "transcribe"))
-    eval_pages = _test_pages(data_dir, EVAL_DOCS_DURING_TRAINING, canvas)
+    eval_pages = held_out_pages(data_dir, EVAL_DOCS_DURING_TRAINING, canvas)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def train(model, processor, cfg, stage_out: Path, stage_key: str, ctc_probe_steps: int = 0) -> dict:
@@ -211,7 +213,8 @@ def build_tiny_model(plan: BuildPlan, out_dir: Path | None = None, force: bool =
                                 "run without --resume to start over")
         bar = _Bar() if progress else None
         summary = forge.pretrain(
-            model, processor, forge.build_pool(pretrain, cfg), cfg, device=device,
+            model, processor, build_pool(pretrain, random_pages=cfg.random_pages, label_pages=cfg.label_pages,
+                                         seed=cfg.seed), cfg, device=device,
             on_step=bar.update if bar else None,
             on_eval=lambda m, step: reading_and_structure(m, processor, eval_pages), eval_every=eval_every,
             state_path=state_path, resume=resume,
@@ -282,97 +285,6 @@ def _save(tiny_model, model, processor, path: Path, meta: dict, summary: dict) -
     shutil.rmtree(path, ignore_errors=True)
     tiny_model.save_checkpoint(model, processor, path, extra=meta)
     (path / "pretrain_log.json").write_text(json.dumps(summary["loss_every_50_steps"]) + "\n")
-
-
-def _test_pages(data_dir: Path, n: int, canvas: tuple[int, int] | None = None):
-    """The first n test documents as forge pages (image + lines), for reading and structure checks."""
-    from PIL import Image
-
-    from harness.data.pages import fit_canvas
-    from harness.data.samples import load_samples, split_file
-    from harness.tinymodel.forge import Page, labelled_pairs
-
-    samples = load_samples(split_file(data_dir, "test", "transcribe"))[:n]
-    return [Page(fit_canvas(Image.open(s.image).convert("RGB"), canvas), tuple(s.text.split("\n")),
-                 labelled_pairs(s.text.split("\n"))) for s in samples]
-
-
-def reading_and_structure(model, processor, pages) -> dict:
-    """CER of `read`, exact `read_kv` and the `fill_json` scores on held-out pages."""
-    from harness.eval import metrics as metrics
-    from harness.tinymodel.forge import READ_KV_PROMPT, READ_PROMPT, structured_items
-    from harness.eval.generation import generate_answers
-
-    images = [p.image for p in pages]
-    reads = generate_answers(model, processor, images, [READ_PROMPT] * len(pages))
-    refs = [{"id": str(i), "text": "\n".join(p.lines)} for i, p in enumerate(pages)]
-    read_scores = metrics.score(refs, [{"id": str(i), "prediction": r} for i, r in enumerate(reads)], n_boot=10)
-    items = structured_items(pages)
-    fills = generate_answers(model, processor, images, [prompt for prompt, _ in items], max_new_tokens=160)
-    kvs = generate_answers(model, processor, images, [READ_KV_PROMPT] * len(pages), max_new_tokens=200)
-    return {"n": len(pages), "cer": read_scores["cer"], "exact_match": read_scores["exact_match"],
-            "read_kv_exact": read_kv_exact(kvs, pages),
-            **fill_json_scores(fills, [answer for _, answer in items])}
-
-
-def read_kv_exact(predictions: list[str], pages) -> float:
-    """Share of pages whose `read_kv` answer parses to exactly the labelled-lines object."""
-    from harness.tinymodel.forge import labelled_lines
-
-    def parsed(text):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return None
-
-    return sum(parsed(p) == labelled_lines(page) for p, page in zip(predictions, pages)) / max(1, len(pages))
-
-
-def fill_json_scores(predictions: list[str], answers: list[str]) -> dict:
-    """`fill_json` accuracy: the whole object right, each value right, and parseable JSON."""
-    exact = values_right = values = valid = 0
-    for pred, answer in zip(predictions, answers):
-        want = json.loads(answer)
-        try:
-            got = json.loads(pred)
-        except ValueError:
-            got = None
-        got = got if isinstance(got, dict) else None
-        valid += got is not None
-        exact += got == want
-        values += len(want)
-        values_right += sum((got or {}).get(k) == v for k, v in want.items())
-    n = max(1, len(answers))
-    return {"fill_json_exact": exact / n, "fill_json_value_accuracy": values_right / max(1, values),
-            "fill_json_valid": valid / n}
-
-
-def measure_quality(model_dir: Path, data_dir: Path, max_samples: int = 200) -> dict:
-    """Greedy CER/WER on test/transcribe, field F1 on test/extract (no adapter), fill_json scores."""
-    from harness.data.samples import load_samples, split_file
-    from harness.eval.evaluate import evaluate
-    from harness.eval.generation import generate_answers, load_model
-    from harness.tinymodel.forge import READ_KV_PROMPT, structured_items
-
-    model, processor = load_model(model_dir)
-    out = {}
-    for task in ("transcribe", "extract"):
-        samples = load_samples(split_file(data_dir, "test", task))[:max_samples]
-        result = evaluate(model_dir, samples, n_boot=200, model=model, processor=processor)
-        out[task] = {**result.metrics, "eval_s": result.seconds}
-    t = time.perf_counter()
-    from harness.data.pages import image_canvas
-
-    pages = _test_pages(data_dir, max_samples, image_canvas(model_dir))
-    items = structured_items(pages)
-    images = [p.image for p in pages]
-    fills = generate_answers(model, processor, images, [prompt for prompt, _ in items], max_new_tokens=160)
-    out["fill_json"] = {"n": len(pages), **fill_json_scores(fills, [a for _, a in items]),
-                        "eval_s": time.perf_counter() - t}
-    t = time.perf_counter()
-    kvs = generate_answers(model, processor, images, [READ_KV_PROMPT] * len(pages), max_new_tokens=200)
-    out["read_kv"] = {"n": len(pages), "exact": read_kv_exact(kvs, pages), "eval_s": time.perf_counter() - t}
-    return out
 
 
 class _Bar:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data import cards as data, docgen
+from harness.data import cards as data, check_digits, docgen
 from harness.data.samples import PROMPTS, load_samples, split_file
 from harness.errors import UserError
 from harness.data.pages import MAX_LINE_CHARS
@@ -24,31 +24,31 @@ def mini_build(tmp_path_factory):
 
 # ---- check digits (expected values from published examples) -------------------------------------
 def test_luhn_check_digit_matches_the_textbook_example():
-    assert docgen.luhn_check_digit("7992739871") == "3"  # 79927398713
-    assert docgen.luhn_valid("79927398713")
-    assert not docgen.luhn_valid("79927398712")
-    assert not docgen.luhn_valid("79927398731")  # adjacent swap caught
+    assert check_digits.luhn_check_digit("7992739871") == "3"  # 79927398713
+    assert check_digits.luhn_valid("79927398713")
+    assert not check_digits.luhn_valid("79927398712")
+    assert not check_digits.luhn_valid("79927398731")  # adjacent swap caught
 
 
 def test_iso7064_mod11_2_matches_orcid_examples():
-    assert docgen.iso7064_mod11_2_check("000000021825009") == "7"  # 0000-0002-1825-0097
-    assert docgen.iso7064_mod11_2_check("000000015109370") == "0"  # 0000-0001-5109-3700
-    assert docgen.iso7064_mod11_2_check("000000021694233") == "X"  # 0000-0002-1694-233X
-    assert docgen.iso7064_mod11_2_valid("0000000216942331") is False
+    assert check_digits.iso7064_mod11_2_check("000000021825009") == "7"  # 0000-0002-1825-0097
+    assert check_digits.iso7064_mod11_2_check("000000015109370") == "0"  # 0000-0001-5109-3700
+    assert check_digits.iso7064_mod11_2_check("000000021694233") == "X"  # 0000-0002-1694-233X
+    assert check_digits.iso7064_mod11_2_valid("0000000216942331") is False
 
 
 def test_s10_check_digit_matches_upu_examples():
-    assert docgen.s10_check_digit("47312482") == "9"  # AA473124829GB
-    assert docgen.s10_check_digit("12345678") == "5"  # 8+12+12+8+15+30+63+56=204; 11-204%11=5
-    assert docgen.s10_valid("AA473124829GB")
-    assert not docgen.s10_valid("AA473124828GB")
+    assert check_digits.s10_check_digit("47312482") == "9"  # AA473124829GB
+    assert check_digits.s10_check_digit("12345678") == "5"  # 8+12+12+8+15+30+63+56=204; 11-204%11=5
+    assert check_digits.s10_valid("AA473124829GB")
+    assert not check_digits.s10_valid("AA473124828GB")
 
 
 # ---- document content ----------------------------------------------------------------------------
-ID_CHECKS = {"invoice_no": lambda v: docgen.luhn_valid(v.removeprefix("INV-")),
-             "document_no": docgen.iso7064_mod11_2_valid,
-             "tracking_no": docgen.s10_valid,
-             "member_id": docgen.luhn_valid}
+ID_CHECKS = {"invoice_no": lambda v: check_digits.luhn_valid(v.removeprefix("INV-")),
+             "document_no": check_digits.iso7064_mod11_2_valid,
+             "tracking_no": check_digits.s10_valid,
+             "member_id": check_digits.luhn_valid}
 
 
 @pytest.mark.parametrize("kind", docgen.KINDS)

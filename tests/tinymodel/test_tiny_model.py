@@ -133,7 +133,7 @@ def test_minicpmv_curriculum_pages_keep_their_own_size():
     from PIL import Image
 
     from harness import archs
-    from harness.tinymodel import forge, minicpmv
+    from harness.tinymodel import forge, forge_pages, minicpmv
 
     tok = minicpmv.build_tokenizer(list("abc"))
     processor = minicpmv.build_processor(tok, minicpmv.PRESETS["tiny"])
@@ -145,7 +145,7 @@ def test_minicpmv_curriculum_pages_keep_their_own_size():
     assert image_processor.find_best_resize((128, 640), minicpmv.SCALE_RESOLUTION, 8, allow_upscale=True) == (128, 640)
     with pytest.raises(ValueError, match="no scale_resolution keeps a 640x16 image"):
         minicpmv.unscaled_resolution(image_processor, (640, 16))  # not a multiple of 32 px
-    items = [(Image.new("RGB", size, "white"), forge.READ_PROMPT, "ab", None)]
+    items = [(Image.new("RGB", size, "white"), forge_pages.READ_PROMPT, "ab", None)]
     enc = forge.encode_batch(processor, items, archs.MINICPMV4_6, kwargs)
     pad = tok.convert_tokens_to_ids("<|image_pad|>")
     assert int((enc["input_ids"] == pad).sum()) == 2 * 40
