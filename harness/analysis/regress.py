@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from harness.errors import UserError
 from harness.results.metric_table import DEFAULT_THRESHOLDS, METRIC_DIRECTION, QUALITY_METRICS, TIMING_METRICS
 from harness.results.store import cell_keys, ci_half_widths, env_fingerprint_diff, metric_values, timed_under_load
+from harness.analysis.cell_names import cell_label
 
 NOISE_STD_FACTOR = 2.0
 VERDICTS = ("better", "same", "worse", "missing", "new", "loaded")
@@ -66,7 +67,8 @@ def _cell_id(cell: Mapping) -> str:
 
 
 def _cell_label(cell: Mapping, keys: Sequence[str]) -> str:
-    return "/".join(str(cell.get(k, "-")) for k in keys) or "(single cell)"
+    """The cell's name as every report writes it (its seed left out: seeds are the repeats)."""
+    return cell_label({k: cell.get(k) for k in keys if k != "seed"})
 
 
 def _pooled_std(a: Sequence[float], b: Sequence[float]) -> float:

@@ -57,7 +57,7 @@ def _regress_json(capsys, baseline, current, *extra):
     return code, json.loads(captured.out), captured.err
 
 
-def _verdicts(result, cell="peft/aligned"):
+def _verdicts(result, cell="peft · aligned"):
     return {r["metric"]: r["verdict"] for r in result["rows"] if r["cell_label"] == cell}
 
 
@@ -78,7 +78,7 @@ def test_against_its_own_baseline_exits_0(suite, capsys):
     assert all(r["ratio"] == pytest.approx(1.0) for r in result["rows"])
     assert err == ""  # same environment: no warning
     rows = {(r["cell_label"], r["metric"]) for r in result["rows"]}
-    assert ("torch/native", "field_f1") in rows and ("swift/aligned", "peak_rss_mib") in rows
+    assert ("torch · native", "field_f1") in rows and ("swift · aligned", "peak_rss_mib") in rows
 
 
 def test_worse_beyond_noise_exits_1(suite, capsys, tmp_path):
@@ -91,8 +91,8 @@ def test_worse_beyond_noise_exits_1(suite, capsys, tmp_path):
     verdicts = _verdicts(result)
     assert verdicts["field_f1"] == "worse" and verdicts["peak_rss_mib"] == "worse"
     assert verdicts["cer"] == "same"
-    assert {r["verdict"] for r in result["rows"] if r["cell_label"] != "peft/aligned"} == {"same"}
-    row = next(r for r in result["rows"] if r["cell_label"] == "peft/aligned" and r["metric"] == "peak_rss_mib")
+    assert {r["verdict"] for r in result["rows"] if r["cell_label"] != "peft · aligned"} == {"same"}
+    row = next(r for r in result["rows"] if r["cell_label"] == "peft · aligned" and r["metric"] == "peak_rss_mib")
     assert row["ratio"] == pytest.approx(1.5)
     # the plain-text table says it too
     assert main(["regress", "--baseline", str(suite["baseline"]), "--current", str(current)]) == 1
@@ -104,7 +104,7 @@ def test_worse_within_noise_exits_0(suite, capsys, tmp_path):
     # 0.03 is beyond the 0.02 threshold but inside the seed spread / bootstrap interval
     current = _copy_with(suite["records"], tmp_path, _shift("field_f1", delta=-0.03))
     code, result, _ = _regress_json(capsys, suite["baseline"], current)
-    row = next(r for r in result["rows"] if r["cell_label"] == "peft/aligned" and r["metric"] == "field_f1")
+    row = next(r for r in result["rows"] if r["cell_label"] == "peft · aligned" and r["metric"] == "field_f1")
     assert row["delta"] == pytest.approx(-0.03) and row["noise"] > 0.03 and row["threshold"] == 0.02
     assert row["verdict"] == "same" and code == 0
 
@@ -135,9 +135,9 @@ def test_missing_cell_failed_seed_and_new_cell(suite, capsys, tmp_path):
     code, result, _ = _regress_json(capsys, suite["baseline"], current)
     assert code == 1
     cells = {(r["cell_label"], r["verdict"], r["note"]) for r in result["rows"] if r["metric"] is None}
-    assert ("torch/native", "missing", "cell not in the current results") in cells
-    assert ("swift/aligned", "missing", "seed 1 was ok in the baseline, now oom") in cells
-    assert ("jax/aligned", "new", "cell not in the baseline") in cells
+    assert ("torch · native", "missing", "cell not in the current results") in cells
+    assert ("swift · aligned", "missing", "seed 1 was ok in the baseline, now oom") in cells
+    assert ("jax · aligned", "new", "cell not in the baseline") in cells
 
 
 def test_one_seed_the_bootstrap_interval_is_the_noise(tmp_path, capsys):

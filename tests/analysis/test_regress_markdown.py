@@ -63,7 +63,7 @@ def test_a_regression_leads_the_summary_in_bold_and_exits_1(suite, capsys, tmp_p
     assert out.splitlines()[0].startswith("### lorabench regress: REGRESSED (")
     changed = _table_rows(out.split("<details>")[0])
     assert changed == [[changed[0][0], "cer", *changed[0][2:7], "**WORSE**"]]
-    assert changed[0][0] == "peft/aligned"
+    assert changed[0][0] == "peft · aligned"
 
 
 def test_pipes_in_labels_and_warnings_are_escaped():
