@@ -100,7 +100,7 @@ def test_parity_holds_on_spec_variations(overrides, tmp_path, tiny_model_dir, mi
 def test_accumulation_check_passes_aligned_and_catches_mean_of_means(tmp_path, tiny_model_dir, mini_dataset, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"model: {tiny_model_dir}\ndataset: synthdocs-mini\ntask: extract\n"
-                    "train: {steps: 3, batch_size: 2, grad_accum: 2, max_train_samples: 24}\neval: {enabled: false}\n")
+                    "train: {steps: 2, batch_size: 1, grad_accum: 2, max_train_samples: 24}\neval: {enabled: false}\n")
     base = ["parity", str(spec), "--check", "accumulation", "--frameworks", "torch"]
     assert main([*base, "--out", str(tmp_path / "ok")]) == 0
     assert "INVARIANT" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,12 +32,34 @@ def test_a_second_run_on_a_held_directory_exits_2_naming_the_holder_and_a_killed
         assert second.stderr.strip().count("\n") == 0 and "Traceback" not in second.stderr
         assert f"in use by process {first.pid} " in second.stderr
         assert not list((results / "runs").glob("*.json"))  # the second run touched nothing
+        work = results / "work"  # in a worker's command line (its job file), not in the runner's
+        deadline = time.time() + 60
+        while time.time() < deadline and not _processes_mentioning(work):
+            time.sleep(0.1)
+        assert _processes_mentioning(work), "the first run's worker never started"
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        os.kill(first.pid, signal.SIGKILL)  # the runner alone: its worker must not outlive it
         first.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _processes_mentioning(work):
+        time.sleep(0.2)
+    assert not _processes_mentioning(work), "a worker outlived its killed runner"
     # kill -9 leaves the lock file behind, but no lock: the next run goes ahead
     third = subprocess.run(cmd + ["--set", "train.steps=3"], capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-2000:]
+
+
+def _processes_mentioning(path) -> list[int]:
+    """Live processes whose command line names `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(path).encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
 
 
 def test_threads_of_one_run_share_the_directory(tmp_path):

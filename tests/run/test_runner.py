@@ -1,11 +1,7 @@
-"""The runner end to end: records, failures that do not stop the suite, resume after kill -9."""
+"""The runner end to end on the real frameworks: records, and failures that do not stop the suite (resume
+after kill -9, and a worker that dies with its runner, are tested on the dummy adapter: tests/run/test_runner_fast.py
+and tests/run/test_dir_lock.py)."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -77,24 +73,3 @@ def test_suite_runs_records_and_survives_failures(tmp_path, tiny_model_dir, mini
     assert "1 to run" not in out and "2 to run, 1 finished" in out
 
 
-def test_kill_minus_9_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_model_dir, mini_dataset):
-    suite = _suite(tmp_path, tiny_model_dir, matrix={"framework": ["torch"], "seed": [0, 1]})
-    results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(suite), "--results", str(results)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and not list((results / "runs").glob("*.json")):
-        time.sleep(0.5)
-    first = sorted((results / "runs").glob("t-*.json"))
-    assert len(first) == 1, "the first run never finished"
-    time.sleep(3)  # into the second run
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = first[0].read_bytes()
-    assert json.loads(before)["status"] == "ok"
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-    records = load_records(results)
-    assert sorted(r["cell"]["seed"] for r in records) == [0, 1]
-    assert all(r["status"] == "ok" for r in records)
-    assert first[0].read_bytes() == before  # the finished record was not redone
-    assert not list((results / "runs").glob("*.tmp"))
