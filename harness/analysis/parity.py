@@ -157,13 +157,13 @@ def _override(keys: tuple[str, ...], source: Spec) -> dict:
     return out
 
 
-def ablate_profiles(base: Spec, first: str, second: str, out_dir: Path, progress=print) -> dict:
-    """Why two named profiles train differently: `first` on its own framework, then `first` with one
-    factor at a time set to `second`'s value, ranked by how far that factor alone moves the loss
-    curve; and `second` on its own framework and on `first`'s (the framework's share, ~0 when aligned).
+def profile_arms(base: Spec, first: str, second: str) -> tuple[str, Spec, list[dict], list[dict]]:
+    """The runs that say why profile `first` trains differently from `second`: (first's home framework,
+    first's spec, one arm per factor in which they differ, the whole-second-recipe arms).
 
-    Runs whose settings the framework cannot take (e.g. labels on every token in swift) are rows with
-    the reason instead of numbers."""
+    Each arm is {"factor", "values", "spec"}, or {"factor", "values", "error"} when the framework cannot
+    take the setting (e.g. labels on every token in swift). The whole recipe runs on its own framework,
+    and on first's too when that differs (the difference between the two is the framework's share)."""
     from harness.config.profiles import HOME_FRAMEWORK, PROFILES
 
     for name in (first, second):
@@ -172,12 +172,49 @@ def ablate_profiles(base: Spec, first: str, second: str, out_dir: Path, progress
     home = HOME_FRAMEWORK[first]
     spec_a = make_spec(base, {"alignment": first, "framework": home})
     spec_b = make_spec(base, {"alignment": second, "framework": HOME_FRAMEWORK[second]})
+    factors: list[dict] = []
+    for factor, keys in PROFILE_FACTORS.items():
+        if all(get(spec_a, k) == get(spec_b, k) for k in keys):
+            continue
+        values = {first: [get(spec_a, k) for k in keys], second: [get(spec_b, k) for k in keys]}
+        try:
+            spec = make_spec(merge(spec_a, _override(keys, spec_b)), {"alignment": "aligned", "framework": home})
+        except UserError as exc:
+            factors.append({"factor": factor, "values": values, "error": f"not expressible on {home}: {exc}"})
+            continue
+        factors.append({"factor": factor, "values": values, "spec": spec})
+    wholes: list[dict] = [{"factor": f"{second} on {HOME_FRAMEWORK[second]}", "values": None, "spec": spec_b}]
+    if HOME_FRAMEWORK[second] != home:
+        label = f"{second} on {home}"
+        try:
+            wholes.append({"factor": label, "values": None,
+                           "spec": make_spec(base, {"alignment": second, "framework": home})})
+        except UserError as exc:
+            wholes.append({"factor": label, "values": None, "error": f"not expressible on {home}: {exc}"})
+    return home, spec_a, factors, wholes
+
+
+def ablate_profiles(base: Spec, first: str, second: str, out_dir: Path, progress=print) -> dict:
+    """Why two named profiles train differently, step by step: `first` on its own framework, then
+    `first` with one factor at a time set to `second`'s value, ranked by how far that factor alone
+    moves the per-step training loss; and `second` on its own framework and on `first`'s (the
+    framework's share, ~0 when aligned).
+
+    The per-step gap over a few steps is an alignment tool: it shows which factor makes two runs
+    part ways, and it also moves with which samples each step happened to see. It does not measure
+    what a recipe ends up learning: harness.analysis.outcome_ablation does that.
+    Runs whose settings the framework cannot take are rows with the reason instead of numbers."""
+    home, spec_a, factor_arms, wholes = profile_arms(base, first, second)
     progress(f"profile {first} on {home} ...")
     run_a = run_one(spec_a, out_dir / first)
     losses_a = [s["loss"] for s in run_a["steps"]]
 
-    def compare(label: str, spec: Spec, values) -> dict:
-        row = {"factor": label, "values": values}
+    def compare(arm: dict) -> dict:
+        label = arm["factor"]
+        row = {"factor": label, "values": arm["values"]}
+        if "error" in arm:
+            return {**row, "error": arm["error"]}
+        spec = arm["spec"]
         progress(f"ablation {label}: {spec.framework} ...")
         try:
             run = run_one(spec, out_dir / label.replace(" ", "_"))
@@ -188,26 +225,11 @@ def ablate_profiles(base: Spec, first: str, second: str, out_dir: Path, progress
         return {**row, "max_abs_dloss": max((abs(losses[i] - losses_a[i]) for i in range(n)), default=0.0),
                 "final_loss": losses[-1] if losses else None, "final_loss_gap": losses[-1] - losses_a[-1]}
 
-    rows = []
-    for factor, keys in PROFILE_FACTORS.items():
-        if all(get(spec_a, k) == get(spec_b, k) for k in keys):
-            continue
-        values = {first: [get(spec_a, k) for k in keys], second: [get(spec_b, k) for k in keys]}
-        try:
-            spec = make_spec(merge(spec_a, _override(keys, spec_b)), {"alignment": "aligned", "framework": home})
-        except UserError as exc:
-            rows.append({"factor": factor, "values": values, "error": f"not expressible on {home}: {exc}"})
-            continue
-        rows.append(compare(factor, spec, values))
+    rows = [compare(arm) for arm in factor_arms]
     ranked = sorted(rows, key=lambda r: -(r.get("max_abs_dloss") if r.get("max_abs_dloss") is not None else -1))
-    totals = [compare(f"{second} on {HOME_FRAMEWORK[second]}", spec_b, None)]
-    if HOME_FRAMEWORK[second] != home:
-        try:
-            on_home = make_spec(base, {"alignment": second, "framework": home})
-            totals.append(compare(f"{second} on {home}", on_home, None))
-        except UserError as exc:
-            totals.append({"factor": f"{second} on {home}", "error": f"not expressible on {home}: {exc}"})
+    totals = [compare(arm) for arm in wholes]
     return {"first": first, "second": second, "framework": home, "steps": spec_a.train.steps,
+            "measures": "largest per-step gap in training loss (an alignment tool, not an outcome ranking)",
             "first_final_loss": losses_a[-1] if losses_a else None, "factors": ranked, "totals": totals}
 
 

@@ -169,8 +169,8 @@ def _skipping_corrupt(loaders) -> list[dict]:
 def load_parity_docs(path: str | Path, records: Iterable[Mapping] = ()) -> list[dict]:
     """Parity/ablation documents for a report: each record's `parity` key, plus a `parity.json`
     in the results directory, its `runs/`, or its `parity/` (where `lorabench parity --out
-    RESULTS/parity` writes `parity.json`, `ablation.json` and `profile_ablation.json`). Identical
-    documents appear once.
+    RESULTS/parity` writes `parity.json`, `ablation.json`, `profile_ablation.json` and
+    `outcome_ablation.json`). Identical documents appear once.
 
     Each document gets a `_label` (the run id or file it came from).
     """
@@ -191,7 +191,8 @@ def load_parity_docs(path: str | Path, records: Iterable[Mapping] = ()) -> list[
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "parity.json", path / "runs" / "parity.json", path / "parity" / "parity.json",
-                          path / "parity" / "ablation.json", path / "parity" / "profile_ablation.json"):
+                          path / "parity" / "ablation.json", path / "parity" / "profile_ablation.json",
+                          path / "parity" / "outcome_ablation.json"):
             if candidate.is_file():
                 add(_read_json(candidate), str(candidate))
     return docs

@@ -98,7 +98,7 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
     from harness.run.env import dataset_fingerprint, model_fingerprint
     from harness.run.lanes import PREPARE_LOCK, cancelled
     from harness.run.machine_load import LoadWatch
-    from harness.run.train_run import train
+    from harness.run.train_run import evaluate, train
 
     spec = cell.spec
     work = results_dir / "work" / cell.run_id
@@ -174,15 +174,13 @@ def run_cell(suite: str, cell: Cell, results_dir: Path, env: dict, command: str,
         record["metrics"] = metrics
         return done("failed", f"training check: {not_trained}")
     if spec.eval.enabled:
-        res = run_worker("eval", work / "job.json", work / "worker.log", spec.timeout_s, device=spec.device,
-                         poll=poll)
-        if res.status != "ok":
+        res, ev = evaluate(spec, work, poll=poll, run_worker=run_worker)
+        if ev is None:
             record["metrics"] = metrics
             record["roundtrip"], roundtrip_failure = adapter_roundtrip(work, spec, poll, run_worker)
             if roundtrip_failure:  # an adapter that does not load fails the evaluation too: name the cause
                 return done("failed", f"adapter round trip: {roundtrip_failure}")
             return done(res.status, "evaluation: " + (res.error_tail or ""))
-        ev = json.loads((work / "eval.json").read_text())
         record["eval"] = {k: ev[k] for k in ("task", "split", "n", "seconds", "per_field", "per_kind", "system_prompt")}
         runs_dir = results_dir / "runs"
         runs_dir.mkdir(parents=True, exist_ok=True)

@@ -155,14 +155,29 @@ def evaluate(job: Job) -> int:
                               max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, progress=progress,
                               model=model, processor=processor)
     result.write(run_dir)
+    loss = _heldout_loss(job, samples, model, processor, trained)
     _write_json(run_dir / "eval.memory.json", meter.stop())
     summary: EvalSummary = {"task": spec.task, "split": ev.split, "n": len(samples), "seconds": result.seconds,
                             "metrics": result.metrics, "per_field": result.per_field, "per_kind": result.per_kind,
-                            "system_prompt": trained.get("system_prompt"),
+                            "system_prompt": trained.get("system_prompt"), "heldout_loss": loss,
                             "process": {"imports_s": imports_s, "load_s": load_s,
                                         "process_s": seconds_since_process_start()}}
     _write_json(run_dir / "eval.json", summary)
     return 0
+
+
+def _heldout_loss(job: Job, samples, model, processor, trained: dict) -> dict:
+    """The test split's loss on the answers, with the prompt the run trained with (harness.run.heldout)."""
+    from PIL import Image
+
+    from harness.data.pages import fit_canvas, image_canvas
+    from harness.eval.evaluate import system_prompt
+    from harness.run.heldout import heldout_loss
+
+    canvas = image_canvas(job.model_dir)
+    images = [fit_canvas(Image.open(s.image).convert("RGB"), canvas) for s in samples]
+    return heldout_loss(model, processor, samples, images, system=system_prompt(trained.get("system_prompt")),
+                        answer_prefix=trained.get("answer_prefix", "template"), device=job.spec.device)
 
 
 def roundtrip_swift(job: Job) -> int:

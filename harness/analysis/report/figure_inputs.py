@@ -13,6 +13,7 @@ from harness.analysis.figure_style import color_for
 from harness.analysis.report.memory_levers import peak_bars_input
 from harness.analysis.report.memory_timeline import timeline_input
 from harness.analysis.report.model import Report
+from harness.analysis.report.outcome_ablation import outcome_figure
 from harness.analysis.cell_names import global_batch, group_label
 from harness.analysis.report.tables import MEMORY_LABELS, memory_metric
 from harness.results.store import metric_values
@@ -169,8 +170,15 @@ def figure_inputs(groups: dict[tuple, list[dict]], keys: Sequence[str],
     timeline = timeline_input(groups, keys)
     if timeline:
         inputs["memory_timeline"] = timeline
-    n = 0
+    n = n_outcome = 0
     for doc in parity_docs:
+        if doc.get("mode") == "outcome":
+            n_outcome += 1
+            inputs["outcome_ablation" if n_outcome == 1 else f"outcome_ablation_{n_outcome}"] = (
+                f"Outcome ablation ({doc.get('_label', '')})", figures.bars, outcome_figure(doc),
+                "Bars: the effect (mean over data seeds of arm − baseline); whiskers: the lowest and highest "
+                "per-seed difference. Effects inside the noise floor are not distinguishable from data order.")
+            continue
         rows = doc.get("ablation") or [r for r in doc.get("factors") or [] if r.get("max_abs_dloss") is not None]
         ablation = sorted(rows, key=lambda r: -(r.get("max_abs_dloss") or 0.0))
         if not ablation:

@@ -10,6 +10,7 @@ from typing import Any
 from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
                                            column_value, roundtrip_cell, runs_cell, shown_keys)
 from harness.analysis.cell_names import cell_label, group_label
+from harness.analysis.report.outcome_ablation import outcome_table
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS, TIMING_METRICS
 from harness.results.stats import mean_t_interval
@@ -262,6 +263,8 @@ def parity_tables(docs: Sequence[Mapping], number: int) -> list[Table]:
             tables.append(t)
         if doc.get("factors") is not None:
             tables.append(_profile_ablation_table(doc, name(), doc_label))
+        if doc.get("mode") == "outcome":
+            tables.append(outcome_table(doc, name(), doc_label))
     return tables
 
 

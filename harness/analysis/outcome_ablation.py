@@ -1,0 +1,105 @@
+"""`parity --ablate --profiles A,B --outcome`: why two recipes END differently, ranked by effect on the result.
+
+Every arm — profile A on its framework (the baseline), A with one factor at a time set to B's value,
+the whole of B — is trained for the spec's full budget under each data seed (train.data_seed), then
+evaluated on the held-out split by the same eval worker as a suite's cells (harness.run.train_run
+`evaluate`): held-out loss, field F1, ANLS and CER. harness.analysis.attribution turns those numbers
+into effects against the baseline, a noise floor from the spread between seeds, and the interaction.
+
+It is the outcome counterpart of the step-loss ablation (harness.analysis.parity `ablate_profiles`),
+which ranks the per-step loss gap over a few steps: the right tool to find an alignment bug, the wrong
+one to say what matters for the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from harness.analysis.attribution import OUTCOME_METRICS, attribute, outcome_of
+from harness.analysis.parity import profile_arms, run_one
+from harness.config.spec import make_spec
+from harness.errors import UserError
+from harness.run_spec import Spec
+
+RunArm = Callable[[Spec, Path], dict]  # (spec, work dir) -> outcome metrics; UserError when it cannot run
+
+
+def train_and_evaluate(spec: Spec, work: Path) -> dict:
+    """Train `spec` in `work`, evaluate the adapter on the held-out split: its outcome metrics."""
+    from harness.run.train_run import evaluate
+
+    run_one(spec, work)
+    result, summary = evaluate(spec, work)
+    if summary is None:
+        last = (result.error_tail or "").strip().splitlines()[-1:]
+        raise UserError(f"evaluation {result.status}: {last} (log: {work / 'worker.log'})")
+    return outcome_of(summary)
+
+
+def seed_spec(spec: Spec, seed: int) -> Spec:
+    """The arm's spec under one data seed, evaluated (an outcome needs the evaluation, whatever the spec says)."""
+    return make_spec(spec, {"train": {"data_seed": seed}, "eval": {"enabled": True}})
+
+
+def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], out_dir: Path,
+                   progress=print, run_arm: RunArm | None = None) -> dict:
+    """Train and evaluate every arm under every data seed; effects, noise floor and interaction.
+
+    The baseline must run under every seed (no baseline, no effect: a UserError). Any other arm that
+    cannot run — its framework cannot take the setting, or a seed failed — becomes a row with its reason.
+    `run_arm` is the one thing that trains and scores (replaced in tests)."""
+    if len(set(seeds)) < 2:
+        raise UserError("the outcome ablation needs at least two data seeds (e.g. --seeds 0,1): "
+                        "their spread is the noise floor")
+    seeds = list(dict.fromkeys(seeds))
+    run_arm = run_arm or train_and_evaluate
+    home, spec_a, factor_arms, wholes = profile_arms(base, first, second)
+    arms: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    plan = [{"factor": first, "values": None, "spec": spec_a}, *factor_arms, *wholes]
+    n_runs = sum("spec" in a for a in plan) * len(seeds)
+    done = 0
+    for arm in plan:
+        label = arm["factor"]
+        if "error" in arm:
+            errors[label] = arm["error"]
+            continue
+        outcomes, t0 = {}, time.perf_counter()
+        for seed in seeds:
+            done += 1
+            progress(f"outcome ablation [{done}/{n_runs}] {label}, data seed {seed}: {arm['spec'].framework}, "
+                     f"{arm['spec'].train.steps} steps ...")
+            try:
+                outcomes[seed] = run_arm(seed_spec(arm["spec"], seed),
+                                         out_dir / label.replace(" ", "_") / f"data_seed{seed}")
+            except UserError as exc:
+                if label == first:
+                    raise UserError(f"the baseline {first} did not run under data seed {seed}: {exc}") from exc
+                errors[label] = f"data seed {seed}: {exc}"
+                break
+        timings[label] = time.perf_counter() - t0
+        if label not in errors:
+            arms[label] = outcomes
+    factor_labels = [a["factor"] for a in factor_arms]
+    # the same-framework whole recipe first: the factors were switched on the baseline's framework
+    whole_labels = sorted((w["factor"] for w in wholes), key=lambda w: not w.endswith(f" on {home}"))
+    metrics = [m for m in OUTCOME_METRICS if any(o.get(m) is not None for o in arms[first].values())]
+    doc = attribute(arms, first, factor_labels, whole_labels, metrics=metrics,
+                    rank_metric=metrics[0] if metrics else "heldout_loss")
+    if doc["interaction"] is not None and not doc["interaction"]["whole"].endswith(f" on {home}"):
+        doc["interaction"]["note"] = (f"{second} could not run on {home}: its whole-recipe effect includes the "
+                                      "framework's share, which no single factor carries")
+    values = {a["factor"]: a["values"] for a in factor_arms}
+    for row in doc["effects"]:
+        row["values"] = values.get(row["factor"])
+    doc["effects"] += [{"factor": label, "values": values.get(label), "error": errors[label]}
+                       for label in factor_labels if label in errors]
+    doc["totals"] += [{"factor": label, "error": errors[label]} for label in whole_labels if label in errors]
+    return {"mode": "outcome", "first": first, "second": second, "framework": home, "steps": spec_a.train.steps,
+            "seeds": seeds, "measures": "held-out outcome after the full budget, effect = mean over data seeds of "
+                                        f"(arm − {first}) under the same seed",
+            **doc, "outcomes": {label: {str(s): o for s, o in out.items()} for label, out in arms.items()},
+            "arm_seconds": timings}

@@ -1,0 +1,89 @@
+"""`parity --ablate --profiles A,B --outcome` end to end through the CLI, with training and evaluation
+replaced by a function of the spec (an arm's real run takes minutes): a planted factor must rank first,
+a no-op factor must be marked as within the data-order noise, and the document must reach the report."""
+
+import json
+
+import pytest
+import yaml
+
+from harness.cli import main
+
+PLANTED_LR = 5e-5  # peft-default's learning rate: the one factor that changes the outcome here
+
+
+def fake_run(spec, work):
+    """Held-out outcome as a function of the spec: the lr moves it far, the data seed a little, nothing else."""
+    assert spec.eval.enabled  # an outcome arm is always evaluated
+    work.mkdir(parents=True, exist_ok=True)
+    planted = spec.optim.lr == PLANTED_LR
+    seed = spec.train.data_seed
+    return {"heldout_loss": 1.0 + (0.5 if planted else 0.0) + 0.01 * seed,
+            "field_f1": 0.6 - (0.3 if planted else 0.0) + 0.02 * seed, "field_anls": 0.7, "cer": 0.1}
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 8, "num_attention_heads": 2}}))
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"framework": "peft", "dataset": "synthdocs-mini", "task": "extract",
+                                    "model": str(model), "train": {"steps": 3, "batch_size": 2},
+                                    "eval": {"enabled": False}}))
+    return path
+
+
+def test_outcome_ablation_ranks_the_planted_factor_and_marks_no_ops(spec_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("harness.analysis.outcome_ablation.train_and_evaluate", fake_run)
+    out = tmp_path / "parity"
+    code = main(["parity", str(spec_file), "--ablate", "--profiles", "swift-default,peft-default", "--outcome",
+                 "--seeds", "0,1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads((out / "outcome_ablation.json").read_text())
+    ran = [r for r in doc["effects"] if "error" not in r]
+    assert ran[0]["factor"] == "lr"
+    assert ran[0]["effect"]["heldout_loss"] == pytest.approx(0.5)
+    assert ran[0]["effect"]["field_f1"] == pytest.approx(-0.3)
+    assert ran[0]["within_noise"] == {"heldout_loss": False, "field_f1": False, "field_anls": True, "cer": True}
+    assert doc["noise_floor"]["values"]["heldout_loss"] == pytest.approx(0.01)
+    for row in ran[1:]:  # every other factor is a no-op here, data order sits at the floor
+        assert row["within_noise"]["heldout_loss"] is True, row["factor"]
+    assert "dropout" in [r["factor"] for r in ran[1:]]
+    # labels on every token cannot run on swift: a row with its reason, left out of the sum and named
+    assert "cannot run on swift" in next(r for r in doc["effects"] if r["factor"] == "label_mask")["error"]
+    inter = doc["interaction"]  # the factors add up: nothing is left over
+    assert inter["whole"] == "peft-default on peft" and inter["excluded"] == ["label_mask"]
+    assert inter["interaction"]["heldout_loss"] == pytest.approx(0.0, abs=1e-12)
+    assert "framework's share" in inter["note"]
+    assert doc["seeds"] == [0, 1] and doc["steps"] == 3
+    lines = text.splitlines()
+    lr_line = next(line for line in lines if line.startswith("lr "))
+    assert "+0.5 " in lr_line and "+0.5~" not in lr_line
+    assert any(line.startswith("dropout") and "~" in line for line in lines)
+    assert "not distinguishable from data order" in text and "Interaction" in text
+
+    from harness.analysis.report.build import build_report
+    from harness.results.store import load_parity_docs
+
+    docs = load_parity_docs(tmp_path)
+    assert [d["mode"] for d in docs] == ["outcome"]
+    report = build_report([], docs)
+    table = next(t for t in report.tables if t.key.startswith("outcome-"))
+    assert table.row_labels[0] == "lr"
+    assert "outcome_ablation" in report.figure_inputs
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ablate", "--outcome"], "--outcome goes with --ablate --profiles A,B"),
+    (["--outcome", "--profiles", "swift-default,peft-default"], "--profiles goes with --ablate"),
+    (["--ablate", "--profiles", "swift-default,peft-default", "--outcome", "--seeds", "0"],
+     "needs at least two data seeds"),
+    (["--ablate", "--profiles", "swift-default,peft-default", "--outcome", "--seeds", "0,x"],
+     "--seeds takes comma-separated integers"),
+])
+def test_outcome_mistakes_are_one_line(spec_file, tmp_path, capsys, args, message):
+    assert main(["parity", str(spec_file), "--out", str(tmp_path / "p"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
