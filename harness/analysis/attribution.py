@@ -109,3 +109,13 @@ def attribute(arms: Mapping[str, Outcomes], baseline: str, factors: Sequence[str
             "noise_floor": {"statistic": NOISE_STATISTIC, "values": floor,
                             "per_arm": {label: {m: seed_range(o, m) for m in metrics} for label, o in arms.items()}},
             "effects": rows, "totals": totals, "interaction": interaction}
+
+
+def describe_budget(doc: Mapping) -> str:
+    """How long each arm of an outcome ablation trained, for a caption."""
+    budget = doc.get("budget") or {}
+    steps = f"{doc.get('first')} {doc.get('steps')} steps"
+    if budget.get("kind") == "samples":
+        return (f"every arm trained on {budget.get('samples')} samples ({steps}; an arm with another global "
+                "batch takes as many steps as it needs for the same samples)")
+    return f"every arm trained {doc.get('steps')} steps, whatever its global batch"

@@ -13,6 +13,7 @@ one to say what matters for the fine-tuned model.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,14 +39,30 @@ def train_and_evaluate(spec: Spec, work: Path) -> dict:
     return outcome_of(summary)
 
 
-def seed_spec(spec: Spec, seed: int) -> Spec:
-    """The arm's spec under one data seed, evaluated (an outcome needs the evaluation, whatever the spec says)."""
-    return make_spec(spec, {"train": {"data_seed": seed}, "eval": {"enabled": True}})
+def samples_per_step(spec: Spec) -> int:
+    return spec.train.batch_size * spec.train.grad_accum * spec.distributed.world_size
+
+
+def arm_spec(spec: Spec, seed: int, samples: int | None) -> Spec:
+    """The arm's spec under one data seed, evaluated (an outcome needs the evaluation, whatever the spec
+    says); with `samples`, trained for as many steps as its global batch needs to see that many samples."""
+    train: dict = {"data_seed": seed}
+    if samples is not None:
+        train["steps"] = max(1, math.ceil(samples / samples_per_step(spec)))
+    return make_spec(spec, {"train": train, "eval": {"enabled": True}})
+
+
+BUDGETS = ("samples", "steps")
 
 
 def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], out_dir: Path,
-                   progress=print, run_arm: RunArm | None = None) -> dict:
+                   progress=print, run_arm: RunArm | None = None, budget: str = "samples") -> dict:
     """Train and evaluate every arm under every data seed; effects, noise floor and interaction.
+
+    `budget`: "samples" (every arm sees as many training samples as the baseline does in the spec's
+    steps, as a user who trains each recipe on the same data does: a recipe with half the global batch
+    takes twice the steps, so "batch x accumulation" measures the batch, not the amount of data);
+    "steps" (every arm runs the spec's steps, whatever its global batch).
 
     The baseline must run under every seed (no baseline, no effect: a UserError). Any other arm that
     cannot run — its framework cannot take the setting, or a seed failed — becomes a row with its reason.
@@ -53,9 +70,13 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
     if len(set(seeds)) < 2:
         raise UserError("the outcome ablation needs at least two data seeds (e.g. --seeds 0,1): "
                         "their spread is the noise floor")
+    if budget not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r} (valid: {', '.join(BUDGETS)})")
     seeds = list(dict.fromkeys(seeds))
     run_arm = run_arm or train_and_evaluate
     home, spec_a, factor_arms, wholes = profile_arms(base, first, second)
+    samples = spec_a.train.steps * samples_per_step(spec_a) if budget == "samples" else None
+    arm_steps: dict[str, int] = {}
     arms: dict[str, dict] = {}
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
@@ -70,11 +91,12 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
         outcomes, t0 = {}, time.perf_counter()
         for seed in seeds:
             done += 1
-            progress(f"outcome ablation [{done}/{n_runs}] {label}, data seed {seed}: {arm['spec'].framework}, "
-                     f"{arm['spec'].train.steps} steps ...")
+            spec = arm_spec(arm["spec"], seed, samples)
+            arm_steps[label] = spec.train.steps
+            progress(f"outcome ablation [{done}/{n_runs}] {label}, data seed {seed}: {spec.framework}, "
+                     f"{spec.train.steps} steps of {samples_per_step(spec)} ...")
             try:
-                outcomes[seed] = run_arm(seed_spec(arm["spec"], seed),
-                                         out_dir / label.replace(" ", "_") / f"data_seed{seed}")
+                outcomes[seed] = run_arm(spec, out_dir / label.replace(" ", "_") / f"data_seed{seed}")
             except UserError as exc:
                 if label == first:
                     raise UserError(f"the baseline {first} did not run under data seed {seed}: {exc}") from exc
@@ -99,7 +121,8 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
                        for label in factor_labels if label in errors]
     doc["totals"] += [{"factor": label, "error": errors[label]} for label in whole_labels if label in errors]
     return {"mode": "outcome", "first": first, "second": second, "framework": home, "steps": spec_a.train.steps,
-            "seeds": seeds, "measures": "held-out outcome after the full budget, effect = mean over data seeds of "
-                                        f"(arm − {first}) under the same seed",
+            "seeds": seeds, "budget": {"kind": budget, "samples": samples, "arm_steps": arm_steps},
+            "measures": f"held-out outcome after the budget; effect = mean over data seeds of (arm − {first}) "
+                        "under the same seed",
             **doc, "outcomes": {label: {str(s): o for s, o in out.items()} for label, out in arms.items()},
             "arm_seconds": timings}

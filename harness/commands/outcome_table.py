@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harness.analysis.attribution import DATA_ORDER
+from harness.analysis.attribution import DATA_ORDER, describe_budget
 
 LABELS = {"heldout_loss": "held-out loss", "field_f1": "field F1", "field_anls": "ANLS", "cer": "CER"}
 MARK = "~"  # within the noise floor
@@ -34,8 +34,8 @@ def format_outcome_ablation(doc: dict) -> str:
     a, b, metrics = doc["first"], doc["second"], doc["metrics"]
     floor = doc["noise_floor"]["values"]
     base = doc["baseline_mean"]
-    out = [f"Why {a} and {b} end differently: each arm trained {doc['steps']} steps on {doc['framework']} under data "
-           f"seeds {', '.join(str(s) for s in doc['seeds'])}, then evaluated on the held-out split.",
+    out = [f"Why {a} and {b} end differently, on {doc['framework']}: {describe_budget(doc)}, under data seeds "
+           f"{', '.join(str(s) for s in doc['seeds'])}, then evaluated on the held-out split.",
            f"Effect = mean over seeds of (arm − {a}) under the same data seed; ranked by |Δ "
            f"{LABELS.get(doc['rank_metric'], doc['rank_metric'])}|.",
            f"{a} itself (mean over seeds): " + ", ".join(f"{LABELS[m]} {_num(base[m], False)}" for m in metrics),

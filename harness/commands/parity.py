@@ -34,6 +34,10 @@ def add_parser(parser) -> None:
                              "ANLS, CER), against a noise floor from the spread between seeds")
     parser.add_argument("--seeds", default="0,1", metavar="S,S",
                         help="with --outcome: the data seeds (train.data_seed) every arm runs under (default 0,1)")
+    parser.add_argument("--budget", choices=["samples", "steps"], default="samples",
+                        help="with --outcome: samples (default): every arm sees the samples the first profile sees "
+                             "in the spec's steps (a smaller global batch takes more steps); steps: every arm runs "
+                             "the spec's steps")
     parser.add_argument("--out", type=Path, default=Path("results/runs/parity"), help="where runs and parity.json go")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
@@ -106,7 +110,7 @@ def _run_outcome(args, base: Spec, names: list[str], quiet, t0: float) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    doc = ablate_outcome(base, names[0], names[1], seeds, args.out / "outcome", progress=quiet)
+    doc = ablate_outcome(base, names[0], names[1], seeds, args.out / "outcome", progress=quiet, budget=args.budget)
     doc["seconds"] = time.perf_counter() - t0
     doc["spec"] = base.to_dict()
     _save(args.out / "outcome_ablation.json", doc)

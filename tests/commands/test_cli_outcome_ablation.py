@@ -58,6 +58,11 @@ def test_outcome_ablation_ranks_the_planted_factor_and_marks_no_ops(spec_file, t
     assert inter["interaction"]["heldout_loss"] == pytest.approx(0.0, abs=1e-12)
     assert "framework's share" in inter["note"]
     assert doc["seeds"] == [0, 1] and doc["steps"] == 3
+    # the same samples for every arm: swift-default's 1 x 16 for 3 steps is 48 samples, peft-default's 8 x 1 six steps
+    assert doc["budget"]["samples"] == 48
+    assert doc["budget"]["arm_steps"]["swift-default"] == 3
+    assert doc["budget"]["arm_steps"]["batch x accumulation"] == 6
+    assert doc["budget"]["arm_steps"]["peft-default on peft"] == 6
     lines = text.splitlines()
     lr_line = next(line for line in lines if line.startswith("lr "))
     assert "+0.5 " in lr_line and "+0.5~" not in lr_line

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from harness.analysis.attribution import DATA_ORDER
+from harness.analysis.attribution import DATA_ORDER, describe_budget
 from harness.analysis.report.model import Table, TableCell
 
 LABELS = {"heldout_loss": "held-out loss", "field_f1": "field F1", "field_anls": "ANLS", "cer": "CER"}
@@ -33,7 +33,7 @@ def outcome_table(doc: Mapping, title: str, doc_label: str) -> Table:
     floor = (doc.get("noise_floor") or {}).get("values") or {}
     inter = doc.get("interaction") or {}
     floors = ", ".join(f"{LABELS.get(m, m)} {floor[m]:.3g}" for m in metrics if floor.get(m) is not None)
-    caption = (f"Each arm trained {doc.get('steps')} steps on {doc.get('framework')} under data seeds "
+    caption = (f"On {doc.get('framework')}: {describe_budget(doc)}, under data seeds "
                f"{', '.join(str(s) for s in doc.get('seeds') or [])}, then evaluated on the held-out split. "
                f"Effect = mean over seeds of (arm − {a}) under the same data seed; largest |Δ "
                f"{LABELS.get(str(doc.get('rank_metric')), doc.get('rank_metric'))}| first. Noise floor "

@@ -253,7 +253,9 @@ def parity_tables(docs: Sequence[Mapping], number: int) -> list[Table]:
         if ablation:
             t = Table(f"ablation{k + 1}", f"{name()}. Ablation: one factor reverted to native ({doc_label})",
                       "Each row starts from the aligned setup and reverts one factor; sorted by the "
-                      f"largest absolute loss difference first. {summary}.",
+                      f"largest absolute loss difference first. {summary}. The per-step training-loss gap is "
+                      "an alignment tool (which setting makes two runs part ways), not a ranking of what "
+                      "changes the fine-tuned result.",
                       ["factor", "max |Δloss|", "final-loss gap"])
             for row in sorted(ablation, key=lambda r: -(r.get("max_abs_dloss") or 0.0)):
                 t.rows.append([TableCell(str(row.get("factor"))), TableCell(fmt_number(row.get("max_abs_dloss"))),
@@ -274,7 +276,9 @@ def _profile_ablation_table(doc: Mapping, title: str, doc_label: str) -> Table:
     t = Table(f"profiles-{a}-{b}", f"{title}. Why {a} and {b} train differently",
               f"{a} on {doc.get('framework')} for {doc.get('steps')} steps, then the same with one factor set to "
               f"{b}'s value; max |Δloss| and final-loss Δ against {a}'s own run, largest first. The last rows run "
-              f"all of {b} at once. A dash: the factor cannot be set on that framework (reason in the run).",
+              f"all of {b} at once. A dash: the factor cannot be set on that framework (reason in the run). "
+              "The per-step loss gap over a few steps is an alignment tool: it also moves with which samples "
+              "each step saw, and does not rank what changes the result (the outcome ablation does).",
               ["factor", f"{a}", f"{b}", "max |Δloss|", "final-loss Δ"], label_cols=3)
     for row in [*(doc.get("factors") or []), *(doc.get("totals") or [])]:
         values = row.get("values") or {}
