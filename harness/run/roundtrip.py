@@ -9,16 +9,26 @@ fresh process, by each framework's own loading path:
   --adapters` runs (its own process: importing swift patches transformers).
 Both frameworks save PEFT's format with the same key names, so an adapter trained by one loads in
 the other as is; no key mapping is applied, and the comparison below would name any difference.
+A cell trained in another environment (a spec's `env`) saved its adapter with that environment's
+releases, and these loaders are the main environment's: the same check is then the cross-release
+round trip, and each block says which releases saved and which loaded.
 
 Against the probe the training process took from the live model (adapters.readback.save_probe):
 - logits on the probe rows within LOGIT_TOLERANCE (fp32);
 - every tensor that was trainable is in the saved files, with its shape (a missing one is named);
-- the merged model (`merge_and_unload`) gives the same greedy answers as the unmerged one.
+- the merged model (`merge_and_unload`) gives the same greedy answers as the unmerged one;
+- every saved tensor is in the loaded model with its value, and every adapter tensor of the loaded
+  model holds a saved one (`keys`, loader_key_check). PEFT only warns about keys it could not place
+  and says nothing of saved keys it ignored: a key renamed between releases (a module moved under
+  `language_model`) leaves the trained value out and that tensor at its initialisation. The logits
+  would show it in fp32, but in half precision one layer's adapter can move them by less than the
+  tolerance, so the keys are accounted for by name.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness.errors import UserError
@@ -49,6 +59,79 @@ def missing_tensors(trainable: dict[str, list[int]], saved: dict[str, list[int]]
         elif list(saved[name]) != list(shape):
             problems.append(f"{name} (saved shape {saved[name]}, trained {shape})")
     return problems
+
+
+def loader_key_check(saved: Mapping, loaded: Mapping) -> dict:
+    """How the loaded model holds the saved tensors, by the names in the file.
+
+    `saved`: the adapter file's tensors; `loaded`: the loaded model's adapter tensors under the names
+    it would save them with (peft.get_peft_model_state_dict). A saved tensor found under another name
+    with its exact value is `remapped` (a loader that maps old names onto a new module layout, as PEFT
+    does for VLMs whose submodules moved): the model is the trained one. Whatever is left over is
+    named: `not_loaded`, saved tensors the loader ignored; `not_filled`, adapter tensors of the loaded
+    model that no saved tensor filled (left at their initial value)."""
+    unmatched_saved = {k: v for k, v in saved.items() if k not in loaded or not _same(v, loaded[k])}
+    unmatched_loaded = {k: v for k, v in loaded.items() if k not in saved or not _same(saved[k], v)}
+    by_value: dict[tuple, list[str]] = {}
+    for key in sorted(unmatched_loaded):
+        by_value.setdefault(_fingerprint(unmatched_loaded[key]), []).append(key)
+    remapped, not_loaded = {}, []
+    for key in sorted(unmatched_saved):
+        candidates = by_value.get(_fingerprint(unmatched_saved[key]))
+        if candidates:
+            target = candidates.pop(0)
+            remapped[key] = target
+            unmatched_loaded.pop(target)
+        else:
+            not_loaded.append(key)
+    return {"saved": len(saved), "loaded": len(loaded), "not_loaded": not_loaded,
+            "not_filled": sorted(unmatched_loaded), "remapped": remapped}
+
+
+def _as_float(tensor):
+    import torch
+
+    return tensor.detach().to("cpu", torch.float32).contiguous()
+
+
+def _same(a, b) -> bool:
+    import torch
+
+    return tuple(a.shape) == tuple(b.shape) and torch.equal(_as_float(a), _as_float(b))
+
+
+def _fingerprint(tensor) -> tuple:
+    import hashlib
+
+    return tuple(tensor.shape), hashlib.sha256(_as_float(tensor).numpy().tobytes()).hexdigest()
+
+
+def loaded_adapter_state(model) -> dict | None:
+    """The loaded model's adapter tensors as PEFT would save them; None for a model PEFT did not wrap."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model) if isinstance(model, PeftModel) else None
+
+
+def saved_state(adapter_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+
+
+def releases(adapter_dir: Path) -> dict:
+    """Which peft wrote the adapter (its adapter_config.json says) and which releases load it here."""
+    import json
+
+    from harness.run.env import FRAMEWORKS, package_versions
+
+    try:
+        saved_by = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_version")
+    except (OSError, ValueError):
+        saved_by = None
+    seen = package_versions(FRAMEWORKS)
+    return {"saved_by_peft": saved_by,
+            "loaded_by": {k: seen.get(k) for k in ("peft", "transformers", "ms-swift", "torch")}}
 
 
 def load_probe(path: Path) -> dict:
@@ -88,11 +171,21 @@ def greedy_answers(model, processor, probe: dict) -> list[str]:
                             answer_prefix=probe.get("answer_prefix", "template"))
 
 
-def loader_block(difference: float, dtype: str, probe: dict, saved: dict[str, list[int]]) -> dict:
+def loader_block(difference: float, dtype: str, probe: dict, saved: dict[str, list[int]],
+                 keys: dict | None = None) -> dict:
     tolerance = LOGIT_TOLERANCE.get(dtype, LOGIT_TOLERANCE["float32"])
     missing = missing_tensors(probe["trainable"], saved)
-    return {"max_abs_logit_diff": difference, "tolerance": tolerance, "missing": missing,
-            "tensors_checked": len(probe["trainable"]), "ok": difference <= tolerance and not missing}
+    keys_ok = keys is None or not (keys["not_loaded"] or keys["not_filled"])
+    block = {"max_abs_logit_diff": difference, "tolerance": tolerance, "missing": missing,
+             "tensors_checked": len(probe["trainable"]), "ok": difference <= tolerance and not missing and keys_ok}
+    if keys is not None:
+        block["keys"] = keys
+    return block
+
+
+def _key_check(model, adapter_dir: Path) -> dict | None:
+    loaded = loaded_adapter_state(model)
+    return None if loaded is None else loader_key_check(saved_state(adapter_dir), loaded)
 
 
 def peft_roundtrip(model_dir: Path, adapter_dir: Path, probe_path: Path, device: str = "cpu"):
@@ -110,8 +203,10 @@ def peft_roundtrip(model_dir: Path, adapter_dir: Path, probe_path: Path, device:
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     except Exception as exc:  # e.g. a module trained in full whose weights were not saved
-        return {**loader_block(math.inf, dtype, probe, saved), "error": f"{type(exc).__name__}: {exc}"}, None, processor
-    block = loader_block(logits_difference(model, probe), dtype, probe, saved)
+        return ({**loader_block(math.inf, dtype, probe, saved), "error": f"{type(exc).__name__}: {exc}",
+                 "releases": releases(adapter_dir)}, None, processor)
+    block = loader_block(logits_difference(model, probe), dtype, probe, saved, _key_check(model, adapter_dir))
+    block["releases"] = releases(adapter_dir)
     with model.disable_adapter():  # how far the adapter moves the logits: a zero here would prove nothing
         block["adapter_effect"] = logits_difference(model, probe)
     unmerged = greedy_answers(model, processor, probe)
@@ -143,8 +238,10 @@ def swift_roundtrip(model_dir: Path, adapter_dir: Path, probe_path: Path, device
     try:
         model = Swift.from_pretrained(base.to(device), str(adapter_dir)).eval()
     except Exception as exc:
-        return {**loader_block(math.inf, dtype, probe, saved), "error": f"{type(exc).__name__}: {exc}"}
-    return loader_block(logits_difference(model, probe), dtype, probe, saved)
+        return {**loader_block(math.inf, dtype, probe, saved), "error": f"{type(exc).__name__}: {exc}",
+                "releases": releases(adapter_dir)}
+    block = loader_block(logits_difference(model, probe), dtype, probe, saved, _key_check(model, adapter_dir))
+    return {**block, "releases": releases(adapter_dir)}
 
 
 def summarise(blocks: dict[str, dict]) -> tuple[dict, str | None]:
@@ -152,12 +249,17 @@ def summarise(blocks: dict[str, dict]) -> tuple[dict, str | None]:
     failures = []
     for loader, block in blocks.items():
         if block.get("missing"):
-            shown = ", ".join(block["missing"][:3]) + (f" and {len(block['missing']) - 3} more"
-                                                       if len(block["missing"]) > 3 else "")
-            failures.append(f"{loader} loader: trained tensors missing from the saved adapter: {shown}")
+            failures.append(f"{loader} loader: trained tensors missing from the saved adapter: "
+                            f"{_first(block['missing'])}")
         if block.get("error"):
             failures.append(f"{loader} loader: {block['error']}")
             continue
+        keys = block.get("keys") or {}
+        if keys.get("not_loaded"):
+            failures.append(f"{loader} loader: saved tensors it did not load: {_first(keys['not_loaded'])}")
+        if keys.get("not_filled"):
+            failures.append(f"{loader} loader: adapter tensors no saved tensor filled (left at their initial "
+                            f"value): {_first(keys['not_filled'])}")
         if block["max_abs_logit_diff"] > block["tolerance"]:
             failures.append(f"{loader} loader: logits differ from the trained model's by "
                             f"{block['max_abs_logit_diff']:.3g} (> {block['tolerance']:g})")
@@ -167,4 +269,11 @@ def summarise(blocks: dict[str, dict]) -> tuple[dict, str | None]:
     effect = blocks.get("peft", {}).get("adapter_effect")
     summary = {"loaders": blocks, "max_abs_logit_diff": worst, "adapter_effect": effect,
                "ok": not failures and bool(blocks), "cause": "; ".join(failures) or None}
+    saved_by = next((b["releases"]["saved_by_peft"] for b in blocks.values() if b.get("releases")), None)
+    if saved_by is not None:
+        summary["saved_by_peft"] = saved_by
     return summary, summary["cause"]
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
