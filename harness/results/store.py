@@ -288,7 +288,9 @@ def env_fingerprint_diff(env_a: Mapping | None, env_b: Mapping | None) -> list[s
     "packages.torch: 2.14.1 != 2.15.0", "cpu: Xeon A != EPYC B", "dataset.checksum: ab12 != cd34".
 
     Compares python, package versions, torch threads, CPU, core count, GPUs, platform, and the
-    dataset / model names and checksums. Not hostname or git commit.
+    dataset / model names and checksums. Not hostname or git commit. A run whose train worker ran in
+    an environment of its own (a spec's `env`) also differs by that environment's name and by the
+    releases its worker saw: "trained in: main != peft-0.21", "trained with peft: 0.20.0 != 0.21.2".
     """
     env_a, env_b = env_a or {}, env_b or {}
     diffs = []
@@ -304,6 +306,39 @@ def env_fingerprint_diff(env_a: Mapping | None, env_b: Mapping | None) -> list[s
         for key in ("name", "checksum"):
             if a.get(key) != b.get(key):
                 diffs.append(f"{what}.{key}: {a.get(key)} != {b.get(key)}")
+    return diffs + _training_diff(env_a, env_b)
+
+
+MAIN_ENVIRONMENT = "main"  # how a run trained in the main environment is named beside one with an `env`
+
+
+def training_environment(env: Mapping | None) -> str:
+    """The name of the environment a run's train worker ran in."""
+    return ((env or {}).get("environment") or {}).get("name") or MAIN_ENVIRONMENT
+
+
+def training_releases(env: Mapping | None) -> dict:
+    """Package -> version as the train worker saw them: the main environment's, with those of the run's
+    own environment over them (the environment is an overlay on the main one)."""
+    env = env or {}
+    seen = (env.get("environment") or {}).get("packages") or {}
+    return {**(env.get("packages") or {}), **seen}
+
+
+def _training_diff(env_a: Mapping, env_b: Mapping) -> list[str]:
+    diffs = []
+    name_a, name_b = training_environment(env_a), training_environment(env_b)
+    if name_a != name_b:
+        diffs.append(f"trained in: {name_a} != {name_b}")
+    lock_a, lock_b = ((e.get("environment") or {}).get("lock_sha256") for e in (env_a, env_b))
+    if name_a == name_b and lock_a and lock_b and lock_a != lock_b:  # the same name, redefined
+        diffs.append(f"trained in {name_a}, lock: {lock_a[:12]} != {lock_b[:12]}")
+    pkgs_a, pkgs_b = env_a.get("packages") or {}, env_b.get("packages") or {}
+    train_a, train_b = training_releases(env_a), training_releases(env_b)
+    for name in sorted(set(train_a) | set(train_b)):
+        # a difference of the main environments is named above already
+        if train_a.get(name) != train_b.get(name) and pkgs_a.get(name) == pkgs_b.get(name):
+            diffs.append(f"trained with {name}: {train_a.get(name)} != {train_b.get(name)}")
     return diffs
 
 
