@@ -176,8 +176,9 @@ def figure_inputs(groups: dict[tuple, list[dict]], keys: Sequence[str],
             n_outcome += 1
             inputs["outcome_ablation" if n_outcome == 1 else f"outcome_ablation_{n_outcome}"] = (
                 f"Outcome ablation ({doc.get('_label', '')})", figures.bars, outcome_figure(doc),
-                "Bars: the effect (mean over data seeds of arm − baseline); whiskers: the lowest and highest "
-                "per-seed difference. Effects inside the noise floor are not distinguishable from data order.")
+                f"Each factor of {doc.get('first')} set to {doc.get('second')}'s value. Bars: the effect (mean over "
+                "data seeds of arm − baseline); whiskers: the lowest and highest per-seed difference. Effects inside "
+                "the noise floor are not distinguishable from data order.")
             continue
         rows = doc.get("ablation") or [r for r in doc.get("factors") or [] if r.get("max_abs_dloss") is not None]
         ablation = sorted(rows, key=lambda r: -(r.get("max_abs_dloss") or 0.0))

@@ -77,6 +77,6 @@ def outcome_figure(doc: Mapping) -> dict:
     floor = ((doc.get("noise_floor") or {}).get("values") or {}).get(metric)
     return {"labels": [str(r.get("factor")) for r in rows], "values": values, "lows": lows, "highs": highs,
             "ylabel": f"Δ {LABELS.get(metric, metric)} vs {doc.get('first')}", "horizontal": True,
-            "title": f"Effect on the held-out {LABELS.get(metric, metric)} when one factor of {doc.get('first')} "
-                     f"takes {doc.get('second')}'s value (noise floor {floor:.3g})" if floor is not None else
-                     f"Effect on the held-out {LABELS.get(metric, metric)} (one seed: no noise floor)"}
+            # short: the axis is narrowed by the factor names, and the caption says the rest
+            "title": f"Effect on the {LABELS.get(metric, metric)}"
+                     + (f", noise floor {floor:.3g}" if floor is not None else ", one seed: no noise floor")}
