@@ -12,6 +12,8 @@ synthetic ones:
   distinguishable from data order";
 - data order is a factor like the others: its row is the range between the baseline's own seeds;
 - interaction = the whole-recipe effect − the sum of the single-factor effects (0 when the factors add up).
+  It carries the seed noise of every arm in the sum, so the floor of one arm is a lower bound for its
+  noise: an interaction marked within the floor is surely noise, one just above it may be noise too.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ def format_outcome_ablation(doc: dict) -> str:
             mark = f" {MARK}" if inter["within_noise"].get(m) else ""
             out.append(f"  {LABELS[m]:<14} whole {_num(inter['whole_effect'][m])}, "
                        f"sum {_num(inter['sum_of_factors'][m])}, interaction {_num(inter['interaction'][m])}{mark}")
+        out.append("  (the sum carries every arm's seed noise: the floor is a lower bound for the interaction's)")
         if inter.get("note"):
             out.append(f"  note: {inter['note']}")
     return "\n".join(out)
