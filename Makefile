@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup lint test test-fast benchmark report regress parity memory memory-gpu minicpmv microbench model data clean
+.PHONY: help setup lint test test-fast benchmark report regress parity memory memory-gpu minicpmv microbench model data clean versions
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,10 @@ minicpmv: setup  ## MiniCPM-V: swift defaults vs the official recipe vs the HF r
 memory: setup model  ## run the memory-levers suite (DeepSpeed ZeRO, offload, 2 processes)
 	$(VENV)/bin/lorabench run harness/suites/memory.yaml --resume
 	$(VENV)/bin/lorabench report results/runs/memory
+
+versions: setup model  ## the version matrix: short cells under the pinned set and each release set of harness/envs/ (created once with uv), and its report
+	$(VENV)/bin/lorabench run harness/suites/versions.yaml --resume
+	$(VENV)/bin/lorabench report results/runs/versions
 
 # Each file's last passing result is its reference; a median slowdown beyond MICROBENCH_FAIL fails
 # the target and keeps the old reference. Results (pytest-benchmark JSON) go to MICROBENCH_DIR.
