@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.analysis.attribution import OUTCOME_METRICS, attribute, outcome_of
-from harness.analysis.parity import profile_arms, run_one
+from harness.analysis.parity import profile_arms, profile_label, run_one
 from harness.config.spec import make_spec
 from harness.errors import UserError
 from harness.run_spec import Spec
@@ -75,6 +75,7 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
     seeds = list(dict.fromkeys(seeds))
     run_arm = run_arm or train_and_evaluate
     home, spec_a, factor_arms, wholes = profile_arms(base, first, second)
+    first, second = profile_label(first), profile_label(second)
     samples = spec_a.train.steps * samples_per_step(spec_a) if budget == "samples" else None
     arm_steps: dict[str, int] = {}
     arms: dict[str, dict] = {}

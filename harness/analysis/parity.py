@@ -157,6 +157,36 @@ def _override(keys: tuple[str, ...], source: Spec) -> dict:
     return out
 
 
+def profile_label(name: str) -> str:
+    """How a profile is named in tables: a shipped profile by its name, a recipe file by its stem."""
+    from harness.config.profiles import PROFILES
+
+    return name if name in PROFILES else Path(name).stem
+
+
+def resolve_profile(base: Spec, name: str) -> tuple[str, Spec]:
+    """(framework, spec) of a shipped profile, or of a user's recipe: a YAML file of spec overrides.
+
+    A recipe file may start from a shipped profile (`alignment: swift-default`) and override any key
+    on top of it; its `framework` is the one it runs on (default: the profile's, else the spec's).
+    Everything it does not set stays the spec's (model, data, steps, seeds, evaluation)."""
+    from harness.config.profiles import HOME_FRAMEWORK, PROFILES
+    from harness.config.spec import load_yaml
+
+    if name in PROFILES:
+        return HOME_FRAMEWORK[name], make_spec(base, {"alignment": name, "framework": HOME_FRAMEWORK[name]})
+    if Path(name).suffix not in (".yaml", ".yml"):
+        raise UserError(f"unknown profile {name!r} (valid: {', '.join(PROFILES)}, or a YAML file of spec overrides)")
+    overrides = load_yaml(name)
+    start = overrides.pop("alignment", "aligned")
+    if start != "aligned" and start not in PROFILES:
+        raise UserError(f"{name}: alignment must be aligned or a profile ({', '.join(PROFILES)}), got {start!r}")
+    framework = overrides.pop("framework", None) or HOME_FRAMEWORK.get(start) or base.framework
+    spec = make_spec(base, {"alignment": start, "framework": framework}, source=name)
+    # the profile's values first, the file's on top; "aligned": every value explicit from here on
+    return framework, make_spec(merge(spec, overrides, source=name), {"alignment": "aligned"}, source=name)
+
+
 def profile_arms(base: Spec, first: str, second: str) -> tuple[str, Spec, list[dict], list[dict]]:
     """The runs that say why profile `first` trains differently from `second`: (first's home framework,
     first's spec, one arm per factor in which they differ, the whole-second-recipe arms).
@@ -164,31 +194,25 @@ def profile_arms(base: Spec, first: str, second: str) -> tuple[str, Spec, list[d
     Each arm is {"factor", "values", "spec"}, or {"factor", "values", "error"} when the framework cannot
     take the setting (e.g. labels on every token in swift). The whole recipe runs on its own framework,
     and on first's too when that differs (the difference between the two is the framework's share)."""
-    from harness.config.profiles import HOME_FRAMEWORK, PROFILES
-
-    for name in (first, second):
-        if name not in PROFILES:
-            raise UserError(f"unknown profile {name!r} (valid: {', '.join(PROFILES)})")
-    home = HOME_FRAMEWORK[first]
-    spec_a = make_spec(base, {"alignment": first, "framework": home})
-    spec_b = make_spec(base, {"alignment": second, "framework": HOME_FRAMEWORK[second]})
+    home, spec_a = resolve_profile(base, first)
+    home_b, spec_b = resolve_profile(base, second)
+    label_a, label_b = profile_label(first), profile_label(second)
     factors: list[dict] = []
     for factor, keys in PROFILE_FACTORS.items():
         if all(get(spec_a, k) == get(spec_b, k) for k in keys):
             continue
-        values = {first: [get(spec_a, k) for k in keys], second: [get(spec_b, k) for k in keys]}
+        values = {label_a: [get(spec_a, k) for k in keys], label_b: [get(spec_b, k) for k in keys]}
         try:
             spec = make_spec(merge(spec_a, _override(keys, spec_b)), {"alignment": "aligned", "framework": home})
         except UserError as exc:
             factors.append({"factor": factor, "values": values, "error": f"not expressible on {home}: {exc}"})
             continue
         factors.append({"factor": factor, "values": values, "spec": spec})
-    wholes: list[dict] = [{"factor": f"{second} on {HOME_FRAMEWORK[second]}", "values": None, "spec": spec_b}]
-    if HOME_FRAMEWORK[second] != home:
-        label = f"{second} on {home}"
+    wholes: list[dict] = [{"factor": f"{label_b} on {home_b}", "values": None, "spec": spec_b}]
+    if home_b != home:
+        label = f"{label_b} on {home}"
         try:
-            wholes.append({"factor": label, "values": None,
-                           "spec": make_spec(base, {"alignment": second, "framework": home})})
+            wholes.append({"factor": label, "values": None, "spec": make_spec(spec_b, {"framework": home})})
         except UserError as exc:
             wholes.append({"factor": label, "values": None, "error": f"not expressible on {home}: {exc}"})
     return home, spec_a, factors, wholes
@@ -205,6 +229,7 @@ def ablate_profiles(base: Spec, first: str, second: str, out_dir: Path, progress
     what a recipe ends up learning: harness.analysis.outcome_ablation does that.
     Runs whose settings the framework cannot take are rows with the reason instead of numbers."""
     home, spec_a, factor_arms, wholes = profile_arms(base, first, second)
+    first, second = profile_label(first), profile_label(second)
     progress(f"profile {first} on {home} ...")
     run_a = run_one(spec_a, out_dir / first)
     losses_a = [s["loss"] for s in run_a["steps"]]

@@ -26,8 +26,9 @@ def add_parser(parser) -> None:
     parser.add_argument("--ablate", action="store_true", help="revert one factor at a time to native values")
     parser.add_argument("--factors", help="comma-separated subset of ablation factors")
     parser.add_argument("--profiles", metavar="A,B",
-                        help="with --ablate: rank the factors that make named profile A train differently from B "
-                             "(e.g. swift-default,minicpmv-official)")
+                        help="with --ablate: rank the factors that make profile A train differently from B; each a "
+                             "shipped profile (e.g. swift-default,minicpmv-official) or a YAML file of spec overrides "
+                             "(a user's recipe; `alignment: <profile>` in it starts from that profile)")
     parser.add_argument("--outcome", action="store_true",
                         help="with --ablate --profiles: train every arm for the spec's full steps under each data "
                              "seed and rank the factors by their effect on the held-out result (loss, field F1, "
@@ -79,7 +80,7 @@ def _run_held(args, base: Spec, frameworks: list[str]) -> int:
     if args.ablate and args.profiles:
         names = [n.strip() for n in args.profiles.split(",") if n.strip()]
         if len(names) != 2:
-            raise UserError(f"--profiles takes two profile names, got {args.profiles!r}")
+            raise UserError(f"--profiles takes two profiles (names or YAML files), got {args.profiles!r}")
         if args.outcome:
             return _run_outcome(args, base, names, quiet, t0)
         doc = P.ablate_profiles(base, names[0], names[1], args.out / "profiles", progress=quiet)

@@ -92,3 +92,43 @@ def test_outcome_mistakes_are_one_line(spec_file, tmp_path, capsys, args, messag
     assert main(["parity", str(spec_file), "--out", str(tmp_path / "p"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_users_recipe_files_as_profiles(spec_file, tmp_path, monkeypatch, capsys):
+    """My swift command against my colleague's run, each a YAML file of spec overrides."""
+    monkeypatch.setattr("harness.analysis.outcome_ablation.train_and_evaluate", fake_run)
+    mine = tmp_path / "my-swift.yaml"
+    mine.write_text("alignment: swift-default\nlora: {r: 16}\noptim: {lr: 2.0e-4}\n")
+    theirs = tmp_path / "colleague.yaml"
+    theirs.write_text(f"framework: peft\nlora: {{r: 16}}\noptim: {{lr: {PLANTED_LR}}}\n"
+                      "train: {batch_size: 1, grad_accum: 16, data_order: sampler}\n")
+    out = tmp_path / "parity"
+    assert main(["parity", str(spec_file), "--ablate", "--profiles", f"{mine},{theirs}", "--outcome",
+                 "--out", str(out)]) == 0
+    doc = json.loads((out / "outcome_ablation.json").read_text())
+    assert (doc["first"], doc["second"], doc["framework"]) == ("my-swift", "colleague", "swift")
+    rows = {r["factor"]: r for r in doc["effects"]}
+    assert rows["lr"]["values"] == {"my-swift": [2e-4], "colleague": [PLANTED_LR]}
+    assert "rank" not in rows  # both set r 16: not a difference
+    assert doc["effects"][0]["factor"] == "lr"
+    assert [t["factor"] for t in doc["totals"]] == ["colleague on swift", "colleague on peft"]
+    assert "Why my-swift and colleague end differently" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("lora: {rank: 16}\n", "unknown key 'lora.rank'"),
+    ("alignment: native\n", "alignment must be aligned or a profile"),
+])
+def test_a_bad_recipe_file_is_one_line(spec_file, tmp_path, capsys, content, message):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(content)
+    assert main(["parity", str(spec_file), "--ablate", "--profiles", f"{recipe},swift-default", "--outcome",
+                 "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_an_unknown_profile_name_lists_the_valid_ones(spec_file, tmp_path, capsys):
+    assert main(["parity", str(spec_file), "--ablate", "--profiles", "swift-defualt,peft-default",
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "unknown profile 'swift-defualt' (valid: swift-default" in capsys.readouterr().err
