@@ -197,6 +197,8 @@ def profile_arms(base: Spec, first: str, second: str) -> tuple[str, Spec, list[d
     home, spec_a = resolve_profile(base, first)
     home_b, spec_b = resolve_profile(base, second)
     label_a, label_b = profile_label(first), profile_label(second)
+    if label_a == label_b:
+        raise UserError(f"--profiles: both are named {label_a!r}; compare two different recipes")
     factors: list[dict] = []
     for factor, keys in PROFILE_FACTORS.items():
         if all(get(spec_a, k) == get(spec_b, k) for k in keys):

@@ -128,6 +128,12 @@ def test_a_bad_recipe_file_is_one_line(spec_file, tmp_path, capsys, content, mes
     assert message in err and "\n" not in err
 
 
+def test_a_profile_against_itself_is_one_line(spec_file, tmp_path, capsys):
+    assert main(["parity", str(spec_file), "--ablate", "--profiles", "swift-default,swift-default",
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "both are named 'swift-default'" in capsys.readouterr().err
+
+
 def test_an_unknown_profile_name_lists_the_valid_ones(spec_file, tmp_path, capsys):
     assert main(["parity", str(spec_file), "--ablate", "--profiles", "swift-defualt,peft-default",
                  "--out", str(tmp_path / "p")]) == 2
