@@ -16,6 +16,7 @@ from harness.analysis.report.methods import error_line, methods_facts
 from harness.analysis.report.model import Report, Table, shown_keys
 from harness.analysis.cell_names import record_label
 from harness.analysis.report.quality_views import per_field_table, per_kind_table
+from harness.analysis.report.releases import release_tables
 from harness.analysis.report.tables import cost_table, levers_table, parity_tables, phase_table, quality_table
 from harness.results.store import cell_keys, group_cells
 
@@ -41,6 +42,7 @@ def build_report(records: Sequence[Mapping], parity_docs: Sequence[Mapping] = ()
     levers = levers_table(records, keys, number)
     if levers:
         tables.append(levers)
+    tables += release_tables(records, number + bool(levers))
     failed = [{"run_id": r["run_id"], "cell": record_label(r),
                "status": r["status"], "error": error_line(r.get("error"))}
               for r in records if r["status"] != "ok"]
