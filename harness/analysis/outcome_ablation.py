@@ -32,7 +32,7 @@ def train_and_evaluate(spec: Spec, work: Path) -> dict:
     from harness.run.train_run import evaluate
 
     run_one(spec, work)
-    result, summary = evaluate(spec, work)
+    result, summary = evaluate(spec, work, heldout_loss=True)
     if summary is None:
         last = (result.error_tail or "").strip().splitlines()[-1:]
         raise UserError(f"evaluation {result.status}: {last} (log: {work / 'worker.log'})")

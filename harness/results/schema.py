@@ -70,7 +70,7 @@ class EvalSummary(TypedDict, total=False):
     per_field: dict  # field name -> n, precision, recall, f1, anls
     per_kind: dict  # document kind -> corpus metrics
     system_prompt: str | None  # the system prompt setting the run trained with (and was evaluated with)
-    heldout_loss: dict  # loss, tokens, n: cross-entropy per answer token on the test split (harness.run.heldout)
+    heldout_loss: dict  # loss, tokens, n: cross-entropy per answer token (`eval-heldout` only; harness.run.heldout)
     process: dict  # imports_s, load_s (model + adapter + PEFT round trip), process_s (start to this write)
 
 

@@ -67,13 +67,16 @@ def train(spec: Spec, work: Path, *, poll=None, run_worker=None, prepare_lock=No
     return TrainRun(job, result, ranks, environment)
 
 
-def evaluate(spec: Spec, work: Path, *, poll=None, run_worker=None) -> tuple[WorkerResult, dict | None]:
+def evaluate(spec: Spec, work: Path, *, heldout_loss: bool = False, poll=None,
+             run_worker=None) -> tuple[WorkerResult, dict | None]:
     """Evaluate the adapter trained in `work` in a fresh eval worker (harness.run.worker `eval`):
-    (the worker's result, its eval.json — None unless it ended ok).
+    (the worker's result, its eval.json — None unless it ended ok). `heldout_loss`: eval.json also
+    holds the test split's loss on the answers (one more forward pass a sample).
 
     The one path from a trained run to its held-out outcome: the suite runner and the outcome
     ablation both take it, so an arm of an ablation is scored exactly as a cell of a suite."""
-    result = (run_worker or launch_worker)("eval", work / "job.json", work / "worker.log", spec.timeout_s,
+    mode = "eval-heldout" if heldout_loss else "eval"
+    result = (run_worker or launch_worker)(mode, work / "job.json", work / "worker.log", spec.timeout_s,
                                            device=spec.device, poll=poll)
     summary = json.loads((work / "eval.json").read_text()) if result.status == "ok" else None
     return result, summary

@@ -1,10 +1,11 @@
-"""One run, in its own process: `python -m harness.run.worker train|eval JOB.json`.
+"""One run, in its own process: `python -m harness.run.worker train|eval|eval-heldout|... JOB.json`.
 
 Reads top to bottom. `train` imports exactly one framework (ms-swift patches transformers when
 imported, so frameworks never share a process), measures the post-import memory baseline, trains
 under the meters and writes `train.rank<R>.json`. `eval` runs in a fresh process that never imports
 a framework adapter: it loads the base model and the saved adapter itself and generates greedily
-on the test split with harness.eval.evaluate, the same code for every framework.
+on the test split with harness.eval.evaluate, the same code for every framework; `eval-heldout`
+also measures the test split's loss on the answers (harness.run.heldout).
 `roundtrip-swift` reloads the saved adapter through ms-swift's loader (harness.run.roundtrip); the
 PEFT loader's half of that check runs in `eval`, whose merged model it hands to the evaluation.
 Progress goes to `progress.jsonl` in the run directory (the runner draws bars from it).
@@ -107,7 +108,9 @@ def _import_framework(name: str) -> None:
         import transformers  # noqa: F401
 
 
-def evaluate(job: Job) -> int:
+def evaluate(job: Job, heldout: bool = False) -> int:
+    """Generate on the test split and score; `heldout` (the `eval-heldout` command) also measures the
+    split's loss on the answers (harness.run.heldout), which suite cells do not pay for."""
     from harness.data.samples import load_samples
     from harness.eval.evaluate import evaluate as evaluate_samples, system_prompt
     import peft  # noqa: F401  (imported here so the import phase is timed apart from model loading)
@@ -155,13 +158,15 @@ def evaluate(job: Job) -> int:
                               max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, progress=progress,
                               model=model, processor=processor)
     result.write(run_dir)
-    loss = _heldout_loss(job, samples, model, processor, trained)
+    loss = _heldout_loss(job, samples, model, processor, trained) if heldout else None
     _write_json(run_dir / "eval.memory.json", meter.stop())
     summary: EvalSummary = {"task": spec.task, "split": ev.split, "n": len(samples), "seconds": result.seconds,
                             "metrics": result.metrics, "per_field": result.per_field, "per_kind": result.per_kind,
-                            "system_prompt": trained.get("system_prompt"), "heldout_loss": loss,
+                            "system_prompt": trained.get("system_prompt"),
                             "process": {"imports_s": imports_s, "load_s": load_s,
                                         "process_s": seconds_since_process_start()}}
+    if loss is not None:
+        summary["heldout_loss"] = loss
     _write_json(run_dir / "eval.json", summary)
     return 0
 
@@ -200,7 +205,8 @@ def roundtrip_peft(job: Job) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "eval": evaluate, "roundtrip-peft": roundtrip_peft, "roundtrip-swift": roundtrip_swift}
+COMMANDS = {"train": train, "eval": evaluate, "eval-heldout": lambda job: evaluate(job, heldout=True),
+            "roundtrip-peft": roundtrip_peft, "roundtrip-swift": roundtrip_swift}
 
 
 def main(argv=None) -> int:
