@@ -69,15 +69,17 @@ def test_outcome_ablation_ranks_the_planted_factor_and_marks_no_ops(spec_file, t
     assert any(line.startswith("dropout") and "~" in line for line in lines)
     assert "not distinguishable from data order" in text and "Interaction" in text
 
-    from harness.analysis.report.build import build_report
+    from harness.analysis.report.build import build_report, write_report
     from harness.results.store import load_parity_docs
 
     docs = load_parity_docs(tmp_path)
     assert [d["mode"] for d in docs] == ["outcome"]
-    report = build_report([], docs)
-    table = next(t for t in report.tables if t.key.startswith("outcome-"))
+    table = next(t for t in build_report([], docs).tables if t.key.startswith("outcome-"))
     assert table.row_labels[0] == "lr"
-    assert "outcome_ablation" in report.figure_inputs
+    assert table.rows[0][3].text == "+0.5" and table.rows[1][3].text.endswith("~")
+    paths = write_report([], tmp_path / "report", docs)
+    assert (paths["figures_dir"] / "outcome_ablation.png").is_file()
+    assert "Why swift-default and peft-default end differently" in paths["md"].read_text()
 
 
 @pytest.mark.parametrize("args, message", [
