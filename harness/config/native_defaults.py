@@ -2,12 +2,15 @@
 
 The ablation (`lorabench parity --ablate`, harness.analysis.parity) reverts one factor at a time to
 these values, and the `swift-default` profile (harness.config.profiles) takes its accumulation rule
-from here, so the two cannot disagree. Each value names the release and file it was read from, and a test
-checks the accumulation rule against the installed ms-swift's own argument object.
+from here, so the two cannot disagree. Each value names the release and file it was read from; tests
+check the accumulation rule against the installed ms-swift's own argument object, and every default
+in ARG_DEFAULTS against the installed releases' argument dataclasses (a release that moves one fails,
+naming the field).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from harness.run_spec import Spec
@@ -73,3 +76,92 @@ def native_override(factor: str, framework: str, spec: Spec) -> dict:
         return {"train": {"grad_accum": native_grad_accum(framework, spec.train.batch_size,
                                                           spec.distributed.world_size)}}
     return {section: dict(values) for section, values in NATIVE_FACTORS[factor][framework].items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The argument-dataclass defaults the values above are read from, per framework, in the releases of
+# RELEASES. A default that moves in a new release moves the native cells and the `*-default` profiles:
+# `drift` names every field whose installed default is not the table's (a test runs it against the
+# installed frameworks), and `profile_key` ties a field to the profile setting it decides, so the table,
+# the ablation's factors and the profiles cannot disagree with one another.
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgDefault:
+    owner: str  # "module:Class", the dataclass that declares the field
+    field: str
+    value: object  # the default in RELEASES
+    profile_key: str | None = None  # the `<framework>-default` profile's dotted setting it decides ("optim.betas.1")
+
+
+_HF, _LORA = "transformers:TrainingArguments", "peft:LoraConfig"
+_TUNER, _TRAIN = "swift.arguments.tuner_args:TunerArguments", "swift.trainers.arguments:TrainArgumentsMixin"
+ARG_DEFAULTS: dict[str, tuple[ArgDefault, ...]] = {
+    "peft": (
+        ArgDefault(_HF, "learning_rate", 5e-5, "optim.lr"),
+        ArgDefault(_HF, "weight_decay", 0.0, "optim.weight_decay"),
+        ArgDefault(_HF, "adam_beta1", 0.9, "optim.betas.0"),
+        ArgDefault(_HF, "adam_beta2", 0.999, "optim.betas.1"),
+        ArgDefault(_HF, "lr_scheduler_type", "linear", "schedule.type"),
+        ArgDefault(_HF, "warmup_steps", 0, "schedule.warmup_steps"),
+        ArgDefault(_HF, "per_device_train_batch_size", 8, "train.batch_size"),
+        ArgDefault(_HF, "gradient_accumulation_steps", 1, "train.grad_accum"),
+        ArgDefault(_HF, "gradient_checkpointing", False, "train.grad_checkpointing"),
+        ArgDefault(_HF, "optim", "adamw_torch_fused"),  # numerically adamw_torch (profiles.NOTES)
+        ArgDefault(_LORA, "r", 8, "lora.r"),
+        ArgDefault(_LORA, "lora_alpha", 8, "lora.alpha"),
+        ArgDefault(_LORA, "lora_dropout", 0.0, "lora.dropout"),
+        ArgDefault(_LORA, "use_rslora", False),
+    ),
+    "swift": (
+        ArgDefault(_TUNER, "lora_rank", 8, "lora.r"),
+        ArgDefault(_TUNER, "lora_alpha", 32.0, "lora.alpha"),
+        ArgDefault(_TUNER, "lora_dropout", 0.05, "lora.dropout"),
+        ArgDefault(_TUNER, "target_modules", ["all-linear"]),  # with freeze_vit: lm-linear
+        ArgDefault(_TUNER, "freeze_vit", True, "train.freeze_vision"),
+        ArgDefault(_TRAIN, "weight_decay", 0.1, "optim.weight_decay"),
+        ArgDefault(_TRAIN, "adam_beta2", 0.95, "optim.betas.1"),
+        ArgDefault(_TRAIN, "lr_scheduler_type", "cosine", "schedule.type"),
+        ArgDefault(_TRAIN, "warmup_ratio", 0.0),
+        ArgDefault(_TRAIN, "gradient_checkpointing", True, "train.grad_checkpointing"),
+        # None: SftArguments.__post_init__ picks 1e-4 for LoRA (the profile's optim.lr), 1e-5 for full
+        ArgDefault("swift.arguments.sft_args:SftArguments", "learning_rate", None),
+    ),
+}
+
+
+def installed_defaults(framework: str) -> dict[str, object]:
+    """`module:Class.field` -> the default the installed release declares; a field it no longer declares is
+    left out. Imports the framework: ask for ms-swift's in a process of its own (it patches transformers)."""
+    import importlib
+
+    out: dict[str, object] = {}
+    for arg in ARG_DEFAULTS[framework]:
+        module, _, name = arg.owner.partition(":")
+        fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+        if arg.field in fields:
+            f = fields[arg.field]
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out[f"{arg.owner}.{arg.field}"] = getattr(value, "value", value)  # an Enum by its value
+    return out
+
+
+def drift(framework: str, installed: dict[str, object]) -> list[str]:
+    """One line per field whose installed default is not the table's, naming the field and both values."""
+    lines = []
+    for arg in ARG_DEFAULTS[framework]:
+        key = f"{arg.owner}.{arg.field}"
+        if key not in installed:
+            lines.append(f"{key}: gone from the installed release (the table has {arg.value!r}, "
+                         f"{RELEASES[framework]})")
+        elif not _same(installed[key], arg.value):
+            lines.append(f"{key}: installed default {installed[key]!r}, the table has {arg.value!r} "
+                         f"({RELEASES[framework]})")
+    return lines
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-12)
+    return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)

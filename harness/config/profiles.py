@@ -14,6 +14,11 @@ machinery, so that its runs are reproducible and two profiles can be compared fa
   the native module names of transformers' MiniCPM-V 4.6 (`llm` -> model.language_model, `vpm` ->
   model.vision_tower, `resampler` -> model.merger).
 
+The `swift-default` and `peft-default` values are those of the releases in
+harness.config.native_defaults.RELEASES; its ARG_DEFAULTS ties each to the argument-dataclass field it
+comes from, and a test reads those fields from the installed releases, so an upgrade that moves a
+default fails there, naming the field, before a profile silently stops being the framework's default.
+
 A profile's factors override the spec's; everything else (model, data, steps, seeds, evaluation)
 stays the spec's. Values that a CPU run cannot take (fp16 needs a GPU for the MiniCPM-V recipe's
 DeepSpeed fp16 optimizer, more than one GPU for its data parallelism) are mapped to their CPU
