@@ -55,7 +55,7 @@ def test_an_identical_run_under_another_release_agrees_and_names_the_release():
     assert text[4] == "0.0000" and text[5] == "—"  # max |Δloss|, no departure
     assert text[6] == "1.000× same" and text[9] == "1.000× same"  # field F1 and samples/s ratios
     assert text[10] == "1/1 · peft 0.21.2 → 0.20.0"  # saved by the set's peft, loaded by the pinned one
-    assert "No setting read back" in table.caption
+    assert "No setting differs" in table.caption
     assert len(table.row_runs[0]) == 2
 
 
@@ -72,8 +72,25 @@ def test_a_moved_default_shows_in_the_settings_table():
     tables = release_tables([pinned, other], 4)
     assert [t.title.split(".")[0] for t in tables] == ["Table 4a", "Table 4b"]
     rows = [[c.text for c in row] for row in tables[1].rows]
-    assert ["peft · native", "peft-0.21", "kasa", "—", "True"] in rows
-    assert any(r[2] == "lora.alpha" and r[4] == "16" for r in rows)
+    assert ["peft · native", "peft-0.21", "read back", "kasa", "—", "True"] in rows
+    assert any(r[3] == "lora.alpha" and r[5] == "16" for r in rows)
+
+
+def test_the_frameworks_resolved_arguments_that_differ_are_listed_without_the_runs_directories(tmp_path):
+    import json
+
+    pinned, other = _pair(alignment="native")
+    for record, args in ((pinned, {"learning_rate": 5e-05, "warmup_ratio": 0.0, "output_dir": "/r/work/a"}),
+                         (other, {"learning_rate": 5e-05, "warmup_steps": 0.0, "output_dir": "/r/work/b"})):
+        work = tmp_path / "work" / record["run_id"]
+        work.mkdir(parents=True)
+        (tmp_path / "runs").mkdir(exist_ok=True)
+        (work / "training_args.json").write_text(json.dumps(args))
+        record["train"]["framework_args"] = f"../work/{record['run_id']}/training_args.json"
+        record["_source"] = str(tmp_path / "runs" / f"{record['run_id']}.json")
+    rows = [[c.text for c in row] for row in release_tables([pinned, other], 2)[1].rows]
+    assert rows == [["peft · native", "peft-0.21", "training_args.json", "warmup_ratio", "0.0", "—"],
+                    ["peft · native", "peft-0.21", "training_args.json", "warmup_steps", "—", "0.0"]]
 
 
 def test_a_failed_cross_release_round_trip_is_bold_and_its_cause_named():

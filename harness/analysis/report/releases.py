@@ -12,12 +12,15 @@ set other than the main environment's, against that cell's runs in the main envi
   (threshold AND noise, harness.analysis.regress.compare_metric: "same" is within both);
 - the cross-release round trip: the adapter the set's peft saved, loaded by the main environment's
   peft and ms-swift (harness.run.roundtrip), logits compared and every saved key accounted for;
-- and, in a second table, every setting read back from the live objects that differs from the
-  pinned run's (a default that moved between releases shows here).
+- and, in a second table, every setting that differs from the pinned run's: read back from the live
+  objects (effective settings), and the framework's own resolved arguments (the run's
+  training_args.json or sft_args.json, `train.framework_args`), where a default that moved between
+  releases, or a field a release added or dropped, shows.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from harness.analysis.cell_names import cell_label
@@ -25,7 +28,8 @@ from harness.analysis.regress import compare_metric
 from harness.analysis.report.model import Table, TableCell, fmt_number, runs_cell
 from harness.analysis.report.tables import memory_metric
 from harness.results.metric_table import DEFAULT_THRESHOLDS
-from harness.results.store import MAIN_ENVIRONMENT, cell_keys, training_environment, training_releases
+from harness.results.store import (MAIN_ENVIRONMENT, cell_keys, resolve_sidecar, training_environment,
+                                   training_releases)
 
 LOSS_TOLERANCE = 1e-5  # what the parity check calls aligned (fp32 on the CPU)
 PINNED = "pinned"  # how the main environment is named in this section
@@ -100,17 +104,44 @@ def roundtrip_text(records: Sequence[Mapping]) -> tuple[str, list[str]]:
     return text, [b["cause"] for b in checked if not b["ok"] and b.get("cause")]
 
 
-def settings_diff(pinned: Sequence[Mapping], other: Sequence[Mapping]) -> list[tuple[str, object, object]]:
-    """(setting, pinned value, this set's value) for every read-back setting that differs between the
-    first ok run of each (the same seed when there is one)."""
-    ok_a = [r for r in pinned if r.get("status") == "ok" and r.get("effective_settings")]
-    ok_b = [r for r in other if r.get("status") == "ok" and r.get("effective_settings")]
+READ_BACK = "read back"
+
+
+def settings_diff(pinned: Sequence[Mapping], other: Sequence[Mapping]) -> list[tuple[str, str, object, object]]:
+    """(where, setting, pinned value, this set's value) for every setting that differs between the first
+    ok run of each (the same seed when there is one): the read-back settings, then the framework's
+    resolved arguments (where = its file's name)."""
+    ok_a = [r for r in pinned if r.get("status") == "ok"]
+    ok_b = [r for r in other if r.get("status") == "ok"]
     if not ok_a or not ok_b:
         return []
     b = ok_b[0]
     a = next((r for r in ok_a if r["cell"].get("seed") == b["cell"].get("seed")), ok_a[0])
-    sa, sb = a["effective_settings"], b["effective_settings"]
-    return [(k, sa.get(k), sb.get(k)) for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+    out = [(READ_BACK, k, va, vb) for k, va, vb in _differ(a.get("effective_settings") or {},
+                                                             b.get("effective_settings") or {})]
+    args_a, args_b = framework_args(a), framework_args(b)
+    if args_a is not None and args_b is not None:
+        where = str(b["train"]["framework_args"]).rsplit("/", 1)[-1]  # training_args.json, sft_args.json
+        out += [(where, k, va, vb) for k, va, vb in _differ(args_a, args_b)
+                if not (_is_path(va) or _is_path(vb))]  # output and logging directories name the run
+    return out
+
+
+def framework_args(record: Mapping) -> dict | None:
+    """The framework's own arguments as the run resolved them, when the run's work files are there."""
+    path = resolve_sidecar(record, (record.get("train") or {}).get("framework_args"))
+    try:
+        return json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+
+
+def _differ(a: Mapping, b: Mapping) -> list[tuple[str, object, object]]:
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and "/" in value
 
 
 def release_tables(records: Sequence[Mapping], number: int) -> list[Table]:
@@ -123,10 +154,12 @@ def release_tables(records: Sequence[Mapping], number: int) -> list[Table]:
     summary = Table("releases", f"Table {number}a. What changed between releases",
                     "", ["cell", "environment", "releases that differ", "ok runs", "max |Δloss|",
                          "departs at step", "field F1", "CER", "memory", "samples/s", "round trip"], label_cols=3)
-    settings = Table("release-settings", f"Table {number}b. Settings read back that differ from the pinned set",
-                     "Every setting the run read back from the live objects (effective settings) whose value under "
-                     "the release set is not the pinned run's, first ok seed of each.",
-                     ["cell", "environment", "setting", PINNED, "this set"], label_cols=5)
+    settings = Table("release-settings", f"Table {number}b. Settings that differ from the pinned set",
+                     "Every setting whose value under the release set is not the pinned run's, first ok seed of "
+                     f"each: '{READ_BACK}' from the live objects (effective settings), or the framework's own "
+                     "arguments as it resolved them (its file: a default that moved, a field a release added or "
+                     "dropped; directories, which name the run, left out). A dash: the setting does not exist there.",
+                     ["cell", "environment", "from", "setting", PINNED, "this set"], label_cols=6)
     failures, unpaired = [], []
     for label, by_env in _by_cell(records).items():
         pinned = by_env.get(MAIN_ENVIRONMENT)
@@ -146,8 +179,8 @@ def release_tables(records: Sequence[Mapping], number: int) -> list[Table]:
                                  TableCell(trip, bold=bool(causes))])
             summary.row_runs.append([r["run_id"] for r in (*pinned, *other)])
             summary.row_labels.append(f"{label} under {env}")
-            for setting, a, b in settings_diff(pinned, other):
-                settings.rows.append([TableCell(label), TableCell(env), TableCell(setting),
+            for where, setting, a, b in settings_diff(pinned, other):
+                settings.rows.append([TableCell(label), TableCell(env), TableCell(where), TableCell(setting),
                                       TableCell(_value(a)), TableCell(_value(b))])
                 settings.row_runs.append([r["run_id"] for r in (*pinned, *other)])
                 settings.row_labels.append(f"{label} under {env}: {setting}")
@@ -169,7 +202,7 @@ def _caption(memory: str, failures: list[str], unpaired: list[str], settings_dif
             "saved by this set's peft, the main environment's peft and ms-swift reloaded with the trained logits "
             "and every saved key loaded (peft that saved → peft that loaded).")
     if not settings_differ:
-        text += " No setting read back from the live objects differs from the pinned run's."
+        text += " No setting differs from the pinned run's."
     if failures:
         text += " Round trip failed: " + "; ".join(failures) + "."
     if unpaired:
