@@ -84,9 +84,11 @@ def _ratio_cell(metric: str, pinned: Sequence[Mapping], other: Sequence[Mapping]
     ok_a = [r for r in pinned if r.get("status") == "ok"]
     ok_b = [r for r in other if r.get("status") == "ok"]
     row = compare_metric(metric, ok_a, ok_b, DEFAULT_THRESHOLDS.get(metric, ("rel", 0.1)))
-    if row is None or row["ratio"] is None:
+    if row is None or row["current"] is None:
         return TableCell("—")
-    return TableCell(f"{row['ratio']:.3f}× {row['verdict']}", bold=row["verdict"] == "worse")
+    # a ratio against 0 (field F1 of a barely trained model) says nothing: the difference then
+    shown = f"{row['ratio']:.3f}×" if row["ratio"] is not None else f"Δ {row['delta']:+.3f}"
+    return TableCell(f"{shown} {row['verdict']}", bold=row["verdict"] == "worse")
 
 
 def roundtrip_text(records: Sequence[Mapping]) -> tuple[str, list[str]]:
@@ -100,7 +102,8 @@ def roundtrip_text(records: Sequence[Mapping]) -> tuple[str, list[str]]:
     loaders = [ld.get("releases", {}).get("loaded_by", {}).get("peft") for b in checked
                for ld in (b.get("loaders") or {}).values()]
     loaded = next((v for v in loaders if v), None)
-    text = f"{passed}/{len(checked)}" + (f" · peft {saved} → {loaded}" if saved and loaded else "")
+    # newer peft writes its version into adapter_config.json; 0.14 does not
+    text = f"{passed}/{len(checked)}" + (f" · peft {saved or '(unrecorded)'} → {loaded}" if loaded else "")
     return text, [b["cause"] for b in checked if not b["ok"] and b.get("cause")]
 
 
@@ -141,6 +144,8 @@ def _differ(a: Mapping, b: Mapping) -> list[tuple[str, object, object]]:
 
 
 def _is_path(value) -> bool:
+    if isinstance(value, list):
+        return any(_is_path(v) for v in value)
     return isinstance(value, str) and "/" in value
 
 
