@@ -77,7 +77,7 @@ def _rename(adapter_dir, probe_path, old: str, new: str, in_probe: bool) -> None
 
 @pytest.mark.integration
 def test_a_planted_key_rename_fails_the_round_trip_naming_the_key(tiny_model_dir, mini_dataset, tmp_path):
-    """One loader pass per case on the tiny model (~10 s in all): the file renamed as a release with the
+    """One loader pass per case on the tiny model (5 s in all): the file renamed as a release with the
     pre-`language_model` layout writes it, once agreeing with the trainer's names and once not."""
     import shutil
 
