@@ -41,6 +41,7 @@ ALIGNMENTS = ("aligned", "native", *PROFILES)
 HASH_NEUTRAL: dict[tuple[str, ...], object] = {("lora", "modules_to_save"): [], ("train", "answer_prefix"): "template",
                                                ("env",): None}
 
+
 def _suggest(key: str, valid) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(valid))})"
