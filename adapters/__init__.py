@@ -15,6 +15,7 @@ from harness.errors import UserError
 REGISTRY = {
     "peft": "adapters.peft_adapter:PeftAdapter",
     "swift": "adapters.swift_adapter:SwiftAdapter",
+    "llamafactory": "adapters.llamafactory_adapter:LlamaFactoryAdapter",  # in its own environment
     "torch": "adapters.torch_adapter:TorchAdapter",
     "dummy": "adapters.dummy_adapter:DummyAdapter",  # a tiny torch module: tests the harness in seconds
 }

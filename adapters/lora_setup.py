@@ -88,3 +88,17 @@ def tensors_checksum(state: dict) -> str:
         h.update(k.encode())
         h.update(state[k].cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def meta_targets(spec: Spec, model_dir: Path) -> tuple[list[str], list[str]]:
+    """LoRA targets and fully trained modules for a framework that builds the model itself, resolved on
+    a meta-device copy (no weights loaded, no RNG consumed, so its own seeded init is untouched)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from harness.lora_targets import resolve_targets
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return resolve_targets(model, spec.lora.targets), full_modules(model, spec)

@@ -127,7 +127,7 @@ class SwiftAdapter:
 
         target_names, unfrozen = None, []
         if spec.alignment != "native":
-            target_names, unfrozen = _target_names(spec, data)
+            target_names, unfrozen = lora_setup.meta_targets(spec, data.model_dir)
         ds_config = str(data.deepspeed_config) if data.deepspeed_config else None
         kwargs = sft_kwargs(spec, data, out_dir, target_names, ds_config, unfrozen)
         from swift.arguments import SftArguments
@@ -179,15 +179,3 @@ class SwiftAdapter:
                             framework_args=out_dir / "sft_args.json", command_line=out_dir / "swift_sft_command.sh",
                             probe=out_dir / "probe.pt")
 
-
-def _target_names(spec: Spec, data: TrainData) -> tuple[list[str], list[str]]:
-    """LoRA targets and fully trained modules, resolved on a meta-device copy of the model
-    (no weights loaded, no RNG consumed)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(str(data.model_dir))
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config)
-    unfrozen = lora_setup.full_modules(model, spec)
-    return lora_targets.resolve_targets(model, spec.lora.targets), unfrozen

@@ -171,6 +171,8 @@ def reference_settings(model, scheduler, sampler: TrainerOrderSampler, collate, 
         "seed": torch.initial_seed(), "data_seed": sampler.epoch_seeds[0] if sampler.epoch_seeds else None,
         "precision": PRECISIONS.get(dtype, dtype),
         "average_tokens_across_devices": loss_norm == "tokens",
+        # one micro-batch per step: a mean of means is the token mean (as trainer_steps.loss_norm says)
+        "loss_norm": loss_norm if len(fingerprints) > len(steps) else "tokens",
         **trainer_steps.step_fingerprints(steps, fingerprints),
         "system_prompt": "default" if collate.system else "none", "label_mask": collate.label_mask,
         "answer_prefix": chat.answer_prefix_setting(collate.arch),

@@ -72,6 +72,8 @@ class StepRecorder:
         self._t0 = None
         self.first_step_at = None
         self.hooks = hooks
+        self.trainer = trainer
+        self.mean_of_means = mean_of_means
         self._phase = dict.fromkeys(STEP_PHASES, 0.0)
         recorder = self
         original = trainer.training_step
@@ -166,6 +168,20 @@ def step_fingerprints(steps: list[dict], batch_fingerprints: list[str]) -> dict:
     }
 
 
+def loss_norm(recorder: StepRecorder) -> str:
+    """How a step's loss is normalised, read from the live trainer: "tokens" (the summed token losses
+    over the step's supervised tokens, accumulation and processes included) or "mean_of_means" (each
+    micro-batch's own mean, averaged). A trainer that does not hand the step's token count to the
+    loss (`model_accepts_loss_kwargs` false: LLaMA-Factory sets it for every model with a processor;
+    or the spec's mean_of_means) takes micro-batch means; with one micro-batch per step the two agree."""
+    trainer, args = recorder.trainer, recorder.trainer.args
+    per_micro = recorder.mean_of_means or not getattr(trainer, "model_accepts_loss_kwargs", True)
+    if args.world_size > 1 and not args.average_tokens_across_devices:
+        per_micro = True  # each process its own mean, DDP then averages the processes
+    micro_batches = args.gradient_accumulation_steps * args.world_size
+    return "mean_of_means" if per_micro and micro_batches > 1 else "tokens"
+
+
 def run_settings(args, recorder: StepRecorder, system, label_mask, arch: archs.Arch = archs.DEFAULT) -> dict:
     """Settings of the loop itself, from the Trainer's live arguments and the recorded steps."""
     return {
@@ -180,6 +196,7 @@ def run_settings(args, recorder: StepRecorder, system, label_mask, arch: archs.A
         "data_seed": args.data_seed,
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "average_tokens_across_devices": args.average_tokens_across_devices,
+        "loss_norm": loss_norm(recorder),
         **step_fingerprints(recorder.steps, recorder.fingerprints),
         "system_prompt": "default" if system else "none",
         "label_mask": label_mask,

@@ -41,6 +41,9 @@ class Arch:
     default_system: str | None  # the system prompt the template adds when a row has none
     answer_prefix: str = ""  # written before every answer and not supervised
     swift_template: str = ""  # ms-swift's model type and template for this family (the swift adapter passes it)
+    # LLaMA-Factory's template (data/template.py) in its release set; "" where that set cannot load the family
+    # (transformers 5.6 has no MiniCPM-V 4.6 / 4.7, its minicpm_v template is MiniCPM-V 2.6's remote code)
+    llamafactory_template: str = ""
     reading_features: str = ""  # module whose output the forge's reading head reads (16 px grid)
 
     def is_vision(self, name: str) -> bool:
@@ -58,10 +61,11 @@ class Arch:
 _QWEN = dict(lm_prefix="model.language_model.", vision_prefix="model.visual.", image_block=QWEN_IMAGE,
              image_token="<|image_pad|>", vision_full=r"model\.visual\.(patch_embed|pos_embed|blocks\.\d+)")
 QWEN2_VL = Arch("qwen2_vl", ("qwen2_vl",), projector_prefixes=("model.visual.merger.",), default_system=QWEN_SYSTEM,
-                swift_template="qwen2_vl", reading_features="model.visual.merger", **_QWEN)
+                swift_template="qwen2_vl", llamafactory_template="qwen2_vl", reading_features="model.visual.merger",
+                **_QWEN)
 QWEN2_5_VL = Arch("qwen2_5_vl", ("qwen2_5_vl",), projector_prefixes=("model.visual.merger.",),
-                  default_system=QWEN_SYSTEM, swift_template="qwen2_5_vl", **_QWEN)
-QWEN3_VL = Arch("qwen3_vl", ("qwen3_vl",), default_system=None, swift_template="qwen3_vl",
+                  default_system=QWEN_SYSTEM, swift_template="qwen2_5_vl", llamafactory_template="qwen2_vl", **_QWEN)
+QWEN3_VL = Arch("qwen3_vl", ("qwen3_vl",), default_system=None, swift_template="qwen3_vl", llamafactory_template="qwen3_vl",
                 projector_prefixes=("model.visual.merger.", "model.visual.deepstack_merger_list."), **_QWEN)
 _MINICPMV = dict(
     lm_prefix="model.language_model.", vision_prefix="model.vision_tower.", projector_prefixes=("model.merger.",),

@@ -22,12 +22,12 @@ from harness.run.train_run import train
 from harness.run_spec import Spec
 
 # Settings that are framework-specific by nature: shown, never compared.
-NOT_COMPARED_PREFIXES = ("swift.",)
+NOT_COMPARED_PREFIXES = ("swift.", "llamafactory.")
 # When several settings differ, the first in this order is named as the cause.
 CAUSE_ORDER = ("lora.n_targets", "lora.targets_sha", "lora.targets_vision", "lora.r", "lora.alpha", "lora.scaling",
                "lora.dropout", "lora.init_sha", "optim.group0.lr", "optim.group0.betas", "optim.group0.eps",
                "optim.group0.weight_decay", "lr_schedule", "warmup_steps", "lr_per_step_sha", "grad_accum",
-               "global_batch", "data_order_sha", "system_prompt", "label_mask", "grad_checkpointing", "precision",
+               "global_batch", "loss_norm", "data_order_sha", "system_prompt", "label_mask", "grad_checkpointing", "precision",
                "dtype")
 
 def run_one(spec: Spec, run_dir: Path) -> dict:

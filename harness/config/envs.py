@@ -4,6 +4,8 @@ A spec's `env` is either the name of a file `harness/envs/NAME.yaml`:
 
     packages: {peft: 0.21.2}      # versions on top of constraints.txt
     without: [ms-swift]           # pinned packages this set leaves out (ms-swift 4.6.0 requires peft<0.21)
+    follow: [triton, nvidia-*]    # pinned packages whose version the resolver chooses, to fit `packages`
+                                  # (torch 2.15.0 needs CUDA 13.2 wheels; the pins are 13.0's)
 
 or pins written inline, `peft==0.21.2,transformers==5.19.1`. This module only reads and checks the
 definition (spec validation calls it, so a misspelt name fails before anything runs); creating the
@@ -13,6 +15,7 @@ environment is harness.run.environments'.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +29,13 @@ ENVS_DIR = HARNESS_DIR / "envs"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names a directory: no separators, no dotfile
 _PACKAGE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  # PEP 508 names
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
-FILE_KEYS = ("packages", "without", "description")
+FILE_KEYS = ("packages", "without", "follow", "description")
+_PATTERN = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._*?-]*$")  # a package name, or one with * / ? wildcards
 # the package a framework's adapter cannot train without: an environment that leaves it out cannot run it
-FRAMEWORK_PACKAGE = {"peft": "peft", "torch": "peft", "swift": "ms-swift"}
+FRAMEWORK_PACKAGE = {"peft": "peft", "torch": "peft", "swift": "ms-swift", "llamafactory": "llamafactory"}
+# frameworks the main environment does not install (their pins conflict with it): a cell without `env`
+# trains in this set, and an `env` given must install the package
+FRAMEWORK_ENV = {"llamafactory": "llamafactory-0.9.5"}
 
 
 def canonical(name: str) -> str:
@@ -41,7 +48,12 @@ class EnvDef:
     name: str
     packages: tuple[tuple[str, str], ...]  # (canonical name, exact version), sorted
     without: tuple[str, ...] = ()  # canonical names, sorted
+    follow: tuple[str, ...] = ()  # canonical names or fnmatch patterns, sorted: pins the resolver may move
     source: str = "inline"  # the file it was read from, or "inline"
+
+    def follows(self, package: str) -> bool:
+        """Whether the pinned `package` is released to the resolver in this set."""
+        return any(fnmatch.fnmatchcase(package, pattern) for pattern in self.follow)
 
 
 def available() -> list[str]:
@@ -104,9 +116,12 @@ def _from_file(name: str, path: Path) -> EnvDef:
         pins[canonical(str(pkg))] = str(version)
     if not (isinstance(without, list) and all(isinstance(w, str) and _PACKAGE.match(w) for w in without)):
         raise UserError(f"{where}: without must be a list of package names")
-    return EnvDef(name=name, packages=tuple(sorted(pins.items())), without=tuple(sorted({canonical(w)
-                                                                                        for w in without})),
-                  source=where)
+    follow = doc.get("follow") or []
+    if not (isinstance(follow, list) and all(isinstance(f, str) and _PATTERN.match(f) for f in follow)):
+        raise UserError(f"{where}: follow must be a list of package names or patterns like nvidia-*")
+    return EnvDef(name=name, packages=tuple(sorted(pins.items())),
+                  without=tuple(sorted({canonical(w) for w in without})),
+                  follow=tuple(sorted({canonical(f) for f in follow})), source=where)
 
 
 def _check_pin(name: str, version: str, where: str) -> None:
@@ -123,4 +138,7 @@ def check_env(ref, framework: str, source: str = "spec") -> EnvDef:
     needed = FRAMEWORK_PACKAGE.get(framework)
     if needed in env.without:
         raise UserError(f"{source}: env {env.name!r} leaves out {needed}, which framework {framework} needs")
+    if framework in FRAMEWORK_ENV and needed not in dict(env.packages):
+        raise UserError(f"{source}: env {env.name!r} does not install {needed}, which framework {framework} needs "
+                        f"(the main environment has no {needed}; use env: {FRAMEWORK_ENV[framework]})")
     return env

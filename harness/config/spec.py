@@ -21,7 +21,7 @@ import yaml
 
 import adapters
 from harness.lora_targets import RENAMED_TARGET_PRESETS, TARGET_PRESETS  # noqa: F401 (the presets' one home)
-from harness.config.envs import check_env
+from harness.config.envs import FRAMEWORK_ENV, check_env
 from harness.config.profiles import PROFILES, apply_profile
 from harness.run_spec import DEFAULTS, OPTIONAL, Spec
 from harness.errors import UserError
@@ -152,6 +152,9 @@ def validate_spec(spec: dict, source: str = "spec") -> dict:
     aligned = spec["alignment"] != "native"
     if aligned and train["label_mask"] == "all" and spec["framework"] == "swift":
         raise UserError(f"{source}: train.label_mask=all cannot run on swift (its templates supervise the answer only)")
+    if aligned and train["label_mask"] == "all" and spec["framework"] == "llamafactory":
+        raise UserError(f"{source}: train.label_mask=all cannot run on llamafactory (its train_on_prompt also "
+                        "supervises the image pad tokens, which label_mask=all leaves out)")
     if aligned and train["data_order"] == "swift_shuffle" and spec["framework"] != "swift":
         raise UserError(f"{source}: train.data_order=swift_shuffle is swift's own pre-shuffle: framework swift only")
     _check_number(dist["world_size"], "distributed.world_size", source, low=1, integer=True)
@@ -180,6 +183,8 @@ def make_spec(*overrides: dict | Spec, source: str = "spec") -> Spec:
     for override in overrides:
         spec = merge(spec, override, source=source)
     spec["lora"]["targets"] = _renamed_preset(spec["lora"]["targets"], source)
+    if spec.get("env") is None and spec["framework"] in FRAMEWORK_ENV:
+        spec["env"] = FRAMEWORK_ENV[spec["framework"]]  # a framework outside the main environment: its own set
     _check_choice(spec["alignment"], ALIGNMENTS, "alignment", source)
     return Spec.from_dict(validate_spec(apply_profile(spec, merge), source))
 

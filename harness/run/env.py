@@ -15,7 +15,7 @@ from harness.paths import REPO_ROOT
 PACKAGES = ("torch", "torchvision", "transformers", "peft", "ms-swift", "trl", "deepspeed", "accelerate",
             "jiwer", "numpy", "pillow", "tokenizers", "lorabench")
 # what the train worker reports of its own environment (a cell's `env` may change any of them)
-FRAMEWORKS = ("torch", "transformers", "peft", "ms-swift", "trl", "accelerate", "deepspeed")
+FRAMEWORKS = ("torch", "transformers", "peft", "ms-swift", "llamafactory", "trl", "accelerate", "deepspeed")
 
 
 def git_state() -> tuple[str | None, bool]:

@@ -83,8 +83,11 @@ def lock_sha256(lock: dict[str, str]) -> str:
 
 def definition_key(env: EnvDef) -> str:
     """What the directory is named by: everything that decides the lock, without asking the registry."""
-    text = json.dumps({"packages": env.packages, "without": env.without, "python": sys.version.split()[0],
-                       "constraints": constraints_file().read_text()}, sort_keys=True)
+    definition = {"packages": env.packages, "without": env.without, "python": sys.version.split()[0],
+                  "constraints": constraints_file().read_text()}
+    if env.follow:  # only when set: the directories of sets without it keep their names
+        definition["follow"] = env.follow
+    text = json.dumps(definition, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -131,8 +134,11 @@ def _create(env: EnvDef, log) -> Environment:
     path.mkdir(parents=True)
     pinned = read_lock(constraints_file().read_text())
     overrides = dict(env.packages)
-    wanted = {n: v for n, v in pinned.items() if n not in env.without and n not in overrides} | overrides
-    (path / "requirements.in").write_text("".join(f"{n}=={v}\n" for n, v in sorted(wanted.items())))
+    kept = {n: v for n, v in pinned.items() if n not in env.without and n not in overrides}
+    # a followed pin stays in the set by name; the resolver picks the version that fits `packages`
+    wanted = {n: ("" if env.follows(n) else f"=={v}") for n, v in kept.items()}
+    wanted |= {n: f"=={v}" for n, v in overrides.items()}
+    (path / "requirements.in").write_text("".join(f"{n}{v}\n" for n, v in sorted(wanted.items())))
     pins = ", ".join(f"{n}=={v}" for n, v in overrides.items())
     log(f"env {env.name}: resolving {len(wanted)} pinned packages with {pins}")
     _uv(env, ["pip", "compile", "requirements.in", "-o", "lock.txt", "--python", sys.executable,
@@ -151,7 +157,8 @@ def _create(env: EnvDef, log) -> Environment:
     (site / "_lorabench_main_env.pth").write_text(
         "".join(f"import site; site.addsitedir({p!r})\n" for p in main_sites))
     manifest = {"name": env.name, "source": env.source, "definition": {"packages": dict(env.packages),
-                                                                        "without": list(env.without)},
+                                                                        "without": list(env.without),
+                                                                        "follow": list(env.follow)},
                 "lock_sha256": lock_sha256(lock), "python": str(python), "installed": changed,
                 "packages": _versions_seen_by(python), "created_s": round(time.perf_counter() - t0, 2)}
     tmp = path / (MANIFEST + ".tmp")

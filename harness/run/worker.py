@@ -103,6 +103,8 @@ def train(job: Job) -> int:
 def _import_framework(name: str) -> None:
     if name == "swift":
         import swift.pipelines  # noqa: F401
+    elif name == "llamafactory":
+        import llamafactory.train.tuner  # noqa: F401
     else:
         import peft  # noqa: F401
         import transformers  # noqa: F401
