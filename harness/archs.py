@@ -65,7 +65,8 @@ QWEN2_VL = Arch("qwen2_vl", ("qwen2_vl",), projector_prefixes=("model.visual.mer
                 **_QWEN)
 QWEN2_5_VL = Arch("qwen2_5_vl", ("qwen2_5_vl",), projector_prefixes=("model.visual.merger.",),
                   default_system=QWEN_SYSTEM, swift_template="qwen2_5_vl", llamafactory_template="qwen2_vl", **_QWEN)
-QWEN3_VL = Arch("qwen3_vl", ("qwen3_vl",), default_system=None, swift_template="qwen3_vl", llamafactory_template="qwen3_vl",
+QWEN3_VL = Arch("qwen3_vl", ("qwen3_vl",), default_system=None, swift_template="qwen3_vl",
+                llamafactory_template="qwen3_vl",
                 projector_prefixes=("model.visual.merger.", "model.visual.deepstack_merger_list."), **_QWEN)
 _MINICPMV = dict(
     lm_prefix="model.language_model.", vision_prefix="model.vision_tower.", projector_prefixes=("model.merger.",),

@@ -27,8 +27,8 @@ NOT_COMPARED_PREFIXES = ("swift.", "llamafactory.")
 CAUSE_ORDER = ("lora.n_targets", "lora.targets_sha", "lora.targets_vision", "lora.r", "lora.alpha", "lora.scaling",
                "lora.dropout", "lora.init_sha", "optim.group0.lr", "optim.group0.betas", "optim.group0.eps",
                "optim.group0.weight_decay", "lr_schedule", "warmup_steps", "lr_per_step_sha", "grad_accum",
-               "global_batch", "loss_norm", "data_order_sha", "system_prompt", "label_mask", "grad_checkpointing", "precision",
-               "dtype")
+               "global_batch", "loss_norm", "data_order_sha", "system_prompt", "label_mask", "grad_checkpointing",
+               "precision", "dtype")
 
 def run_one(spec: Spec, run_dir: Path) -> dict:
     """Train one framework in its own worker; returns its train.rank0.json (or raises UserError)."""
