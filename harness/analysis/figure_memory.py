@@ -6,6 +6,8 @@ Inputs are plain numbers from harness.analysis.report.memory_timeline and .memor
 
 from __future__ import annotations
 
+import itertools
+
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,8 +98,11 @@ def peak_bars_figure(cells: Sequence[dict], *, xlabel: str) -> Figure:
     ax = fig.add_subplot()
     measured_parts = list(dict.fromkeys(p for c in cells for p, _ in c["measured"]))
     estimate_parts = list(dict.fromkeys(p for c in cells for p, _ in c.get("estimate") or ()))
-    colors = {**dict(zip(measured_parts, MEASURED_COLORS)), **dict(zip(estimate_parts, ESTIMATE_COLORS))}
-    colors.update({p: RUNTIME_COLOR for p in estimate_parts if p.startswith("runtime")})  # grey: not a planner term
+    # grey for the runtime term (not a planner term); the planner's own terms take the orange scale in order
+    planner_parts = [p for p in estimate_parts if not p.startswith("runtime")]
+    colors = {**dict(zip(measured_parts, itertools.cycle(MEASURED_COLORS))),
+              **dict(zip(planner_parts, itertools.cycle(ESTIMATE_COLORS))),
+              **{p: RUNTIME_COLOR for p in estimate_parts if p.startswith("runtime")}}
     any_estimate = bool(estimate_parts)
     height = 0.38 if any_estimate else 0.7
     right = 0.0

@@ -144,10 +144,15 @@ def test_a_long_bar_chart_title_wraps_inside_the_figure():
     assert problems(fig) == []
 
 
-def test_peak_bars_with_every_part_fit():
+@pytest.mark.parametrize("runtime_first", [False, True])
+def test_peak_bars_with_every_part_fit(runtime_first):
+    """Every planner term and the runtime term get a colour, in whichever order the cells bring them
+    (an offload cell's host-side term after a baseline cell's runtime term once had none)."""
     from harness.analysis.report import memory_levers as ml
 
-    estimate = [(name, 20.0) for name in (*ml.ESTIMATE_PARTS, ml.HOST_PART, ml.RUNTIME_PART)]
+    parts = (*ml.ESTIMATE_PARTS, ml.RUNTIME_PART, ml.HOST_PART) if runtime_first else \
+        (*ml.ESTIMATE_PARTS, ml.HOST_PART, ml.RUNTIME_PART)
+    estimate = [(name, 20.0) for name in parts]
     cells = [{"label": cell_label({"framework": "peft", "alignment": "aligned", "lever": lever}),
               "measured": [(ml.LOAD_PART, 80.0), (ml.TRAIN_PART, 130.0)], "estimate": estimate}
              for lever in ("baseline", "zero3+offload", "batch 1 x accumulation 4")]
