@@ -170,7 +170,9 @@ def reference_settings(model, scheduler, sampler: TrainerOrderSampler, collate, 
         "lr_schedule": schedule, "warmup_steps": warmup,
         "seed": torch.initial_seed(), "data_seed": sampler.epoch_seeds[0] if sampler.epoch_seeds else None,
         "precision": PRECISIONS.get(dtype, dtype),
-        "average_tokens_across_devices": loss_norm == "tokens",
+        # one process: nothing to average across; the Trainer's default, so the flag never differs for its
+        # own sake (the normalisation itself is `loss_norm`)
+        "average_tokens_across_devices": True,
         # one micro-batch per step: a mean of means is the token mean (as trainer_steps.loss_norm says)
         "loss_norm": loss_norm if len(fingerprints) > len(steps) else "tokens",
         **trainer_steps.step_fingerprints(steps, fingerprints),

@@ -12,8 +12,8 @@ import dataclasses
 import textwrap
 from collections.abc import Mapping, Sequence
 
-FRAMEWORK_COLORS = {"peft": "#1f77b4", "swift": "#d62728", "torch": "#2ca02c"}
-_EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#ff7f0e")
+FRAMEWORK_COLORS = {"peft": "#1f77b4", "swift": "#d62728", "torch": "#2ca02c", "llamafactory": "#ff7f0e"}
+_EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 ALIGNMENT_LINESTYLES = {"aligned": "-", "native": "--"}
 _OTHER_LINESTYLES = (":", "-.")  # named profiles (swift-default, minicpmv-official, ...) in order of appearance
 MARKERS = ("", "o", "s", "^", "D", "v", "x", "P", "*", "<", ">")

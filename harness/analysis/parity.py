@@ -97,8 +97,10 @@ def compare_runs(runs: dict[str, dict], tolerance: float) -> dict:
                      "its masks from the global RNG, which the training loops consume differently")
         else:
             cause = f"loss diverges at step {first_bad} with identical settings (numerics)"
+    # a setting read back different is a misalignment even while the losses still agree (an lr that
+    # differs leaves the first step's loss untouched: it only moves the steps after it)
     aligned = (adapters["modules_equal"] and adapters["max_abs_diff"] == 0.0 and first_bad is None
-               and n_steps == max(len(v) for v in losses.values()))
+               and not diffs and n_steps == max(len(v) for v in losses.values()))
     return {"frameworks": names, "tolerance": tolerance, "aligned": aligned, "cause": cause,
             "settings_diff": settings, "initial_adapter": adapters, "steps": per_step,
             "max_abs_dloss": max_d, "first_divergent_step": first_bad,

@@ -15,7 +15,8 @@ import math
 
 from harness.run_spec import Spec
 
-RELEASES = {"peft": "transformers 5.19 + peft 0.20", "swift": "ms-swift 4.6.0"}
+RELEASES = {"peft": "transformers 5.19 + peft 0.20", "swift": "ms-swift 4.6.0",
+            "llamafactory": "llamafactory 0.9.5 + transformers 5.6"}
 SOURCES = {
     "peft": "transformers TrainingArguments defaults (learning_rate 5e-5, weight_decay 0, adam betas 0.9/0.999, "
             "linear schedule, no warm-up, gradient_accumulation_steps 1, no gradient checkpointing) and peft "
@@ -25,6 +26,10 @@ SOURCES = {
              "freeze_vit), swift/arguments/sft_args.py and swift/trainers/arguments.py (learning_rate 1e-4 for "
              "LoRA, weight_decay 0.1, adam_beta2 0.95, cosine, gradient_accumulation_steps "
              "ceil(16 / per_device_batch / world_size), gradient checkpointing on, dataset shuffle)",
+    "llamafactory": "src/llamafactory/hparams/finetuning_args.py (lora_rank 8, lora_alpha 2 x rank, lora_dropout 0, "
+                    "lora_target all on the language model: freeze_vision_tower), model_args.py (gradient "
+                    "checkpointing on), data_args.py (answer-only labels), train/sft/trainer.py (mean of "
+                    "micro-batch means), transformers 5.6 TrainingArguments for the optimizer and schedule",
 }
 
 
@@ -96,6 +101,7 @@ class ArgDefault:
 
 _HF, _LORA = "transformers:TrainingArguments", "peft:LoraConfig"
 _TUNER, _TRAIN = "swift.arguments.tuner_args:TunerArguments", "swift.trainers.arguments:TrainArgumentsMixin"
+_LF = "llamafactory.hparams."
 ARG_DEFAULTS: dict[str, tuple[ArgDefault, ...]] = {
     "peft": (
         ArgDefault(_HF, "learning_rate", 5e-5, "optim.lr"),
@@ -126,6 +132,23 @@ ARG_DEFAULTS: dict[str, tuple[ArgDefault, ...]] = {
         ArgDefault(_TRAIN, "gradient_checkpointing", True, "train.grad_checkpointing"),
         # None: SftArguments.__post_init__ picks 1e-4 for LoRA (the profile's optim.lr), 1e-5 for full
         ArgDefault("swift.arguments.sft_args:SftArguments", "learning_rate", None),
+    ),
+    # read in the llamafactory-0.9.5 environment (LLaMA-Factory is not in the main one)
+    "llamafactory": (
+        ArgDefault(_LF + "finetuning_args:LoraArguments", "lora_rank", 8, "lora.r"),
+        ArgDefault(_LF + "finetuning_args:LoraArguments", "lora_alpha", None),  # None: 2 x lora_rank (the profile's 16)
+        ArgDefault(_LF + "finetuning_args:LoraArguments", "lora_dropout", 0.0, "lora.dropout"),
+        ArgDefault(_LF + "finetuning_args:LoraArguments", "lora_target", "all"),  # with freeze_vision_tower: lm-linear
+        ArgDefault(_LF + "finetuning_args:FinetuningArguments", "freeze_vision_tower", True, "train.freeze_vision"),
+        ArgDefault(_LF + "model_args:ModelArguments", "disable_gradient_checkpointing", False),  # checkpointing on
+        ArgDefault(_LF + "data_args:DataArguments", "train_on_prompt", False),  # label_mask answer
+        ArgDefault(_LF + "training_args:TrainingArguments", "learning_rate", 5e-5, "optim.lr"),
+        ArgDefault(_LF + "training_args:TrainingArguments", "weight_decay", 0.0, "optim.weight_decay"),
+        ArgDefault(_LF + "training_args:TrainingArguments", "adam_beta2", 0.999, "optim.betas.1"),
+        ArgDefault(_LF + "training_args:TrainingArguments", "lr_scheduler_type", "linear", "schedule.type"),
+        ArgDefault(_LF + "training_args:TrainingArguments", "warmup_steps", 0, "schedule.warmup_steps"),
+        ArgDefault(_LF + "training_args:TrainingArguments", "per_device_train_batch_size", 8, "train.batch_size"),
+        ArgDefault(_LF + "training_args:TrainingArguments", "gradient_accumulation_steps", 1, "train.grad_accum"),
     ),
 }
 

@@ -9,6 +9,8 @@ machinery, so that its runs are reproducible and two profiles can be compared fa
 - `peft-default`: the Hugging Face recipe: `TrainingArguments` and `LoraConfig` defaults
   (transformers 5.19, peft 0.20) with `target_modules="all-linear"` and the cookbook collator that
   puts labels on every non-pad, non-image token.
+- `llamafactory-default`: what `llamafactory-cli train` does for `stage: sft, finetuning_type: lora`
+  with no other training flag (LLaMA-Factory 0.9.5's argument dataclasses on transformers 5.6).
 - `minicpmv-official`: the MiniCPM-V repository's own LoRA recipe, finetune/finetune_lora.sh with
   finetune/finetune.py's defaults (OpenBMB/MiniCPM-V, files at the commits in SOURCES), mapped onto
   the native module names of transformers' MiniCPM-V 4.6 (`llm` -> model.language_model, `vpm` ->
@@ -43,6 +45,16 @@ SOURCES = {
                     "target_modules='all-linear' (every Linear but the output layer, vision tower included); "
                     "labels on every non-pad, non-image token (TRL's VLM fine-tuning guide, docs/source/"
                     "training_vlm_sft.md @ 01456e2e)",
+    "llamafactory-default": "LLaMA-Factory 0.9.5 argument defaults: src/llamafactory/hparams/finetuning_args.py "
+                            "(lora_rank 8, lora_alpha None = 2 x rank, lora_dropout 0, lora_target all = every "
+                            "Linear of the language model with freeze_vision_tower and freeze_multi_modal_projector "
+                            "true), hparams/model_args.py (disable_gradient_checkpointing false: checkpointing on), "
+                            "hparams/data_args.py (train_on_prompt false: the answer only, cutoff_len 2048), "
+                            "the qwen2_vl template of data/template.py (system 'You are a helpful assistant.'), "
+                            "transformers 5.6 TrainingArguments underneath (learning_rate 5e-5, weight_decay 0, "
+                            "betas 0.9/0.999, linear, no warm-up, per-device batch 8, accumulation 1); "
+                            "train/sft/trainer.py sets model_accepts_loss_kwargs=False for every model with a "
+                            "processor: the mean of micro-batch means",
     "minicpmv-official": "OpenBMB/MiniCPM-V finetune/finetune_lora.sh @ ead51cde2ac30c1dcd8a65efedfba9dc6272cb22 "
                          "(lr 1e-6, weight_decay 0.1, adam_beta2 0.95, cosine, warmup_ratio 0.01, fp16, per-device "
                          "batch 1 x accumulation 1 on 8 GPUs, gradient checkpointing, ds_config_zero2.json, "
@@ -74,6 +86,15 @@ PROFILES: dict[str, dict] = {
                   "system_prompt": "default", "label_mask": "all", "answer_prefix": "template"},
         "distributed": {"zero_stage": None},
     },
+    "llamafactory-default": {
+        "lora": {"targets": "lm-linear", "r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": []},
+        "optim": {"lr": 5e-5, "betas": [0.9, 0.999], "weight_decay": 0.0},
+        "schedule": {"type": "linear", "warmup_steps": 0},
+        "train": {"batch_size": 8, "grad_accum": 1, "loss_norm": "mean_of_means", "grad_checkpointing": True,
+                  "precision": "fp32", "freeze_vision": True, "data_order": "sampler",
+                  "system_prompt": "default", "label_mask": "answer", "answer_prefix": "template"},
+        "distributed": {"zero_stage": None},
+    },
     "minicpmv-official": {
         "lora": {"targets": "lm-attention", "r": 64, "alpha": 64, "dropout": 0.05,
                  "modules_to_save": ["embed_tokens", "model.merger"]},
@@ -88,7 +109,8 @@ PROFILES: dict[str, dict] = {
     },
 }
 # The framework each recipe is written for (what `--ablate --profiles` runs it on).
-HOME_FRAMEWORK = {"swift-default": "swift", "peft-default": "peft", "minicpmv-official": "peft"}
+HOME_FRAMEWORK = {"swift-default": "swift", "peft-default": "peft", "llamafactory-default": "llamafactory",
+                  "minicpmv-official": "peft"}
 NOTES = {
     "minicpmv-official": [
         "8 GPUs x batch 1 becomes batch 1 x accumulation 8 with the mean of micro-batch means (DDP averages "
@@ -104,6 +126,13 @@ NOTES = {
     ],
     "swift-default": ["accumulation ceil(16 / (batch x processes)): 16 on one process"],
     "peft-default": ["adamw_torch_fused (the Trainer's default optimizer) is numerically adamw_torch"],
+    "llamafactory-default": [
+        "adamw_torch_fused (the Trainer's default optimizer) is numerically adamw_torch",
+        "precision fp32 on the CPU; on a GPU LLaMA-Factory computes an fp32 checkpoint in fp16 unless bf16 or fp16 "
+        "is set (hparams/parser.py and model/patcher.py: infer_optim_dtype)",
+        "the mean of micro-batch means is the token mean while a step is one micro-batch on one process "
+        "(accumulation 1 here)",
+    ],
 }
 
 

@@ -17,7 +17,7 @@ def _dotted(settings: dict, key: str):
     return value
 
 
-@pytest.mark.parametrize("framework", ["peft", "swift"])
+@pytest.mark.parametrize("framework", ["peft", "swift", "llamafactory"])
 def test_the_profile_says_what_the_framework_fields_say(framework):
     profile = PROFILES[f"{framework}-default"]
     for arg in ARG_DEFAULTS[framework]:
