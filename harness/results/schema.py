@@ -14,7 +14,6 @@ still points at its own files; version 1 wrote them as absolute paths.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from typing import Any, TypedDict, TypeGuard
@@ -129,28 +128,50 @@ class TrainingCheck(TypedDict, total=False):
     live_gradient_fraction: float  # steps whose gradient norm was finite and non-zero
 
 
-class LoaderCheck(TypedDict, total=False):
-    """One loader's reload of the saved adapter (harness.run.roundtrip)."""
+class LoaderKeys(TypedDict, total=False):
+    """A loader's `keys` (harness.run.roundtrip.loader_key_check): the saved tensors accounted for by name."""
 
-    max_abs_logit_diff: float  # the reloaded model's logits against the live trained model's
-    tolerance: float
-    missing: list[str]  # trained tensors the saved adapter lacks
-    tensors_checked: int
-    ok: bool
-    error: str  # when the loader itself failed
+    saved: int  # tensors in the adapter file
+    loaded: int  # adapter tensors of the loaded model, under the names PEFT would save them with
+    not_loaded: list[str]  # saved tensors whose value no adapter tensor of the loaded model holds (ignored)
+    not_filled: list[str]  # adapter tensors of the loaded model no saved tensor filled (left at their initial value)
+    remapped: dict[str, str]  # saved name -> the loaded name that holds its exact value (a loader's key mapping)
+
+
+class LoaderReleases(TypedDict, total=False):
+    """A loader's `releases` (harness.run.roundtrip.releases): which releases saved and which loaded."""
+
+    saved_by_peft: str | None  # `peft_version` of the adapter's adapter_config.json; None when it does not say
+    loaded_by: dict[str, str | None]  # peft, transformers, ms-swift, torch -> version in the loader's process
+
+
+class LoaderCheck(TypedDict, total=False):
+    """One loader's reload of the saved adapter (harness.run.roundtrip): `roundtrip.<loader>.json`."""
+
+    max_abs_logit_diff: float  # reloaded logits against the live trained model's (inf: not loaded, other shape)
+    tolerance: float  # for the probe's dtype (harness.run.roundtrip.LOGIT_TOLERANCE)
+    missing: list[str]  # trained tensors the saved adapter lacks, or holds with another shape
+    tensors_checked: int  # trainable tensors in the probe
+    ok: bool  # logits within the tolerance, nothing missing, every key accounted for (PEFT: merged answers equal)
+    error: str  # when the loader itself failed, or the last line of a loader process that wrote no result
+    # the saved keys against the loaded model's; absent when the loader failed or its model is no PeftModel
+    keys: LoaderKeys
+    releases: LoaderReleases  # absent only when the loader process wrote no result
     adapter_effect: float  # PEFT: how far the adapter moves the logits from the base model's
-    merged_greedy_equal: bool
+    merged_greedy_equal: bool  # PEFT: the merged model's greedy answers on the probe rows equal the unmerged one's
+    merged_greedy_diff: list[dict[str, str]]  # PEFT, when they differ: {"unmerged", "merged"} per differing answer
 
 
 class RoundtripPart(TypedDict, total=False):
     """The record's `roundtrip`: the saved adapter reloaded by each framework's loader."""
 
-    loaders: dict[str, LoaderCheck]
-    max_abs_logit_diff: float | None
-    adapter_effect: float | None
+    loaders: dict[str, LoaderCheck]  # "peft", "swift"
+    max_abs_logit_diff: float | None  # the largest over the loaders (inf for one that wrote no result)
+    adapter_effect: float | None  # the PEFT loader's
     ok: bool | None  # None: not checked (the adapter wrote no probe)
-    cause: str | None
-    seconds: float
+    cause: str | None  # every loader's failures, "; "-separated
+    seconds: float  # the separate loader processes (the PEFT loader's time is in the eval worker's when it ran)
+    saved_by_peft: str  # the peft release that saved the adapter (the loaders' `releases`); absent when unknown
 
 
 class EvalPart(TypedDict, total=False):
@@ -196,14 +217,14 @@ class RunRecord(TypedDict, total=False):
     finished_at: str
     wall_s: float
     command: str  # the command line that ran the suite
-    env: dict  # environment fingerprint: git commit + dirty, packages, CPU/GPU, threads, dataset and model checksums
+    env: dict  # fingerprint: git commit + dirty, packages, CPU/GPU, threads, dataset and model, a spec's `environment`
     effective_settings: dict[str, Any]  # rank 0's read-back settings, flat
     train: TrainPart
     training_check: TrainingCheck
     roundtrip: RoundtripPart
     memory: MemoryPart
     eval: EvalPart
-    metrics: dict[str, Any]  # flat metric name -> number or [lo, hi] (names and directions: harness.results.metric_table)
+    metrics: dict[str, Any]  # flat name -> number or [lo, hi] (names and directions: harness.results.metric_table)
     per_sample_file: str | None  # sidecar JSONL of per-sample quality counts, relative to the record
     phases: dict[str, float]  # where the wall time went, seconds (harness.run.runner.phase_times); ok runs
     load: LoadPart
