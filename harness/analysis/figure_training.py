@@ -48,7 +48,8 @@ def training_figure(series: Sequence[dict], *, xlabel: str, panels: Sequence[str
     loss_axes = top.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(loss_axes, panels):
         _draw(ax, [s for s in series if s["panel"] == panel], styles, set(underlay))
-        ax.set_title(wrap(panel, WIDTH_IN / len(panels), 9), fontsize=9)
+        # a panel's share of the width less its axis labels and the gap to the next panel
+        ax.set_title(wrap(panel, WIDTH_IN / len(panels) - 0.5, 9), fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
     loss_axes[0].set_ylabel("training loss", fontsize=8)
     if bottom:

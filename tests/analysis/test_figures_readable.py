@@ -158,3 +158,17 @@ def test_peak_bars_with_every_part_fit(runtime_first):
              for lever in ("baseline", "zero3+offload", "batch 1 x accumulation 4")]
     cells.append({"label": "swift · aligned · baseline", "measured": [(ml.WHOLE_PART, 300.0)], "estimate": None})
     assert problems(figure_memory.peak_bars_figure(cells, xlabel="MiB")) == []
+
+
+def test_three_loss_panels_keep_their_titles_inside_the_figure():
+    """The MiniCPM-V report's three loss definitions side by side: the third title once ran off the edge."""
+    panels = ["loss over the answer tokens, per token over the accumulated batch",
+              "loss over every non-pad token, per token over the accumulated batch",
+              "loss over the answer tokens, mean of micro-batch means"]
+    series = [{"label": label, "framework": fw, "alignment": al, "x": [1, 2, 3], "mean": [3.0, 2.0, 1.5], "lo": [3.0, 2.0, 1.5], "hi": [3.0, 2.0, 1.5],
+               "n_seeds": 1, "panel": panel}
+              for (label, fw, al), panel in zip([("peft · aligned", "peft", "aligned"),
+                                                 ("peft · peft-default", "peft", "peft-default"),
+                                                 ("peft · minicpmv-official", "peft", "minicpmv-official")], panels)]
+    fig = figure_training.training_figure(series, panels=panels, xlabel="samples seen (all processes)")
+    assert problems(fig) == []
