@@ -165,8 +165,9 @@ def test_three_loss_panels_keep_their_titles_inside_the_figure():
     panels = ["loss over the answer tokens, per token over the accumulated batch",
               "loss over every non-pad token, per token over the accumulated batch",
               "loss over the answer tokens, mean of micro-batch means"]
-    series = [{"label": label, "framework": fw, "alignment": al, "x": [1, 2, 3], "mean": [3.0, 2.0, 1.5], "lo": [3.0, 2.0, 1.5], "hi": [3.0, 2.0, 1.5],
-               "n_seeds": 1, "panel": panel}
+    curve = [3.0, 2.0, 1.5]
+    series = [{"label": label, "framework": fw, "alignment": al, "x": [1, 2, 3], "mean": curve, "lo": curve,
+               "hi": curve, "n_seeds": 1, "panel": panel}
               for (label, fw, al), panel in zip([("peft · aligned", "peft", "aligned"),
                                                  ("peft · peft-default", "peft", "peft-default"),
                                                  ("peft · minicpmv-official", "peft", "minicpmv-official")], panels)]
