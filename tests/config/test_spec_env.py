@@ -80,3 +80,25 @@ def test_an_env_file_with_a_float_version_or_an_unknown_key_is_refused(tmp_path,
         load_env("a")
     with pytest.raises(UserError, match="did you mean 'without'"):
         load_env("b")
+
+
+def test_a_framework_outside_the_main_environment_trains_in_its_own_set():
+    spec = make_spec({"framework": "llamafactory"})
+    assert spec.env == "llamafactory-0.9.5"  # the default set, so the run id says where it trained
+    with pytest.raises(UserError, match="does not install llamafactory.*use env: llamafactory-0.9.5"):
+        make_spec({"framework": "llamafactory", "env": "peft-0.21"})
+    with pytest.raises(UserError, match="train_on_prompt also supervises the image pad tokens"):
+        make_spec({"framework": "llamafactory", "train": {"label_mask": "all"}})
+
+
+def test_follow_releases_pins_by_name_and_pattern(tmp_path, monkeypatch):
+    import harness.config.envs as envs
+
+    monkeypatch.setattr(envs, "ENVS_DIR", tmp_path)
+    (tmp_path / "t.yaml").write_text("packages: {torch: '2.15.0'}\nfollow: [triton, NVIDIA-*]\n")
+    (tmp_path / "bad.yaml").write_text("packages: {torch: '2.15.0'}\nfollow: ['nvidia/*']\n")
+    env = load_env("t")
+    assert env.follow == ("nvidia-*", "triton")
+    assert env.follows("nvidia-cublas") and env.follows("triton") and not env.follows("torchvision")
+    with pytest.raises(UserError, match="follow must be a list of package names or patterns"):
+        load_env("bad")

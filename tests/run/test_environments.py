@@ -133,3 +133,23 @@ def test_a_swift_release_the_adapter_cannot_drive_is_named_in_one_line(monkeypat
         swift_adapter.check_release()
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "4.6.0")
     assert swift_adapter.check_release() == "4.6.0"
+
+
+def test_followed_pins_stay_in_the_set_unpinned_and_change_the_directory(envs_root, monkeypatch):
+    """What uv is asked to resolve: the definition's pins exact, followed packages by name only."""
+    asked = {}
+
+    def fake_uv(env, args, cwd):
+        asked["requirements"] = (cwd / "requirements.in").read_text()
+        raise UserError("stop before installing")
+
+    monkeypatch.setattr(environments, "_uv", fake_uv)
+    plain = EnvDef(name="t", packages=(("torch", "2.15.0"),))
+    follow = EnvDef(name="t", packages=(("torch", "2.15.0"),), follow=("nvidia-*", "triton"))
+    assert environments.env_dir(plain) != environments.env_dir(follow)
+    with pytest.raises(UserError, match="stop before installing"):
+        environments.ensure(follow)
+    lines = asked["requirements"].splitlines()
+    assert "torch==2.15.0" in lines and "triton" in lines and "nvidia-cublas" in lines
+    assert not any(line.startswith(("triton==", "nvidia-cublas==", "torch==2.14")) for line in lines)
+    assert any(line.startswith("peft==") for line in lines)  # everything else stays pinned
