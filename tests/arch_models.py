@@ -303,10 +303,10 @@ def module_facts(path: str, train_jsonl: str) -> dict:
 
 
 def _swift_adapter_targets(path: str, train_jsonl: str) -> list[str]:
-    from adapters.base import TrainData
-    from adapters.swift_adapter import _target_names  # imports no swift at module level
+    """The targets the swift adapter passes (resolved on a meta-device copy, as it resolves them)."""
+    from adapters.lora_setup import meta_targets  # imports no swift
 
-    return _target_names(train_spec(path), TrainData(Path(path), Path(train_jsonl), len(ROWS)))[0]
+    return meta_targets(train_spec(path), Path(path))[0]
 
 
 def swift_meta(name: str) -> dict:

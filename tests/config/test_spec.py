@@ -21,7 +21,7 @@ def test_unknown_key_is_named_with_a_suggestion():
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"framework": "keras"}, "framework must be one of peft, swift, torch"),
+    ({"framework": "keras"}, "framework must be one of peft, swift, llamafactory, torch"),
     ({"lora": {"r": 0}}, "lora.r must be an integer >= 1"),
     ({"lora": {"targets": "everything"}}, "lora.targets must be one of"),
     ({"train": {"precision": "fp8"}}, "train.precision must be one of"),
