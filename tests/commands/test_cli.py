@@ -44,7 +44,8 @@ def test_unknown_framework_is_a_user_error(capsys, tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("task: extract\n")
     assert main(["parity", str(spec), "--frameworks", "peft,keras"]) == 2
-    assert "--frameworks: framework must be one of peft, swift, llamafactory, torch, dummy, got 'keras'" in capsys.readouterr().err
+    assert ("--frameworks: framework must be one of peft, swift, llamafactory, torch, dummy, got 'keras'"
+            in capsys.readouterr().err)
 
 
 def test_run_with_a_bad_suite_key_is_a_user_error(capsys, tmp_path):
