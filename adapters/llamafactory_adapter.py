@@ -36,7 +36,6 @@ from harness.run_spec import Spec
 # `llamafactory.train.sft.workflow.CustomSeq2SeqTrainer`, ShareGPT `dataset_info.json`).
 SUPPORTED_SERIES = "0.9."
 DATASET_NAME = "lorabench_train"
-PRECISION_ARGS = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}}
 
 
 def check_release() -> str:
@@ -98,7 +97,7 @@ def train_args(spec: Spec, data: TrainData, out_dir: Path, target_names: list[st
                         "train.freeze_vision false) are not driven by this adapter yet")
     vision = any(archs.for_dir(data.model_dir).is_vision(n) for n in target_names)
     return dict(
-        **base, **PRECISION_ARGS[t.precision],
+        **base, **trainer_steps.PRECISION_ARGS[t.precision],
         lora_target=",".join(target_names), lora_rank=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         use_rslora=lora.rslora, freeze_vision_tower=not vision, freeze_multi_modal_projector=True,
         learning_rate=o.lr, adam_beta1=o.betas[0], adam_beta2=o.betas[1], adam_epsilon=o.eps,
@@ -149,11 +148,7 @@ class LlamaFactoryAdapter:
                 self._lorabench_effective: dict = {}
 
                 def on_begin(kw):
-                    effective = self._lorabench_effective
-                    effective.update(readback.model_settings(kw["model"]))
-                    effective["lora.init_sha"] = lora_setup.save_lora_state(kw["model"], initial)
-                    effective.update(readback.optimizer_settings(kw["optimizer"]))
-                    effective["scheduler"] = type(kw["lr_scheduler"]).__name__
+                    self._lorabench_effective.update(readback.settings_at_train_begin(kw, initial))
 
                 self._lorabench_recorder = trainer_steps.StepRecorder(self, hooks, on_begin=on_begin)
 
@@ -179,11 +174,11 @@ class LlamaFactoryAdapter:
                 result.update(steps=recorder.steps, effective=effective, first=recorder.first_step_at, end=t_end)
                 return out
 
-        workflow.CustomSeq2SeqTrainer = RecordedTrainer  # what run_sft instantiates
+        original, workflow.CustomSeq2SeqTrainer = workflow.CustomSeq2SeqTrainer, RecordedTrainer  # run_sft's class
         try:
             run_exp(args=dict(args))
         finally:
-            workflow.CustomSeq2SeqTrainer = RecordedTrainer.__mro__[1]
+            workflow.CustomSeq2SeqTrainer = original
         first = result["first"] or result["end"]
         return TrainOutcome(adapter_dir=out_dir / "adapter", initial_adapter=initial, steps=result["steps"],
                             effective=result["effective"], setup_s=first - t0, train_s=result["end"] - first,

@@ -16,9 +16,6 @@ from adapters.base import Hooks, TrainData, TrainOutcome
 from harness import archs, lora_targets
 from harness.run_spec import Spec
 
-PRECISION_ARGS = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}}
-
-
 def training_args(spec: Spec, out_dir: Path, deepspeed_config: dict | None):
     from transformers import TrainingArguments
 
@@ -34,7 +31,7 @@ def training_args(spec: Spec, out_dir: Path, deepspeed_config: dict | None):
     if spec.alignment == "native":
         return TrainingArguments(**common_args)
     return TrainingArguments(
-        **common_args, **PRECISION_ARGS[t.precision],
+        **common_args, **trainer_steps.PRECISION_ARGS[t.precision],
         gradient_accumulation_steps=t.grad_accum, learning_rate=o.lr, adam_beta1=o.betas[0],
         adam_beta2=o.betas[1], adam_epsilon=o.eps, weight_decay=o.weight_decay, optim="adamw_torch",
         lr_scheduler_type=s.type, warmup_steps=s.warmup_steps, max_grad_norm=1.0,
@@ -104,10 +101,7 @@ class PeftAdapter:
         initial = out_dir / "initial_adapter.safetensors"
 
         def on_begin(kw):
-            effective.update(readback.model_settings(kw["model"]))
-            effective["lora.init_sha"] = lora_setup.save_lora_state(model, initial)
-            effective.update(readback.optimizer_settings(kw["optimizer"]))
-            effective["scheduler"] = type(kw["lr_scheduler"]).__name__
+            effective.update(readback.settings_at_train_begin(kw, initial))
 
         recorder = trainer_steps.StepRecorder(trainer, hooks, on_begin=on_begin,
                                        mean_of_means=spec.train.loss_norm == "mean_of_means" and not native)

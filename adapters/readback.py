@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from adapters.chat_data import ChatCollator
-from adapters.lora_setup import normalize_key
+from adapters.lora_setup import normalize_key, save_lora_state
 from harness import archs
 from harness.chat import answer_prefix_setting
 
@@ -43,6 +43,14 @@ def save_probe(model, processor, rows: list[dict], system: str | None, path: Pat
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save({"inputs": inputs, "logits": logits, "trainable": trainable, "rows": rows[:PROBE_ROWS],
                     "system": system, "answer_prefix": answer_prefix_setting(arch)}, str(path))
+
+
+def settings_at_train_begin(kw: dict, initial: Path) -> dict:
+    """What a Trainer's train-begin callback (`kw`: model, optimizer, lr_scheduler) shows, read back:
+    LoRA and precision, the initial LoRA tensors (saved to `initial`, with their checksum), the
+    optimizer's groups and the scheduler."""
+    return {**model_settings(kw["model"]), "lora.init_sha": save_lora_state(kw["model"], initial),
+            **optimizer_settings(kw["optimizer"]), "scheduler": type(kw["lr_scheduler"]).__name__}
 
 
 def optimizer_settings(optimizer) -> dict:

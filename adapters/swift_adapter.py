@@ -145,10 +145,7 @@ class SwiftAdapter:
                 effective: dict = {}
 
                 def on_begin(kw):
-                    effective.update(readback.model_settings(kw["model"]))
-                    effective["lora.init_sha"] = lora_setup.save_lora_state(kw["model"], initial)
-                    effective.update(readback.optimizer_settings(kw["optimizer"]))
-                    effective["scheduler"] = type(kw["lr_scheduler"]).__name__
+                    effective.update(readback.settings_at_train_begin(kw, initial))
 
                 mean_of_means = spec.train.loss_norm == "mean_of_means" and not native
                 recorder = trainer_steps.StepRecorder(trainer, hooks, on_begin=on_begin, mean_of_means=mean_of_means)

@@ -45,6 +45,9 @@ def global_loss(rank_loss: float) -> float:
     return float(total.item()) / dist.get_world_size()
 
 
+# TrainingArguments flags per spec precision (fp32 master weights; fp16/bf16 as the Trainer's autocast)
+PRECISION_ARGS = {"fp32": {}, "fp16": {"fp16": True}, "bf16": {"bf16": True}}
+
 # Where a step's time goes, in every adapter's step records: fetching and collating or encoding the
 # micro-batches, the forward passes (with the loss), the backward passes, and the optimizer step
 # (gradient clipping, the scheduler and logging are the rest of `seconds`).
