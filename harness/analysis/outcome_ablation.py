@@ -13,6 +13,8 @@ one to say what matters for the fine-tuned model.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -20,23 +22,48 @@ from pathlib import Path
 
 from harness.analysis.attribution import OUTCOME_METRICS, attribute, outcome_of
 from harness.analysis.parity import profile_arms, profile_label, run_one
-from harness.config.spec import make_spec
+from harness.config.spec import make_spec, spec_hash
 from harness.errors import UserError
 from harness.run_spec import Spec
 
-RunArm = Callable[[Spec, Path], dict]  # (spec, work dir) -> outcome metrics; UserError when it cannot run
+RunArm = Callable[..., dict]  # (spec, work dir, cpus=None) -> outcome metrics; UserError when it cannot run
+OUTCOME_FILE = "outcome.json"  # in an arm's work dir: its spec hash and outcome, what --resume reuses
 
 
-def train_and_evaluate(spec: Spec, work: Path) -> dict:
-    """Train `spec` in `work`, evaluate the adapter on the held-out split: its outcome metrics."""
+def train_and_evaluate(spec: Spec, work: Path, cpus: list[int] | None = None) -> dict:
+    """Train `spec` in `work`, evaluate the adapter on the held-out split: its outcome metrics.
+    `cpus`: the lane's cores both workers are pinned to (None: the whole machine)."""
+    from harness.run.lanes import PREPARE_LOCK
+    from harness.run.launch import run_worker as launch_worker
     from harness.run.train_run import evaluate
 
-    run_one(spec, work)
-    result, summary = evaluate(spec, work, heldout_loss=True)
+    def run_worker(*args, **kwargs):
+        return launch_worker(*args, cpus=cpus, **kwargs)
+
+    run_one(spec, work, run_worker=run_worker, prepare_lock=PREPARE_LOCK)
+    result, summary = evaluate(spec, work, heldout_loss=True, run_worker=run_worker)
     if summary is None:
         last = (result.error_tail or "").strip().splitlines()[-1:]
         raise UserError(f"evaluation {result.status}: {last} (log: {work / 'worker.log'})")
     return outcome_of(summary)
+
+
+def cached_outcome(spec: Spec, work: Path) -> dict | None:
+    """The outcome an earlier run of this very arm left in `work` (same spec hash), else None."""
+    try:
+        doc = json.loads((work / OUTCOME_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("outcome") if doc.get("spec_hash") == spec_hash(spec) else None
+
+
+@dataclasses.dataclass
+class ArmRun:
+    """One arm under one data seed: what a lane trains and scores."""
+    label: str
+    seed: int
+    spec: Spec
+    work: Path
 
 
 def samples_per_step(spec: Spec) -> int:
@@ -56,7 +83,8 @@ BUDGETS = ("samples", "steps")
 
 
 def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], out_dir: Path,
-                   progress=print, run_arm: RunArm | None = None, budget: str = "samples") -> dict:
+                   progress=print, run_arm: RunArm | None = None, budget: str = "samples",
+                   lanes: int | str = 1, resume: bool = False) -> dict:
     """Train and evaluate every arm under every data seed; effects, noise floor and interaction.
 
     `budget`: "samples" (every arm sees as many training samples as the baseline does in the spec's
@@ -64,9 +92,15 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
     takes twice the steps, so "batch x accumulation" measures the batch, not the amount of data);
     "steps" (every arm runs the spec's steps, whatever its global batch).
 
+    `lanes`: arm runs at a time, each pinned to its own cores (harness.run.lanes; "auto": one per core
+    when every arm is a one-process CPU run). `resume`: an arm run whose work dir holds the outcome of
+    the same spec (an earlier, interrupted ablation) is not trained again.
+
     The baseline must run under every seed (no baseline, no effect: a UserError). Any other arm that
     cannot run — its framework cannot take the setting, or a seed failed — becomes a row with its reason.
     `run_arm` is the one thing that trains and scores (replaced in tests)."""
+    from harness.run.lanes import lane_cpus, run_in_lanes
+
     if len(set(seeds)) < 2:
         raise UserError("the outcome ablation needs at least two data seeds (e.g. --seeds 0,1): "
                         "their spread is the noise floor")
@@ -77,35 +111,50 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
     home, spec_a, factor_arms, wholes = profile_arms(base, first, second)
     first, second = profile_label(first), profile_label(second)
     samples = spec_a.train.steps * samples_per_step(spec_a) if budget == "samples" else None
-    arm_steps: dict[str, int] = {}
-    arms: dict[str, dict] = {}
-    errors: dict[str, str] = {}
-    timings: dict[str, float] = {}
     plan = [{"factor": first, "values": None, "spec": spec_a}, *factor_arms, *wholes]
-    n_runs = sum("spec" in a for a in plan) * len(seeds)
-    done = 0
-    for arm in plan:
-        label = arm["factor"]
-        if "error" in arm:
-            errors[label] = arm["error"]
-            continue
-        outcomes, t0 = {}, time.perf_counter()
+    errors: dict[str, str] = {a["factor"]: a["error"] for a in plan if "error" in a}
+    runs = [ArmRun(a["factor"], seed, arm_spec(a["spec"], seed, samples),
+                   out_dir / a["factor"].replace(" ", "_") / f"data_seed{seed}")
+            for a in plan if "spec" in a for seed in seeds]
+    arm_steps = {r.label: r.spec.train.steps for r in runs}
+    timings: dict[str, float] = dict.fromkeys(arm_steps, 0.0)
+    outcomes: dict[str, dict[int, dict]] = {label: {} for label in arm_steps}
+    failed: dict[tuple[str, int], str] = {}
+    counter = iter(range(1, len(runs) + 1))
+
+    def one(run: ArmRun, cpus: list[int] | None) -> dict:
+        reused = cached_outcome(run.spec, run.work) if resume else None
+        progress(f"outcome ablation [{next(counter)}/{len(runs)}] {run.label}, data seed {run.seed}: "
+                 f"{run.spec.framework}, {run.spec.train.steps} steps of {samples_per_step(run.spec)} "
+                 + ("(reused: trained and scored by an earlier run)" if reused else "..."))
+        t0 = time.perf_counter()
+        try:
+            outcome = reused or run_arm(run.spec, run.work, cpus=cpus)
+        except UserError as exc:
+            failed[run.label, run.seed] = str(exc)
+            return {"status": "failed"}
+        timings[run.label] += time.perf_counter() - t0
+        outcomes[run.label][run.seed] = outcome
+        if not reused:
+            from harness.results.store import write_json_atomic
+
+            write_json_atomic(run.work / OUTCOME_FILE, {"spec_hash": spec_hash(run.spec), "outcome": outcome})
+        return {"status": "ok"}
+
+    cpus = lane_cpus(lanes, runs)
+    baseline = [r for r in runs if r.label == first]
+    for batch in (baseline, [r for r in runs if r.label != first]):  # no baseline, nothing else worth running
+        if cpus:
+            run_in_lanes(batch, cpus, one)
+        else:
+            for run in batch:
+                one(run, None)
         for seed in seeds:
-            done += 1
-            spec = arm_spec(arm["spec"], seed, samples)
-            arm_steps[label] = spec.train.steps
-            progress(f"outcome ablation [{done}/{n_runs}] {label}, data seed {seed}: {spec.framework}, "
-                     f"{spec.train.steps} steps of {samples_per_step(spec)} ...")
-            try:
-                outcomes[seed] = run_arm(spec, out_dir / label.replace(" ", "_") / f"data_seed{seed}")
-            except UserError as exc:
-                if label == first:
-                    raise UserError(f"the baseline {first} did not run under data seed {seed}: {exc}") from exc
-                errors[label] = f"data seed {seed}: {exc}"
-                break
-        timings[label] = time.perf_counter() - t0
-        if label not in errors:
-            arms[label] = outcomes
+            if (first, seed) in failed:
+                raise UserError(f"the baseline {first} did not run under data seed {seed}: {failed[first, seed]}")
+    for (label, seed), why in failed.items():
+        errors.setdefault(label, f"data seed {seed}: {why}")
+    arms = {label: dict(sorted(out.items())) for label, out in outcomes.items() if label not in errors}
     factor_labels = [a["factor"] for a in factor_arms]
     # the same-framework whole recipe first: the factors were switched on the baseline's framework
     whole_labels = sorted((w["factor"] for w in wholes), key=lambda w: not w.endswith(f" on {home}"))
@@ -126,4 +175,4 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
             "measures": f"held-out outcome after the budget; effect = mean over data seeds of (arm − {first}) "
                         "under the same seed",
             **doc, "outcomes": {label: {str(s): o for s, o in out.items()} for label, out in arms.items()},
-            "arm_seconds": timings}
+            "arm_seconds": timings, "lanes": len(cpus) if cpus else 1}

@@ -30,9 +30,10 @@ CAUSE_ORDER = ("lora.n_targets", "lora.targets_sha", "lora.targets_vision", "lor
                "global_batch", "loss_norm", "data_order_sha", "system_prompt", "label_mask", "grad_checkpointing",
                "precision", "dtype")
 
-def run_one(spec: Spec, run_dir: Path) -> dict:
-    """Train one framework in its own worker; returns its train.rank0.json (or raises UserError)."""
-    run = train(spec, run_dir)
+def run_one(spec: Spec, run_dir: Path, **train_kwargs) -> dict:
+    """Train one framework in its own worker; returns its train.rank0.json (or raises UserError).
+    `train_kwargs`: harness.run.train_run.train's (a lane's pinned launcher, the preparation lock)."""
+    run = train(spec, run_dir, **train_kwargs)
     if run.result.status != "ok":
         last = (run.result.error_tail or "").strip().splitlines()[-1:]
         raise UserError(f"{spec.framework} run {run.result.status}: {last} (log: {run_dir / 'worker.log'})")

@@ -39,6 +39,12 @@ def add_parser(parser) -> None:
                         help="with --outcome: samples (default): every arm sees the samples the first profile sees "
                              "in the spec's steps (a smaller global batch takes more steps); steps: every arm runs "
                              "the spec's steps")
+    parser.add_argument("--lanes", metavar="N|auto", default="auto",
+                        help="with --outcome: arm runs at a time, each pinned to its own cores (default auto: one "
+                             "per core for one-process CPU runs, as `lorabench run` does)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --outcome: reuse every arm run that an earlier, interrupted ablation in --out "
+                             "already trained and scored under the same spec")
     parser.add_argument("--out", type=Path, default=Path("results/runs/parity"), help="where runs and parity.json go")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
@@ -83,9 +89,10 @@ def _run_held(args, base: Spec, frameworks: list[str]) -> int:
             raise UserError(f"--profiles takes two profiles (names or YAML files), got {args.profiles!r}")
         if args.outcome:
             return _run_outcome(args, base, names, quiet, t0)
-        doc = P.ablate_profiles(base, names[0], names[1], args.out / "profiles", progress=quiet)
+        pair = pair_name(names)
+        doc = P.ablate_profiles(base, names[0], names[1], args.out / "profiles" / pair, progress=quiet)
         doc["seconds"] = time.perf_counter() - t0
-        _save(args.out / "profile_ablation.json", doc)
+        _save(args.out / f"profile_ablation.{pair}.json", doc)
         print(json.dumps(doc, default=str) if args.json else format_profile_ablation(doc))
         return 0
     if args.ablate:
@@ -111,12 +118,25 @@ def _run_outcome(args, base: Spec, names: list[str], quiet, t0: float) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    doc = ablate_outcome(base, names[0], names[1], seeds, args.out / "outcome", progress=quiet, budget=args.budget)
+    from harness.config.suite import parse_lanes
+
+    lanes = parse_lanes(args.lanes, "--lanes")
+    pair = pair_name(names)
+    doc = ablate_outcome(base, names[0], names[1], seeds, args.out / "outcome" / pair, progress=quiet,
+                         budget=args.budget, lanes=lanes, resume=args.resume)
     doc["seconds"] = time.perf_counter() - t0
     doc["spec"] = base.to_dict()
-    _save(args.out / "outcome_ablation.json", doc)
+    _save(args.out / f"outcome_ablation.{pair}.json", doc)
     print(json.dumps(doc, default=str) if args.json else format_outcome_ablation(doc))
     return 0
+
+
+def pair_name(names: list[str]) -> str:
+    """`A-vs-B`: the file and work-dir name of one pair's ablation, so that a second pair ablated into
+    the same --out sits beside the first instead of replacing it."""
+    from harness.analysis.parity import profile_label
+
+    return "-vs-".join(profile_label(n) for n in names)
 
 
 def _save(path: Path, doc: dict) -> None:

@@ -169,8 +169,8 @@ def _skipping_corrupt(loaders) -> list[dict]:
 def load_parity_docs(path: str | Path, records: Iterable[Mapping] = ()) -> list[dict]:
     """Parity/ablation documents for a report: each record's `parity` key, plus a `parity.json`
     in the results directory, its `runs/`, or its `parity/` (where `lorabench parity --out
-    RESULTS/parity` writes `parity.json`, `ablation.json`, `profile_ablation.json` and
-    `outcome_ablation.json`). Identical documents appear once.
+    RESULTS/parity` writes `parity.json`, `ablation.json`, and one `profile_ablation.A-vs-B.json` and
+    `outcome_ablation.A-vs-B.json` per pair of profiles). Identical documents appear once.
 
     Each document gets a `_label` (the run id or file it came from).
     """
@@ -190,9 +190,10 @@ def load_parity_docs(path: str | Path, records: Iterable[Mapping] = ()) -> list[
             add(record["parity"], record["run_id"])
     path = Path(path)
     if path.is_dir():
+        pair_docs = [p for pattern in ("profile_ablation*.json", "outcome_ablation*.json")
+                     for p in sorted((path / "parity").glob(pattern))]
         for candidate in (path / "parity.json", path / "runs" / "parity.json", path / "parity" / "parity.json",
-                          path / "parity" / "ablation.json", path / "parity" / "profile_ablation.json",
-                          path / "parity" / "outcome_ablation.json"):
+                          path / "parity" / "ablation.json", *pair_docs):
             if candidate.is_file():
                 add(_read_json(candidate), str(candidate))
     return docs

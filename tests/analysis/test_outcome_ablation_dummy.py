@@ -16,7 +16,7 @@ from harness.analysis.outcome_ablation import ablate_outcome
 from harness.config.spec import make_spec
 
 
-def train_in_process(spec, work):
+def train_in_process(spec, work, **_):
     import adapters
     from adapters.base import Hooks, TrainData
     from harness.run.job import prepare_job

@@ -12,7 +12,7 @@ from harness.cli import main
 PLANTED_LR = 5e-5  # peft-default's learning rate: the one factor that changes the outcome here
 
 
-def fake_run(spec, work):
+def fake_run(spec, work, cpus=None):
     """Held-out outcome as a function of the spec: the lr moves it far, the data seed a little, nothing else."""
     assert spec.eval.enabled  # an outcome arm is always evaluated
     work.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def test_outcome_ablation_ranks_the_planted_factor_and_marks_no_ops(spec_file, t
                  "--seeds", "0,1", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0
-    doc = json.loads((out / "outcome_ablation.json").read_text())
+    doc = json.loads((out / "outcome_ablation.swift-default-vs-peft-default.json").read_text())
     ran = [r for r in doc["effects"] if "error" not in r]
     assert ran[0]["factor"] == "lr"
     assert ran[0]["effect"]["heldout_loss"] == pytest.approx(0.5)
@@ -82,6 +82,37 @@ def test_outcome_ablation_ranks_the_planted_factor_and_marks_no_ops(spec_file, t
     assert "Why swift-default and peft-default end differently" in paths["md"].read_text()
 
 
+def test_a_second_pair_sits_beside_the_first_and_resume_reuses_finished_arms(spec_file, tmp_path, monkeypatch,
+                                                                           capsys):
+    calls = []
+
+    def counted_run(spec, work, cpus=None):
+        calls.append((spec.optim.lr, spec.train.data_seed))
+        return fake_run(spec, work, cpus)
+
+    monkeypatch.setattr("harness.analysis.outcome_ablation.train_and_evaluate", counted_run)
+    out = tmp_path / "parity"
+    ablate = ["parity", str(spec_file), "--ablate", "--outcome", "--out", str(out)]
+    assert main([*ablate, "--profiles", "swift-default,peft-default", "--lanes", "2"]) == 0
+    first_pair = len(calls)
+    assert main([*ablate, "--profiles", "swift-default,minicpmv-official", "--lanes", "1"]) == 0
+    assert {p.name for p in out.glob("outcome_ablation*.json")} == {
+        "outcome_ablation.swift-default-vs-peft-default.json",
+        "outcome_ablation.swift-default-vs-minicpmv-official.json"}
+    from harness.results.store import load_parity_docs
+
+    assert sorted(d["second"] for d in load_parity_docs(tmp_path)) == ["minicpmv-official", "peft-default"]
+    before = json.loads((out / "outcome_ablation.swift-default-vs-peft-default.json").read_text())
+    calls.clear()
+    # an interrupted ablation, resumed: the arm runs that left their outcome are not trained again
+    (out / "outcome" / "swift-default-vs-peft-default" / "lr" / "data_seed1" / "outcome.json").unlink()
+    assert main([*ablate, "--profiles", "swift-default,peft-default", "--resume"]) == 0
+    assert calls == [(PLANTED_LR, 1)] and first_pair > 1
+    assert "reused: trained and scored by an earlier run" in capsys.readouterr().out
+    after = json.loads((out / "outcome_ablation.swift-default-vs-peft-default.json").read_text())
+    assert after["effects"] == before["effects"] and after["noise_floor"] == before["noise_floor"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--ablate", "--outcome"], "--outcome goes with --ablate --profiles A,B"),
     (["--outcome", "--profiles", "swift-default,peft-default"], "--profiles goes with --ablate"),
@@ -89,6 +120,8 @@ def test_outcome_ablation_ranks_the_planted_factor_and_marks_no_ops(spec_file, t
      "needs at least two data seeds"),
     (["--ablate", "--profiles", "swift-default,peft-default", "--outcome", "--seeds", "0,x"],
      "--seeds takes comma-separated integers"),
+    (["--ablate", "--profiles", "swift-default,peft-default", "--outcome", "--lanes", "0"],
+     "--lanes: lanes must be a positive whole number or 'auto'"),
 ])
 def test_outcome_mistakes_are_one_line(spec_file, tmp_path, capsys, args, message):
     assert main(["parity", str(spec_file), "--out", str(tmp_path / "p"), *args]) == 2
@@ -107,7 +140,7 @@ def test_a_users_recipe_files_as_profiles(spec_file, tmp_path, monkeypatch, caps
     out = tmp_path / "parity"
     assert main(["parity", str(spec_file), "--ablate", "--profiles", f"{mine},{theirs}", "--outcome",
                  "--out", str(out)]) == 0
-    doc = json.loads((out / "outcome_ablation.json").read_text())
+    doc = json.loads((out / "outcome_ablation.my-swift-vs-colleague.json").read_text())
     assert (doc["first"], doc["second"], doc["framework"]) == ("my-swift", "colleague", "swift")
     rows = {r["factor"]: r for r in doc["effects"]}
     assert rows["lr"]["values"] == {"my-swift": [2e-4], "colleague": [PLANTED_LR]}
@@ -140,3 +173,22 @@ def test_an_unknown_profile_name_lists_the_valid_ones(spec_file, tmp_path, capsy
     assert main(["parity", str(spec_file), "--ablate", "--profiles", "swift-defualt,peft-default",
                  "--out", str(tmp_path / "p")]) == 2
     assert "unknown profile 'swift-defualt' (valid: swift-default" in capsys.readouterr().err
+
+
+def test_the_step_loss_profile_ablation_is_kept_per_pair(spec_file, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_ablate_profiles(base, first, second, out_dir, progress):
+        seen.append(out_dir)
+        return {"first": first, "second": second, "framework": "swift", "steps": 3, "first_final_loss": 1.0,
+                "factors": [], "totals": []}
+
+    monkeypatch.setattr("harness.analysis.parity.ablate_profiles", fake_ablate_profiles)
+    out = tmp_path / "parity"
+    for pair in ("swift-default,minicpmv-official", "swift-default,peft-default"):
+        assert main(["parity", str(spec_file), "--ablate", "--profiles", pair, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("profile_ablation*.json")) == [
+        "profile_ablation.swift-default-vs-minicpmv-official.json",
+        "profile_ablation.swift-default-vs-peft-default.json"]
+    assert seen == [out / "profiles" / "swift-default-vs-minicpmv-official",
+                    out / "profiles" / "swift-default-vs-peft-default"]
