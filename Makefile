@@ -10,10 +10,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup lint test test-fast benchmark report regress parity memory memory-gpu minicpmv microbench model data clean versions
+.PHONY: help setup lint test test-fast benchmark report regress parity memory memory-gpu minicpmv minicpmv-outcome microbench model data clean versions
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install the pinned stack (no-op when already done)
 
@@ -62,6 +62,20 @@ minicpmv: setup  ## MiniCPM-V: swift defaults vs the official recipe vs the HF r
 	$(VENV)/bin/lorabench model build --family minicpmv
 	$(VENV)/bin/lorabench run harness/suites/minicpmv.yaml --resume
 	$(VENV)/bin/lorabench parity harness/suites/parity-minicpmv.yaml --steps 8 --ablate --profiles swift-default,minicpmv-official --out results/runs/minicpmv/parity
+	$(VENV)/bin/lorabench report results/runs/minicpmv
+
+# The outcome ablations at the suite's budget (swift-default's 125 steps of 16 = the cells' 2,000 samples):
+# 30 fine-tunes a pair, hours on a CPU. Every finished arm run is recorded in results/ablation-arms/minicpmv
+# (committed), and --resume skips the arms recorded there on the same builds and releases, so the target
+# can run in parts, in any clone.
+OUTCOME_MINICPMV := --outcome --seeds 0,1 --steps 125 --set train.max_train_samples=1000 \
+	--set eval.max_samples=60 --set eval.max_new_tokens=160 --set eval.batch_size=20 \
+	--resume --records results/ablation-arms/minicpmv --out results/runs/minicpmv/parity
+
+minicpmv-outcome: setup  ## MiniCPM-V: why swift-default ends differently from the official recipe and from peft-default (resumable; then the report)
+	$(VENV)/bin/lorabench model build --family minicpmv
+	$(VENV)/bin/lorabench parity harness/suites/parity-minicpmv.yaml --ablate --profiles swift-default,minicpmv-official $(OUTCOME_MINICPMV)
+	$(VENV)/bin/lorabench parity harness/suites/parity-minicpmv.yaml --ablate --profiles swift-default,peft-default $(OUTCOME_MINICPMV)
 	$(VENV)/bin/lorabench report results/runs/minicpmv
 
 memory: setup model  ## run the memory-levers suite (DeepSpeed ZeRO, offload, 2 processes)

@@ -14,20 +14,20 @@ one to say what matters for the fine-tuned model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from harness.analysis import arm_records
 from harness.analysis.attribution import OUTCOME_METRICS, attribute, outcome_of
 from harness.analysis.parity import profile_arms, profile_label, run_one
-from harness.config.spec import make_spec, spec_hash
+from harness.config.spec import make_spec
 from harness.errors import UserError
 from harness.run_spec import Spec
 
 RunArm = Callable[..., dict]  # (spec, work dir, cpus=None) -> outcome metrics; UserError when it cannot run
-OUTCOME_FILE = "outcome.json"  # in an arm's work dir: its spec hash and outcome, what --resume reuses
+OUTCOME_FILE = "outcome.json"  # in an arm's work dir: its record (harness.analysis.arm_records), what --resume reuses
 
 
 def train_and_evaluate(spec: Spec, work: Path, cpus: list[int] | None = None) -> dict:
@@ -46,15 +46,6 @@ def train_and_evaluate(spec: Spec, work: Path, cpus: list[int] | None = None) ->
         last = (result.error_tail or "").strip().splitlines()[-1:]
         raise UserError(f"evaluation {result.status}: {last} (log: {work / 'worker.log'})")
     return outcome_of(summary)
-
-
-def cached_outcome(spec: Spec, work: Path) -> dict | None:
-    """The outcome an earlier run of this very arm left in `work` (same spec hash), else None."""
-    try:
-        doc = json.loads((work / OUTCOME_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc.get("outcome") if doc.get("spec_hash") == spec_hash(spec) else None
 
 
 @dataclasses.dataclass
@@ -84,7 +75,7 @@ BUDGETS = ("samples", "steps")
 
 def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], out_dir: Path,
                    progress=print, run_arm: RunArm | None = None, budget: str = "samples",
-                   lanes: int | str = 1, resume: bool = False) -> dict:
+                   lanes: int | str = 1, resume: bool = False, records: Path | None = None) -> dict:
     """Train and evaluate every arm under every data seed; effects, noise floor and interaction.
 
     `budget`: "samples" (every arm sees as many training samples as the baseline does in the spec's
@@ -93,12 +84,15 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
     "steps" (every arm runs the spec's steps, whatever its global batch).
 
     `lanes`: arm runs at a time, each pinned to its own cores (harness.run.lanes; "auto": one per core
-    when every arm is a one-process CPU run). `resume`: an arm run whose work dir holds the outcome of
-    the same spec (an earlier, interrupted ablation) is not trained again.
+    when every arm is a one-process CPU run). `records`: a directory where every finished arm run also
+    leaves its record (harness.analysis.arm_records), named by its spec's hash, to be committed or copied.
+    `resume`: an arm run whose work dir holds the outcome of the same spec (an earlier, interrupted
+    ablation), or whose record in `records` was made on the same builds and releases, is not trained again.
 
     The baseline must run under every seed (no baseline, no effect: a UserError). Any other arm that
     cannot run — its framework cannot take the setting, or a seed failed — becomes a row with its reason.
     `run_arm` is the one thing that trains and scores (replaced in tests)."""
+    from harness.results.store import write_json_atomic
     from harness.run.lanes import lane_cpus, run_in_lanes
 
     if len(set(seeds)) < 2:
@@ -122,23 +116,44 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
     failed: dict[tuple[str, int], str] = {}
     counter = iter(range(1, len(runs) + 1))
 
+    made: dict[tuple[str, int], dict] = {}  # every finished arm run's record, for the provenance
+    reused: list[str] = []
+
+    def earlier(run: ArmRun) -> tuple[dict | None, str]:
+        """The record of an earlier run of this arm that may stand for it, and where it comes from."""
+        doc = arm_records.from_work_dir(run.spec, run.work, OUTCOME_FILE)
+        if doc:
+            return doc, "trained and scored by an earlier run"
+        if records is not None:
+            doc, why_not = arm_records.from_records(run.spec, records)
+            if doc:
+                return doc, f"recorded in {records} at commit {str(doc.get('git_commit'))[:10]}"
+            if why_not:
+                progress(f"  {run.label}, data seed {run.seed}: its record is not reused, {why_not}")
+        return None, ""
+
     def one(run: ArmRun, cpus: list[int] | None) -> dict:
-        reused = cached_outcome(run.spec, run.work) if resume else None
+        doc, source = earlier(run) if resume else (None, "")
         progress(f"outcome ablation [{next(counter)}/{len(runs)}] {run.label}, data seed {run.seed}: "
                  f"{run.spec.framework}, {run.spec.train.steps} steps of {samples_per_step(run.spec)} "
-                 + ("(reused: trained and scored by an earlier run)" if reused else "..."))
+                 + (f"(reused: {source})" if doc else "..."))
         t0 = time.perf_counter()
-        try:
-            outcome = reused or run_arm(run.spec, run.work, cpus=cpus)
-        except UserError as exc:
-            failed[run.label, run.seed] = str(exc)
-            return {"status": "failed"}
-        timings[run.label] += time.perf_counter() - t0
-        outcomes[run.label][run.seed] = outcome
-        if not reused:
-            from harness.results.store import write_json_atomic
-
-            write_json_atomic(run.work / OUTCOME_FILE, {"spec_hash": spec_hash(run.spec), "outcome": outcome})
+        if doc is None:
+            try:
+                outcome = run_arm(run.spec, run.work, cpus=cpus)
+            except UserError as exc:
+                failed[run.label, run.seed] = str(exc)
+                return {"status": "failed"}
+            doc = arm_records.make_record(run.spec, run.work, run.label, run.seed, outcome,
+                                          time.perf_counter() - t0)
+            write_json_atomic(run.work / OUTCOME_FILE, doc)
+        else:
+            reused.append(f"{run.label}, data seed {run.seed}")
+        if records is not None and arm_records.from_records(run.spec, records)[0] != doc:
+            write_json_atomic(arm_records.record_path(records, run.spec), doc)
+        timings[run.label] += doc.get("seconds") or 0.0
+        outcomes[run.label][run.seed] = doc["outcome"]
+        made[run.label, run.seed] = doc
         return {"status": "ok"}
 
     cpus = lane_cpus(lanes, runs)
@@ -175,4 +190,6 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
             "measures": f"held-out outcome after the budget; effect = mean over data seeds of (arm − {first}) "
                         "under the same seed",
             **doc, "outcomes": {label: {str(s): o for s, o in out.items()} for label, out in arms.items()},
-            "arm_seconds": timings, "lanes": len(cpus) if cpus else 1}
+            "arm_seconds": timings, "lanes": len(cpus) if cpus else 1, "reused": reused,
+            "records": str(records) if records is not None else None,
+            "provenance": arm_records.provenance([made[k] for k in sorted(made)])}

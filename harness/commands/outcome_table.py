@@ -69,4 +69,9 @@ def format_outcome_ablation(doc: dict) -> str:
         out.append("  (the sum carries every arm's seed noise: the floor is a lower bound for the interaction's)")
         if inter.get("note"):
             out.append(f"  note: {inter['note']}")
+    prov = doc.get("provenance") or {}
+    if doc.get("reused"):
+        commits = ", ".join(str(c)[:10] for c in prov.get("git_commits") or [])
+        out += ["", f"{len(doc['reused'])} arm runs reused from earlier runs; the arms ran at commit(s) {commits}"
+                    + (f" on {'; '.join(map(str, prov['cpus']))}" if prov.get("cpus") else "")]
     return "\n".join(out)

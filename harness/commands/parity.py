@@ -44,7 +44,12 @@ def add_parser(parser) -> None:
                              "per core for one-process CPU runs, as `lorabench run` does)")
     parser.add_argument("--resume", action="store_true",
                         help="with --outcome: reuse every arm run that an earlier, interrupted ablation in --out "
-                             "already trained and scored under the same spec")
+                             "already trained and scored under the same spec (and, with --records, every arm "
+                             "whose record there was made on the same model and dataset builds and releases)")
+    parser.add_argument("--records", type=Path, metavar="DIR",
+                        help="with --outcome: also keep each finished arm run's record (outcome, spec, commit, "
+                             "releases; a small JSON named by the spec's hash) in DIR, to commit or copy, so that "
+                             "--resume can go on in another clone or on another machine")
     parser.add_argument("--out", type=Path, default=Path("results/runs/parity"), help="where runs and parity.json go")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
@@ -123,7 +128,7 @@ def _run_outcome(args, base: Spec, names: list[str], quiet, t0: float) -> int:
     lanes = parse_lanes(args.lanes, "--lanes")
     pair = pair_name(names)
     doc = ablate_outcome(base, names[0], names[1], seeds, args.out / "outcome" / pair, progress=quiet,
-                         budget=args.budget, lanes=lanes, resume=args.resume)
+                         budget=args.budget, lanes=lanes, resume=args.resume, records=args.records)
     doc["seconds"] = time.perf_counter() - t0
     doc["spec"] = base.to_dict()
     _save(args.out / f"outcome_ablation.{pair}.json", doc)

@@ -192,3 +192,58 @@ def test_the_step_loss_profile_ablation_is_kept_per_pair(spec_file, tmp_path, mo
         "profile_ablation.swift-default-vs-peft-default.json"]
     assert seen == [out / "profiles" / "swift-default-vs-minicpmv-official",
                     out / "profiles" / "swift-default-vs-peft-default"]
+
+
+def test_records_carry_an_ablation_to_another_clone_and_are_checked_before_reuse(spec_file, tmp_path, monkeypatch,
+                                                                                capsys):
+    """--records keeps one JSON per arm run; a fresh --out (another clone) resumes from them, but not from
+    a record made on another model build or under other releases; a baseline two pairs share runs once."""
+    calls = []
+
+    def counted_run(spec, work, cpus=None):
+        calls.append((spec.optim.lr, spec.train.data_seed))
+        return fake_run(spec, work, cpus)
+
+    monkeypatch.setattr("harness.analysis.outcome_ablation.train_and_evaluate", counted_run)
+    records = tmp_path / "records"
+    ablate = ["parity", str(spec_file), "--ablate", "--outcome", "--lanes", "1", "--records", str(records),
+              "--profiles", "swift-default,peft-default"]
+    assert main([*ablate, "--out", str(tmp_path / "first")]) == 0
+    trained = len(calls)
+    files = sorted(records.glob("*.json"))
+    assert len(files) == trained
+    docs = [json.loads(f.read_text()) for f in files]
+    for doc, path in zip(docs, files):
+        assert path.stem == doc["spec_hash"] and doc["outcome"]["heldout_loss"] is not None
+        assert doc["model"]["checksum"] and doc["dataset"]["checksum"] and "git_commit" in doc
+    first = json.loads((tmp_path / "first" / "outcome_ablation.swift-default-vs-peft-default.json").read_text())
+    capsys.readouterr()
+
+    calls.clear()  # another clone: empty work dirs, the committed records
+    assert main([*ablate, "--out", str(tmp_path / "second"), "--resume"]) == 0
+    assert calls == []
+    second = json.loads((tmp_path / "second" / "outcome_ablation.swift-default-vs-peft-default.json").read_text())
+    assert second["effects"] == first["effects"] and len(second["reused"]) == trained
+    assert f"{trained} arm runs reused from earlier runs" in capsys.readouterr().out
+
+    by_label = {(d["label"], d["data_seed"]): f for d, f in zip(docs, files)}
+    stale_model = json.loads(by_label["lr", 0].read_text())
+    stale_model["model"]["checksum"] = "another-build"
+    by_label["lr", 0].write_text(json.dumps(stale_model))
+    other_release = json.loads(by_label["lr", 1].read_text())
+    other_release["packages"] = {**(other_release["packages"] or {}), "torch": "0.0.1"}
+    by_label["lr", 1].write_text(json.dumps(other_release))
+    capsys.readouterr()
+    assert main([*ablate, "--out", str(tmp_path / "third"), "--resume"]) == 0
+    assert sorted(calls) == [(PLANTED_LR, 0), (PLANTED_LR, 1)]
+    text = capsys.readouterr().out
+    assert "lr, data seed 0: its record is not reused, recorded on another model build" in text
+    assert "lr, data seed 1: its record is not reused, recorded under other releases: torch 0.0.1" in text
+    assert json.loads(by_label["lr", 0].read_text())["model"]["checksum"] != "another-build"  # replaced
+
+    calls.clear()  # another pair with the same baseline: the baseline's runs are reused
+    assert main([*ablate[:-1], "swift-default,minicpmv-official", "--out", str(tmp_path / "third"), "--resume"]) == 0
+    text = capsys.readouterr().out
+    for seed in (0, 1):
+        assert f"swift-default, data seed {seed}: swift, 3 steps of 16 (reused: recorded in {records}" in text
+    assert len(calls) == text.count(" ...\n") > 0

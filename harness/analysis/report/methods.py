@@ -11,7 +11,7 @@ import yaml
 from harness.dotted import flatten
 
 
-def _unique(values: Iterable[Any]) -> list[Any]:
+def unique(values: Iterable[Any]) -> list[Any]:
     seen, out = set(), []
     for v in values:
         key = json.dumps(v, sort_keys=True, default=str)
@@ -38,7 +38,7 @@ def methods_facts(records: Sequence[Mapping]) -> dict:
     all_keys = sorted(set().union(*flat_specs)) if flat_specs else []
     constant, varying = {}, {}
     for k in all_keys:
-        values = _unique(s.get(k, "<absent>") for s in flat_specs)
+        values = unique(s.get(k, "<absent>") for s in flat_specs)
         if len(values) == 1:
             constant[k] = values[0]
         else:
@@ -50,21 +50,21 @@ def methods_facts(records: Sequence[Mapping]) -> dict:
             if version not in packages.setdefault(name, []):
                 packages[name].append(version)
     return {
-        "models": _unique({"name": (e.get("model") or {}).get("name"),
+        "models": unique({"name": (e.get("model") or {}).get("name"),
                            "checksum": (e.get("model") or {}).get("checksum")} for e in envs),
-        "datasets": _unique({"name": (e.get("dataset") or {}).get("name"),
+        "datasets": unique({"name": (e.get("dataset") or {}).get("name"),
                              "checksum": (e.get("dataset") or {}).get("checksum")} for e in envs),
-        "hardware": _unique({"cpu": e.get("cpu"), "cores": e.get("cores"), "gpu": e.get("gpu") or [],
+        "hardware": unique({"cpu": e.get("cpu"), "cores": e.get("cores"), "gpu": e.get("gpu") or [],
                              "torch_threads": e.get("torch_threads"), "platform": e.get("platform"),
                              "matmul_peak_gflops": e.get("matmul_peak_gflops")} for e in envs),
-        "python": _unique(e.get("python") for e in envs),
+        "python": unique(e.get("python") for e in envs),
         "packages": dict(sorted(packages.items())),
-        "git": _unique({"commit": e.get("git_commit"), "dirty": e.get("git_dirty")} for e in envs),
+        "git": unique({"commit": e.get("git_commit"), "dirty": e.get("git_dirty")} for e in envs),
         "seeds": sorted({r.get("cell", {}).get("seed") for r in records} - {None}, key=str),
         "spec_constant": constant,
         "spec_varying": varying,
-        "commands": _unique(r.get("command") for r in records),
-        "suites": _unique(r.get("suite") for r in records),
+        "commands": unique(r.get("command") for r in records),
+        "suites": unique(r.get("suite") for r in records),
     }
 
 
