@@ -66,8 +66,8 @@ minicpmv: setup  ## MiniCPM-V: swift defaults vs the official recipe vs the HF r
 
 # The outcome ablations at the suite's budget (swift-default's 125 steps of 16 = the cells' 2,000 samples):
 # 30 fine-tunes a pair, hours on a CPU. Every finished arm run is recorded in results/ablation-arms/minicpmv
-# (committed), and --resume skips the arms recorded there on the same builds and releases, so the target
-# can run in parts, in any clone.
+# (committed), and --resume skips the arms recorded there on the same builds, releases and machine kind,
+# so the target can run in parts, in any clone.
 OUTCOME_MINICPMV := --outcome --seeds 0,1 --steps 125 --set train.max_train_samples=1000 \
 	--set eval.max_samples=60 --set eval.max_new_tokens=160 --set eval.batch_size=20 \
 	--resume --records results/ablation-arms/minicpmv --out results/runs/minicpmv/parity

@@ -1,14 +1,16 @@
 """Arm records: what one outcome-ablation arm run leaves behind, small enough to commit.
 
 An outcome ablation trains every arm to the budget under every data seed: on a 2-core CPU the MiniCPM-V
-pair is 30 fine-tunes of 15-20 minutes each, more than one sitting. A record (the arm's outcome, its spec,
+pair is 30 fine-tunes of 14-20 minutes each, more than one sitting. A record (the arm's outcome, its spec,
 and what it ran on) lets the ablation go on in another clone or on another machine: `--records DIR` keeps
-one JSON per arm run, named by its spec's hash, and `--resume` reuses a record when running the arm again
-would train the same thing: the same spec, the same model and dataset builds (their checksums) and, in the
-main environment, the same framework releases. An arm two pairs share (the baseline) is trained once.
+one JSON per arm run, named by its spec's hash, and `--resume` reuses a record only where running the arm
+again would train the same thing: the same spec and an `env` that differs in nothing that can change the
+numbers (harness.results.store.env_fingerprint_diff: the model and dataset builds' checksums, the releases,
+the environment the train worker ran in and its lock, python, the CPU or GPU model). An arm that two pairs
+share (the baseline) is trained once.
 
-The same document is the `outcome.json` an arm leaves in its work directory (what `--resume` reuses
-within one checkout).
+The same document is the `outcome.json` an arm leaves in its work directory, which `--resume` reuses
+within one checkout under the same checks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from pathlib import Path
 
 from harness.config.spec import spec_hash
 from harness.run_spec import Spec
+
+# env keys that do not change what a run computes: the worker's thread count (one per lane, set by the
+# lanes, not by the record), the core count and the kernel's version string
+NOT_COMPARED = ("torch_threads:", "cores:", "platform:")
 
 
 def _read(path: Path) -> dict | None:
@@ -45,65 +51,78 @@ def _builds(model_name: str, dataset_name: str) -> dict:
             "dataset": {k: dataset[k] for k in ("name", "checksum")}}
 
 
-def builds(spec: Spec) -> dict:
-    """The model and dataset builds `spec` trains on: name and checksum of each (once per process)."""
-    return copy.deepcopy(_builds(spec.model, spec.dataset))
+def environment(spec: Spec) -> dict:
+    """What an arm of `spec` runs on here, in the form of a run record's `env` (no worker thread count):
+    the machine and releases, the model and dataset builds, the spec's own environment and its lock."""
+    from harness.config.envs import load_env
+    from harness.run.env import fingerprint
+    from harness.run.environments import find
+
+    env = {**fingerprint(), **copy.deepcopy(_builds(spec.model, spec.dataset))}
+    if spec.env is not None:
+        created = find(load_env(spec.env))
+        env["environment"] = created.record() if created else {"name": spec.env}
+    return env
 
 
 def make_record(spec: Spec, work: Path, label: str, seed: int, outcome: dict, seconds: float | None) -> dict:
     """The record of an arm run that has just trained and been scored in `work`."""
-    from harness.run.env import cpu_model, git_state
-
-    commit, dirty = git_state()
+    env = environment(spec)
     train = _read(work / "train.rank0.json") or {}
+    env["torch_threads"] = train.get("torch_threads")
+    if "environment" in env:  # the releases its train worker saw, as a run record keeps them
+        env["environment"]["packages"] = train.get("packages")
     return {"spec_hash": spec_hash(spec), "label": label, "data_seed": seed, "outcome": outcome,
             "seconds": seconds, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "git_commit": commit, "git_dirty": dirty, "packages": train.get("packages"), "cpu": cpu_model(),
-            **builds(spec), "spec": spec.to_dict()}
+            "env": env, "spec": spec.to_dict()}
 
 
 def record_path(records: Path, spec: Spec) -> Path:
     return records / f"{spec_hash(spec)}.json"
 
 
-def from_work_dir(spec: Spec, work: Path, outcome_file: str) -> dict | None:
-    """The record an earlier run of this very arm (same spec hash) left in its work dir, else None.
-    A work dir is this checkout's own: nothing else is compared."""
+def why_not_reused(doc: dict | None, spec: Spec) -> str | None:
+    """None when `doc` may stand for a run of `spec` here; else why not, in a few words."""
+    from harness.results.store import env_fingerprint_diff
+
+    if not doc or not isinstance(doc.get("outcome"), dict):
+        return "not an arm record"
+    if doc.get("spec_hash") != spec_hash(spec):
+        return "recorded for another spec"
+    if not isinstance(doc.get("env"), dict):
+        return "it does not say what it ran on"
+    diffs = [d for d in env_fingerprint_diff(doc["env"], environment(spec)) if not d.startswith(NOT_COMPARED)]
+    return ("it ran on something else: " + "; ".join(diffs)) if diffs else None
+
+
+def from_work_dir(spec: Spec, work: Path, outcome_file: str) -> tuple[dict | None, str | None]:
+    """(the record an earlier run of this arm left in its work dir, None), or (None, why it is not
+    reused; None when there is none)."""
     doc = _read(work / outcome_file)
-    if not doc or doc.get("spec_hash") != spec_hash(spec) or not isinstance(doc.get("outcome"), dict):
-        return None
-    return doc
+    if doc is None:
+        return None, None
+    why = why_not_reused(doc, spec)
+    return (None, why) if why else (doc, None)
 
 
 def from_records(spec: Spec, records: Path) -> tuple[dict | None, str | None]:
-    """(the record of this arm in `records`, None) when it may stand for a run here; (None, why not) when a
-    record exists but was made on other builds or releases; (None, None) when there is none."""
-    from harness.run.env import FRAMEWORKS, package_versions
-
-    doc = _read(record_path(records, spec))
-    if not doc or doc.get("spec_hash") != spec_hash(spec) or not isinstance(doc.get("outcome"), dict):
+    """The same for this arm's record in the directory `records`."""
+    path = record_path(records, spec)
+    if not path.is_file():
         return None, None
-    here = builds(spec)
-    for kind in ("model", "dataset"):
-        if (doc.get(kind) or {}).get("checksum") != here[kind]["checksum"]:
-            return None, f"recorded on another {kind} build ({spec.model if kind == 'model' else spec.dataset})"
-    if spec.env is None:  # a named environment's releases are part of the spec (its name)
-        recorded = doc.get("packages") or {}
-        current = package_versions(FRAMEWORKS)
-        changed = sorted(p for p in FRAMEWORKS if p in recorded and recorded[p] != current.get(p))
-        if changed:
-            return None, "recorded under other releases: " + ", ".join(
-                f"{p} {recorded[p]} (here {current.get(p)})" for p in changed)
-    return doc, None
+    doc = _read(path)
+    why = why_not_reused(doc, spec)
+    return (None, why) if why else (doc, None)
 
 
 def provenance(records: list[dict]) -> dict:
     """What the arms of one ablation ran on, over all their records: commits, releases, machines."""
     from harness.analysis.report.methods import unique
 
-    return {"git_commits": unique(r.get("git_commit") for r in records),
-            "dirty_tree": any(r.get("git_dirty") for r in records),
-            "packages": unique(r.get("packages") for r in records),
-            "cpus": unique(r.get("cpu") for r in records),
+    envs = [r.get("env") or {} for r in records]
+    return {"git_commits": unique(e.get("git_commit") for e in envs),
+            "dirty_tree": any(e.get("git_dirty") for e in envs),
+            "packages": unique(e.get("packages") for e in envs),
+            "cpus": unique(e.get("cpu") for e in envs),
             "recorded": [min(t), max(t)] if (t := [r["recorded_at"] for r in records if r.get("recorded_at")])
             else None}

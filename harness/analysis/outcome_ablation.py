@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,21 +116,21 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
     outcomes: dict[str, dict[int, dict]] = {label: {} for label in arm_steps}
     failed: dict[tuple[str, int], str] = {}
     counter = iter(range(1, len(runs) + 1))
-
     made: dict[tuple[str, int], dict] = {}  # every finished arm run's record, for the provenance
     reused: list[str] = []
+    tally = threading.Lock()  # two lanes may finish seeds of one arm at once
 
     def earlier(run: ArmRun) -> tuple[dict | None, str]:
         """The record of an earlier run of this arm that may stand for it, and where it comes from."""
-        doc = arm_records.from_work_dir(run.spec, run.work, OUTCOME_FILE)
-        if doc:
-            return doc, "trained and scored by an earlier run"
+        sources = [("its work dir", lambda: arm_records.from_work_dir(run.spec, run.work, OUTCOME_FILE))]
         if records is not None:
-            doc, why_not = arm_records.from_records(run.spec, records)
+            sources.append((str(records), lambda: arm_records.from_records(run.spec, records)))
+        for where, look in sources:
+            doc, why_not = look()
             if doc:
-                return doc, f"recorded in {records} at commit {str(doc.get('git_commit'))[:10]}"
+                return doc, f"recorded in {where} at commit {str(doc['env'].get('git_commit'))[:10]}"
             if why_not:
-                progress(f"  {run.label}, data seed {run.seed}: its record is not reused, {why_not}")
+                progress(f"  {run.label}, data seed {run.seed}: the record in {where} is not reused, {why_not}")
         return None, ""
 
     def one(run: ArmRun, cpus: list[int] | None) -> dict:
@@ -147,13 +148,14 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
             doc = arm_records.make_record(run.spec, run.work, run.label, run.seed, outcome,
                                           time.perf_counter() - t0)
             write_json_atomic(run.work / OUTCOME_FILE, doc)
-        else:
-            reused.append(f"{run.label}, data seed {run.seed}")
         if records is not None and arm_records.from_records(run.spec, records)[0] != doc:
             write_json_atomic(arm_records.record_path(records, run.spec), doc)
-        timings[run.label] += doc.get("seconds") or 0.0
-        outcomes[run.label][run.seed] = doc["outcome"]
-        made[run.label, run.seed] = doc
+        with tally:
+            if source:
+                reused.append(f"{run.label}, data seed {run.seed}")
+            timings[run.label] += doc.get("seconds") or 0.0
+            outcomes[run.label][run.seed] = doc["outcome"]
+            made[run.label, run.seed] = doc
         return {"status": "ok"}
 
     cpus = lane_cpus(lanes, runs)

@@ -3,6 +3,7 @@ replaced by a function of the spec (an arm's real run takes minutes): a planted 
 a no-op factor must be marked as within the data-order noise, and the document must reach the report."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +21,20 @@ def fake_run(spec, work, cpus=None):
     seed = spec.train.data_seed
     return {"heldout_loss": 1.0 + (0.5 if planted else 0.0) + 0.01 * seed,
             "field_f1": 0.6 - (0.3 if planted else 0.0) + 0.02 * seed, "field_anls": 0.7, "cer": 0.1}
+
+
+@pytest.fixture(autouse=True)
+def fresh_build_checksums():
+    """The checksums of the model and dataset builds are kept per process: each test builds its own model."""
+    from harness.analysis.arm_records import _builds
+
+    _builds.cache_clear()
+    yield
+    _builds.cache_clear()
+
+
+def record_file(records, doc):
+    return records / f"{doc['spec_hash']}.json"
 
 
 @pytest.fixture
@@ -108,7 +123,7 @@ def test_a_second_pair_sits_beside_the_first_and_resume_reuses_finished_arms(spe
     (out / "outcome" / "swift-default-vs-peft-default" / "lr" / "data_seed1" / "outcome.json").unlink()
     assert main([*ablate, "--profiles", "swift-default,peft-default", "--resume"]) == 0
     assert calls == [(PLANTED_LR, 1)] and first_pair > 1
-    assert "reused: trained and scored by an earlier run" in capsys.readouterr().out
+    assert "(reused: recorded in its work dir at commit" in capsys.readouterr().out
     after = json.loads((out / "outcome_ablation.swift-default-vs-peft-default.json").read_text())
     assert after["effects"] == before["effects"] and after["noise_floor"] == before["noise_floor"]
 
@@ -214,8 +229,10 @@ def test_records_carry_an_ablation_to_another_clone_and_are_checked_before_reuse
     assert len(files) == trained
     docs = [json.loads(f.read_text()) for f in files]
     for doc, path in zip(docs, files):
-        assert path.stem == doc["spec_hash"] and doc["outcome"]["heldout_loss"] is not None
-        assert doc["model"]["checksum"] and doc["dataset"]["checksum"] and "git_commit" in doc
+        assert path == record_file(records, doc) and doc["outcome"]["heldout_loss"] is not None
+        env = doc["env"]
+        assert env["model"]["checksum"] and env["dataset"]["checksum"] and env["packages"]["torch"]
+        assert "git_commit" in env and env["cpu"]
     first = json.loads((tmp_path / "first" / "outcome_ablation.swift-default-vs-peft-default.json").read_text())
     capsys.readouterr()
 
@@ -228,18 +245,37 @@ def test_records_carry_an_ablation_to_another_clone_and_are_checked_before_reuse
 
     by_label = {(d["label"], d["data_seed"]): f for d, f in zip(docs, files)}
     stale_model = json.loads(by_label["lr", 0].read_text())
-    stale_model["model"]["checksum"] = "another-build"
+    stale_model["env"]["model"]["checksum"] = "another-build"
     by_label["lr", 0].write_text(json.dumps(stale_model))
     other_release = json.loads(by_label["lr", 1].read_text())
-    other_release["packages"] = {**(other_release["packages"] or {}), "torch": "0.0.1"}
+    other_release["env"]["packages"]["torch"] = "0.0.1"
     by_label["lr", 1].write_text(json.dumps(other_release))
     capsys.readouterr()
     assert main([*ablate, "--out", str(tmp_path / "third"), "--resume"]) == 0
     assert sorted(calls) == [(PLANTED_LR, 0), (PLANTED_LR, 1)]
     text = capsys.readouterr().out
-    assert "lr, data seed 0: its record is not reused, recorded on another model build" in text
-    assert "lr, data seed 1: its record is not reused, recorded under other releases: torch 0.0.1" in text
-    assert json.loads(by_label["lr", 0].read_text())["model"]["checksum"] != "another-build"  # replaced
+    assert ("lr, data seed 0: the record in " + str(records) + " is not reused, it ran on something else: "
+            "model.checksum: another-build != ") in text
+    assert "lr, data seed 1: the record in" in text and "packages.torch: 0.0.1 != " in text
+    assert json.loads(by_label["lr", 0].read_text())["env"]["model"]["checksum"] != "another-build"  # replaced
+
+    # a work dir's record is checked too: one from another build is not reused, nor copied over the good record
+    work = tmp_path / "first" / "outcome" / "swift-default-vs-peft-default" / "alpha" / "data_seed0"
+    stale = json.loads((work / "outcome.json").read_text())
+    stale["env"]["dataset"]["checksum"] = "another-build"
+    (work / "outcome.json").write_text(json.dumps(stale))
+    old_format = work.parent / "data_seed1" / "outcome.json"  # what an ablation before records left
+    old_format.write_text(json.dumps({k: json.loads(old_format.read_text())[k] for k in ("spec_hash", "outcome")}))
+    committed = {d["label"]: d for d in map(json.loads, map(Path.read_text, records.glob("*.json")))}["alpha"]
+    calls.clear()
+    assert main([*ablate, "--out", str(tmp_path / "first"), "--resume"]) == 0
+    assert calls == []
+    text = capsys.readouterr().out
+    assert ("alpha, data seed 0: the record in its work dir is not reused, it ran on something else: "
+            "dataset.checksum") in text
+    assert "alpha, data seed 1: the record in its work dir is not reused, it does not say what it ran on" in text
+    assert f"alpha, data seed 0: swift, 3 steps of 16 (reused: recorded in {records}" in text
+    assert json.loads(record_file(records, committed).read_text()) == committed
 
     calls.clear()  # another pair with the same baseline: the baseline's runs are reused
     assert main([*ablate[:-1], "swift-default,minicpmv-official", "--out", str(tmp_path / "third"), "--resume"]) == 0
