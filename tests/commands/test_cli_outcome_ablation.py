@@ -38,6 +38,19 @@ def record_file(records, doc):
 
 
 @pytest.fixture
+def counted_runs(monkeypatch):
+    """fake_run in place of training, and the (lr, data seed) of every arm run it was asked for."""
+    calls = []
+
+    def counted_run(spec, work, cpus=None):
+        calls.append((spec.optim.lr, spec.train.data_seed))
+        return fake_run(spec, work, cpus)
+
+    monkeypatch.setattr("harness.analysis.outcome_ablation.train_and_evaluate", counted_run)
+    return calls
+
+
+@pytest.fixture
 def spec_file(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
@@ -97,15 +110,9 @@ def test_outcome_ablation_ranks_the_planted_factor_and_marks_no_ops(spec_file, t
     assert "Why swift-default and peft-default end differently" in paths["md"].read_text()
 
 
-def test_a_second_pair_sits_beside_the_first_and_resume_reuses_finished_arms(spec_file, tmp_path, monkeypatch,
+def test_a_second_pair_sits_beside_the_first_and_resume_reuses_finished_arms(spec_file, tmp_path, counted_runs,
                                                                            capsys):
-    calls = []
-
-    def counted_run(spec, work, cpus=None):
-        calls.append((spec.optim.lr, spec.train.data_seed))
-        return fake_run(spec, work, cpus)
-
-    monkeypatch.setattr("harness.analysis.outcome_ablation.train_and_evaluate", counted_run)
+    calls = counted_runs
     out = tmp_path / "parity"
     ablate = ["parity", str(spec_file), "--ablate", "--outcome", "--out", str(out)]
     assert main([*ablate, "--profiles", "swift-default,peft-default", "--lanes", "2"]) == 0
@@ -209,17 +216,11 @@ def test_the_step_loss_profile_ablation_is_kept_per_pair(spec_file, tmp_path, mo
                     out / "profiles" / "swift-default-vs-peft-default"]
 
 
-def test_records_carry_an_ablation_to_another_clone_and_are_checked_before_reuse(spec_file, tmp_path, monkeypatch,
+def test_records_carry_an_ablation_to_another_clone_and_are_checked_before_reuse(spec_file, tmp_path, counted_runs,
                                                                                 capsys):
     """--records keeps one JSON per arm run; a fresh --out (another clone) resumes from them, but not from
     a record made on another model build or under other releases; a baseline two pairs share runs once."""
-    calls = []
-
-    def counted_run(spec, work, cpus=None):
-        calls.append((spec.optim.lr, spec.train.data_seed))
-        return fake_run(spec, work, cpus)
-
-    monkeypatch.setattr("harness.analysis.outcome_ablation.train_and_evaluate", counted_run)
+    calls = counted_runs
     records = tmp_path / "records"
     ablate = ["parity", str(spec_file), "--ablate", "--outcome", "--lanes", "1", "--records", str(records),
               "--profiles", "swift-default,peft-default"]
