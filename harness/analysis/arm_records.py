@@ -29,7 +29,7 @@ from harness.run_spec import Spec
 NOT_COMPARED = ("torch_threads:", "cores:", "platform:")
 
 
-def _read(path: Path) -> dict | None:
+def read(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -68,7 +68,7 @@ def environment(spec: Spec) -> dict:
 def make_record(spec: Spec, work: Path, label: str, seed: int, outcome: dict, seconds: float | None) -> dict:
     """The record of an arm run that has just trained and been scored in `work`."""
     env = environment(spec)
-    train = _read(work / "train.rank0.json") or {}
+    train = read(work / "train.rank0.json") or {}
     env["torch_threads"] = train.get("torch_threads")
     if "environment" in env:  # the releases its train worker saw, as a run record keeps them
         env["environment"]["packages"] = train.get("packages")
@@ -98,7 +98,7 @@ def why_not_reused(doc: dict | None, spec: Spec) -> str | None:
 def from_work_dir(spec: Spec, work: Path, outcome_file: str) -> tuple[dict | None, str | None]:
     """(the record an earlier run of this arm left in its work dir, None), or (None, why it is not
     reused; None when there is none)."""
-    doc = _read(work / outcome_file)
+    doc = read(work / outcome_file)
     if doc is None:
         return None, None
     why = why_not_reused(doc, spec)
@@ -110,7 +110,7 @@ def from_records(spec: Spec, records: Path) -> tuple[dict | None, str | None]:
     path = record_path(records, spec)
     if not path.is_file():
         return None, None
-    doc = _read(path)
+    doc = read(path)
     why = why_not_reused(doc, spec)
     return (None, why) if why else (doc, None)
 

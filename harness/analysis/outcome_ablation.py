@@ -87,8 +87,8 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
     `lanes`: arm runs at a time, each pinned to its own cores (harness.run.lanes; "auto": one per core
     when every arm is a one-process CPU run). `records`: a directory where every finished arm run also
     leaves its record (harness.analysis.arm_records), named by its spec's hash, to be committed or copied.
-    `resume`: an arm run whose work dir holds the outcome of the same spec (an earlier, interrupted
-    ablation), or whose record in `records` was made on the same builds and releases, is not trained again.
+    `resume`: an arm run whose record, in its work dir (an earlier, interrupted ablation) or in `records`,
+    passes arm_records.why_not_reused (same spec, builds, releases, machine kind) is not trained again.
 
     The baseline must run under every seed (no baseline, no effect: a UserError). Any other arm that
     cannot run — its framework cannot take the setting, or a seed failed — becomes a row with its reason.
@@ -148,7 +148,8 @@ def ablate_outcome(base: Spec, first: str, second: str, seeds: Sequence[int], ou
             doc = arm_records.make_record(run.spec, run.work, run.label, run.seed, outcome,
                                           time.perf_counter() - t0)
             write_json_atomic(run.work / OUTCOME_FILE, doc)
-        if records is not None and arm_records.from_records(run.spec, records)[0] != doc:
+        # `doc` passed its checks (or was just made): the record in `records` is written unless it holds `doc`
+        if records is not None and arm_records.read(arm_records.record_path(records, run.spec)) != doc:
             write_json_atomic(arm_records.record_path(records, run.spec), doc)
         with tally:
             if source:
