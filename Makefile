@@ -75,6 +75,8 @@ OUTCOME_MINICPMV := --outcome --seeds 0,1 --steps 125 --set train.max_train_samp
 minicpmv-outcome: setup  ## MiniCPM-V: why swift-default ends differently from the official recipe and from peft-default (resumable; then the report)
 	$(VENV)/bin/lorabench model build --family minicpmv
 	$(VENV)/bin/lorabench parity harness/suites/parity-minicpmv.yaml --ablate --profiles swift-default,minicpmv-official $(OUTCOME_MINICPMV)
+	$(VENV)/bin/lorabench parity harness/suites/parity-minicpmv.yaml --ablate $(OUTCOME_MINICPMV) \
+		--profiles swift-default,harness/suites/recipes/swift-lr-1e-6-no-prefix.yaml
 	$(VENV)/bin/lorabench parity harness/suites/parity-minicpmv.yaml --ablate --profiles swift-default,peft-default $(OUTCOME_MINICPMV)
 	$(VENV)/bin/lorabench report results/runs/minicpmv
 
