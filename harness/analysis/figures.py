@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # before anything can pick an interactive backend
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
@@ -216,6 +217,54 @@ def bars_figure(labels: Sequence[str], values: Sequence[float], *, ylabel: str, 
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
     ax.set_title(wrap(title, width, 10), fontsize=10)  # a long title wraps instead of running off the figure
+    return fig
+
+
+EFFECT_COLOURS = {"factor": "#4c72b0", "noise": "#b8b8b8", "sum": "#dd8452", "whole": "#c44e52"}
+EFFECT_KEYS = {"factor": "beyond the noise floor", "noise": "within it (~)", "sum": "sum of the single factors",
+               "whole": "all at once"}
+
+
+def effect_panels(labels: Sequence[str], kinds: Sequence[str], panels: Sequence[dict], stem: Path, *,
+                  title: str) -> Path:
+    """`effect_panels_figure` saved as `<stem>.png` and `.pdf`."""
+    return save(effect_panels_figure(labels, kinds, panels, title=title), stem)
+
+
+def effect_panels_figure(labels: Sequence[str], kinds: Sequence[str], panels: Sequence[dict], *,
+                         title: str) -> Figure:
+    """One horizontal-bar panel per outcome metric, the rows shared: each row's effect, whiskers from
+    its lowest to its highest per-seed value, a grey band for ±the metric's noise floor.
+
+    kinds: "factor" | "sum" | "whole" per row; a factor row drawn grey where panel["within"] says it
+    lies within the floor. panels: [{"xlabel", "values", "lows", "highs", "within", "floor"}]; the
+    "sum" and "whole" rows sit below a gap so the interaction (whole − sum) reads off the bars.
+    """
+    n = len(labels)
+    gap = [0.6 if i and kinds[i] != "factor" and kinds[i - 1] == "factor" else 0.0 for i in range(n)]
+    positions = [i + sum(gap[: i + 1]) for i in range(n)]
+    fig = Figure(figsize=(3.4 * len(panels) + 2.2, max(3.0, 0.42 * n + 1.8)), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    used: set[str] = set()
+    for ax, panel in zip(axes, panels):
+        values = panel["values"]
+        keys = ["noise" if kind == "factor" and within else kind for kind, within in zip(kinds, panel["within"])]
+        used.update(keys)
+        colours = [EFFECT_COLOURS[k] for k in keys]
+        err = [[max(0.0, v - lo) for v, lo in zip(values, panel["lows"])],
+               [max(0.0, hi - v) for v, hi in zip(values, panel["highs"])]]
+        if panel.get("floor"):
+            ax.axvspan(-panel["floor"], panel["floor"], color="#999999", alpha=0.2, lw=0)
+        ax.barh(positions, values, xerr=err, color=colours, capsize=2)
+        ax.axvline(0.0, color="black", lw=0.6)
+        ax.set_xlabel(panel["xlabel"])
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(positions, labels)
+    axes[0].invert_yaxis()  # the largest effect on top
+    shown = [k for k in EFFECT_KEYS if k in used]
+    fig.legend(handles=[Patch(color=EFFECT_COLOURS[k], label=EFFECT_KEYS[k]) for k in shown],
+               loc="outside lower center", ncols=len(shown), fontsize=8, frameon=False)
+    fig.suptitle(wrap(title, fig.get_figwidth(), 10), fontsize=10)
     return fig
 
 

@@ -175,10 +175,13 @@ def figure_inputs(groups: dict[tuple, list[dict]], keys: Sequence[str],
         if doc.get("mode") == "outcome":
             n_outcome += 1
             inputs["outcome_ablation" if n_outcome == 1 else f"outcome_ablation_{n_outcome}"] = (
-                f"Outcome ablation ({doc.get('_label', '')})", figures.bars, outcome_figure(doc),
-                f"Each factor of {doc.get('first')} set to {doc.get('second')}'s value. Bars: the effect (mean over "
-                "data seeds of arm − baseline); whiskers: the lowest and highest per-seed difference. Effects inside "
-                "the noise floor are not distinguishable from data order.")
+                f"Outcome ablation ({doc.get('_label', '')})", figures.effect_panels, outcome_figure(doc),
+                f"Each factor of {doc.get('first')} set alone to {doc.get('second')}'s value, ranked as in the table. "
+                "Bars: the effect (mean over data seeds of arm − baseline); whiskers: the lowest and highest per-seed "
+                "difference; grey band: the noise floor, and grey bars lie within it (not distinguishable from data "
+                "order). Below: the sum of the single-factor effects and the whole recipe at once; where the two "
+                "differ, the factors interact. Left: the ranking metric; right: the extraction metric whose effects "
+                "stand furthest above its noise floor.")
             continue
         rows = doc.get("ablation") or [r for r in doc.get("factors") or [] if r.get("max_abs_dloss") is not None]
         ablation = sorted(rows, key=lambda r: -(r.get("max_abs_dloss") or 0.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 
 from harness.analysis.attribution import DATA_ORDER, describe_budget
@@ -62,21 +63,58 @@ def outcome_table(doc: Mapping, title: str, doc_label: str) -> Table:
     return t
 
 
+def _quality_metric(doc: Mapping, rows: list[Mapping]) -> str | None:
+    """The extraction metric whose effects stand furthest above its own noise floor (none when no
+    effect leaves it): the figure's second panel."""
+    floor = (doc.get("noise_floor") or {}).get("values") or {}
+    best, best_ratio = None, 1.0
+    for metric in doc.get("metrics") or []:
+        if metric == doc.get("rank_metric"):
+            continue
+        largest = max((abs((r.get("effect") or {}).get(metric) or 0.0) for r in rows), default=0.0)
+        ratio = largest / floor[metric] if floor.get(metric) else (math.inf if largest else 0.0)
+        if ratio > best_ratio:
+            best, best_ratio = metric, ratio
+    return best
+
+
 def outcome_figure(doc: Mapping) -> dict:
-    """figures.bars inputs: each factor's effect on the ranking metric, bars from the lowest to the highest
-    per-seed difference, ranked as in the table (data order: the range between the baseline's seeds)."""
+    """figures.effect_panels inputs: each factor's effect (ranked as in the table; data order: the range
+    between the baseline's seeds) on the ranking metric and on the extraction metric that moved most,
+    whiskers from the lowest to the highest per-seed difference; then the sum of the single-factor
+    effects and the whole other recipe, so that their difference (the interaction) reads off the bars."""
     metric = str(doc.get("rank_metric"))
     rows = [r for r in doc.get("effects") or [] if (r.get("effect") or {}).get(metric) is not None]
-    values = [float(r["effect"][metric]) for r in rows]
-    lows, highs = [], []
-    for r, v in zip(rows, values):
-        per_seed = (r.get("per_seed") or {}).get(metric) or [v]
-        spread = r.get("factor") == DATA_ORDER
-        lows.append(v if spread else min(per_seed))
-        highs.append(v if spread else max(per_seed))
-    floor = ((doc.get("noise_floor") or {}).get("values") or {}).get(metric)
-    return {"labels": [str(r.get("factor")) for r in rows], "values": values, "lows": lows, "highs": highs,
-            "ylabel": f"Δ {LABELS.get(metric, metric)} vs {doc.get('first')}", "horizontal": True,
-            # short: the axis is narrowed by the factor names, and the caption says the rest
-            "title": f"Effect on the {LABELS.get(metric, metric)}"
-                     + (f", noise floor {floor:.3g}" if floor is not None else ", one seed: no noise floor")}
+    inter = doc.get("interaction") or {}
+    wholes = [r for r in doc.get("totals") or [] if (r.get("effect") or {}).get(metric) is not None]
+    metrics = [metric, *([m] if (m := _quality_metric(doc, rows + wholes)) else [])]
+    floor = (doc.get("noise_floor") or {}).get("values") or {}
+    panels = []
+    for m in metrics:
+        values, lows, highs, within = [], [], [], []
+        for r in rows + wholes:
+            v = float((r.get("effect") or {}).get(m) or 0.0)
+            per_seed = [] if r.get("factor") == DATA_ORDER else (r.get("per_seed") or {}).get(m) or []
+            values.append(v)
+            lows.append(min(per_seed, default=v))
+            highs.append(max(per_seed, default=v))
+            within.append(bool((r.get("within_noise") or {}).get(m)))
+        if inter.get("sum_of_factors"):
+            total = float(inter["sum_of_factors"].get(m) or 0.0)
+            values.insert(len(rows), total)
+            lows.insert(len(rows), total)
+            highs.insert(len(rows), total)
+            within.insert(len(rows), False)
+        panels.append({"xlabel": f"Δ {LABELS.get(m, m)} vs {doc.get('first')}", "values": values, "lows": lows,
+                       "highs": highs, "within": within, "floor": floor.get(m)})
+    labels = [str(r.get("factor")) for r in rows]
+    kinds = ["factor"] * len(rows)
+    if inter.get("sum_of_factors"):
+        labels.append("sum of the single factors")
+        kinds.append("sum")
+    labels += [f"{r.get('factor')} (all at once)" for r in wholes]
+    kinds += ["whole"] * len(wholes)
+    floors = ", ".join(f"{LABELS.get(m, m)} {floor[m]:.3g}" for m in metrics if floor.get(m) is not None)
+    return {"labels": labels, "kinds": kinds, "panels": panels,
+            "title": f"Why {doc.get('first')} and {doc.get('second')} end differently: effect of each setting "
+                     + (f"(noise floor, grey band: {floors})" if floors else "(one seed: no noise floor)")}
