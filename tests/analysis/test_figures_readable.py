@@ -112,6 +112,18 @@ def test_loss_curves_compare_like_with_like(default_like):
     assert "peft · aligned and swift · aligned coincide" in caption and "own panel" in caption
 
 
+def test_loss_panels_with_as_many_cells_come_in_the_same_order_every_time(tmp_path):
+    """One cell per loss definition: the tie is broken by the definition, not by a set's order (which
+    moves with the process's string hashing), so the same runs always draw the same figure."""
+    record, rows = fx.make_record("peft", "native", 0)
+    record["effective_settings"]["label_mask"] = "all"
+    _write(tmp_path, record, rows, 260.0)
+    record, rows = fx.make_record("peft", "aligned", 0)
+    _write(tmp_path, record, rows, 200.0)
+    _, _, kwargs, _ = rep.build_report(load_records(tmp_path)).figure_inputs["loss_curves"]
+    assert kwargs["panels"] == sorted(kwargs["panels"]) and len(kwargs["panels"]) == 2
+
+
 def test_the_checker_catches_an_unreadable_figure():
     fig = Figure(figsize=(4, 3))
     ax = fig.add_subplot()

@@ -120,7 +120,9 @@ def _training_input(groups: dict[tuple, list[dict]], keys: Sequence[str]) -> tup
         s["x"] = s["samples"] if by_samples else s["steps"]
     xlabel = "samples seen (all processes)" if by_samples else \
         f"step ({batches.pop()} samples each)" if len(batches) == 1 and None not in batches else "step"
-    panels = sorted({s["panel"] for s in series}, key=lambda p: -sum(s["panel"] == p for s in series))
+    # the panel with the most cells first; ties by name, so that the same runs always give the same
+    # figure (a set's order changes with the process's string hashing)
+    panels = sorted({s["panel"] for s in series}, key=lambda p: (-sum(s["panel"] == p for s in series), p))
     same = coinciding(series)
     caption = ("Mean over seeds; band: min–max over seeds. Colour: framework; line style: alignment or "
                "profile; a marker tells apart cells that share both.")
