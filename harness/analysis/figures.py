@@ -185,6 +185,11 @@ def pareto(points: Sequence[dict], xlabel: str, ylabel: str, stem: Path) -> Path
     return save(fig, stem, layout_done=True)
 
 
+def whiskers(values: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> list[list[float]]:
+    """matplotlib's (below, above) error-bar lengths from absolute (low, high) bounds per bar."""
+    return [[max(0.0, v - lo) for v, lo in zip(values, lows)], [max(0.0, hi - v) for v, hi in zip(values, highs)]]
+
+
 def bars(labels: Sequence[str], values: Sequence[float], stem: Path, **kwargs) -> Path:
     """`bars_figure` saved as `<stem>.png` and `.pdf`."""
     return save(bars_figure(labels, values, **kwargs), stem)
@@ -199,10 +204,7 @@ def bars_figure(labels: Sequence[str], values: Sequence[float], *, ylabel: str, 
     width = 6.4 if horizontal else min(8.0, max(5.0, 0.9 * n + 1.5))
     fig = Figure(figsize=(width, max(2.5, 0.45 * n + 1.2)) if horizontal else (width, 4.0), layout="constrained")
     ax = fig.add_subplot()
-    err = None
-    if lows is not None and highs is not None:
-        err = [[max(0.0, v - lo) for v, lo in zip(values, lows)],
-               [max(0.0, hi - v) for v, hi in zip(values, highs)]]
+    err = whiskers(values, lows, highs) if lows is not None and highs is not None else None
     colors = list(colors) if colors else ["#4c72b0"] * n
     positions = range(n)
     if horizontal:
@@ -251,8 +253,7 @@ def effect_panels_figure(labels: Sequence[str], kinds: Sequence[str], panels: Se
         keys = ["noise" if kind == "factor" and within else kind for kind, within in zip(kinds, panel["within"])]
         used.update(keys)
         colours = [EFFECT_COLOURS[k] for k in keys]
-        err = [[max(0.0, v - lo) for v, lo in zip(values, panel["lows"])],
-               [max(0.0, hi - v) for v, hi in zip(values, panel["highs"])]]
+        err = whiskers(values, panel["lows"], panel["highs"])
         if panel.get("floor"):
             ax.axvspan(-panel["floor"], panel["floor"], color="#999999", alpha=0.2, lw=0)
         ax.barh(positions, values, xerr=err, color=colours, capsize=2)

@@ -85,35 +85,28 @@ def outcome_figure(doc: Mapping) -> dict:
     effects and the whole other recipe, so that their difference (the interaction) reads off the bars."""
     metric = str(doc.get("rank_metric"))
     rows = [r for r in doc.get("effects") or [] if (r.get("effect") or {}).get(metric) is not None]
-    inter = doc.get("interaction") or {}
     wholes = [r for r in doc.get("totals") or [] if (r.get("effect") or {}).get(metric) is not None]
+    summed = (doc.get("interaction") or {}).get("sum_of_factors")
     metrics = [metric, *([m] if (m := _quality_metric(doc, rows + wholes)) else [])]
     floor = (doc.get("noise_floor") or {}).get("values") or {}
+    # one (label, kind, row) per bar, top to bottom; the sum of the single factors is a bare effect
+    bars = [(str(r.get("factor")), "factor", r) for r in rows]
+    if summed:
+        bars.append(("sum of the single factors", "sum", {"effect": summed}))
+    bars += [(f"{r.get('factor')} (all at once)", "whole", r) for r in wholes]
     panels = []
     for m in metrics:
         values, lows, highs, within = [], [], [], []
-        for r in rows + wholes:
+        for _, _, r in bars:
             v = float((r.get("effect") or {}).get(m) or 0.0)
             per_seed = [] if r.get("factor") == DATA_ORDER else (r.get("per_seed") or {}).get(m) or []
             values.append(v)
             lows.append(min(per_seed, default=v))
             highs.append(max(per_seed, default=v))
             within.append(bool((r.get("within_noise") or {}).get(m)))
-        if inter.get("sum_of_factors"):
-            total = float(inter["sum_of_factors"].get(m) or 0.0)
-            values.insert(len(rows), total)
-            lows.insert(len(rows), total)
-            highs.insert(len(rows), total)
-            within.insert(len(rows), False)
         panels.append({"xlabel": f"Δ {LABELS.get(m, m)} vs {doc.get('first')}", "values": values, "lows": lows,
                        "highs": highs, "within": within, "floor": floor.get(m)})
-    labels = [str(r.get("factor")) for r in rows]
-    kinds = ["factor"] * len(rows)
-    if inter.get("sum_of_factors"):
-        labels.append("sum of the single factors")
-        kinds.append("sum")
-    labels += [f"{r.get('factor')} (all at once)" for r in wholes]
-    kinds += ["whole"] * len(wholes)
+    labels, kinds = [b[0] for b in bars], [b[1] for b in bars]
     floors = ", ".join(f"{LABELS.get(m, m)} {floor[m]:.3g}" for m in metrics if floor.get(m) is not None)
     return {"labels": labels, "kinds": kinds, "panels": panels,
             "title": f"Why {doc.get('first')} and {doc.get('second')} end differently: effect of each setting "
