@@ -22,6 +22,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 OUTCOME_METRICS = ("heldout_loss", "field_f1", "field_anls", "cer")
+OUTCOME_LABELS = {"heldout_loss": "held-out loss", "field_f1": "field F1", "field_anls": "ANLS", "cer": "CER"}
 LOWER_IS_BETTER = {"heldout_loss": True, "field_f1": False, "field_anls": False, "cer": True}
 NOISE_STATISTIC = ("largest range (max − min) over the data seeds of any one arm's outcome; with 2 seeds, "
                    "the largest |seed 1 − seed 0|")

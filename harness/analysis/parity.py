@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from harness.config.native_defaults import FACTOR_NOTES, NATIVE_FACTORS, native_override
+from harness.config.profiles import PROFILE_FACTORS
 from harness.config.spec import make_spec, merge
 from harness.dotted import get
 from harness.errors import UserError
@@ -136,20 +137,6 @@ def ablate(base: Spec, out_dir: Path, tolerance: float, factors=None, progress=p
                      "values": {fw: _factor_value(factor, runs[fw]) for fw in runs},
                      "note": FACTOR_NOTES.get(factor, "")})
     return sorted(rows, key=lambda r: -r["max_abs_dloss"])
-
-
-# The factors two named profiles can differ in, each a group of spec keys that move together.
-PROFILE_FACTORS: dict[str, tuple[str, ...]] = {
-    "targets": ("lora.targets",), "rank": ("lora.r",), "alpha": ("lora.alpha",), "dropout": ("lora.dropout",),
-    "modules trained in full": ("lora.modules_to_save", "train.freeze_vision"),
-    "lr": ("optim.lr",), "weight_decay": ("optim.weight_decay",), "betas": ("optim.betas",),
-    "schedule": ("schedule.type", "schedule.warmup_steps"),
-    "batch x accumulation": ("train.batch_size", "train.grad_accum"), "loss_norm": ("train.loss_norm",),
-    "grad_checkpointing": ("train.grad_checkpointing",), "precision": ("train.precision",),
-    "data_order": ("train.data_order",), "label_mask": ("train.label_mask",),
-    "answer_prefix": ("train.answer_prefix",), "system_prompt": ("train.system_prompt",),
-    "deepspeed": ("distributed.zero_stage",),
-}
 
 
 def _override(keys: tuple[str, ...], source: Spec) -> dict:

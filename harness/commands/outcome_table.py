@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
+from harness.config.profiles import factor_setting
+from harness.analysis.attribution import DATA_ORDER, OUTCOME_LABELS as LABELS, describe_budget
 
-from harness.analysis.attribution import DATA_ORDER, describe_budget
-
-LABELS = {"heldout_loss": "held-out loss", "field_f1": "field F1", "field_anls": "ANLS", "cer": "CER"}
 MARK = "~"  # within the noise floor
 
 
@@ -14,11 +12,6 @@ def _num(value, signed: bool = True) -> str:
     if value is None:
         return "—"
     return f"{value:+.4g}" if signed else f"{value:.4g}"
-
-
-def _setting(values: list) -> str:
-    """A factor's spec values, one value without its brackets."""
-    return json.dumps(values[0] if len(values) == 1 else values)
 
 
 def _cells(row: dict, metrics: list[str]) -> str:
@@ -48,7 +41,8 @@ def format_outcome_ablation(doc: dict) -> str:
             out.append(f"{row['factor']:<28}" + "".join(f"{'—':>14}" for _ in metrics) + f"  ({row['error']})")
             continue
         values = row.get("values")
-        shown = f"  {_setting(values[a])} -> {_setting(values[b])}" if values else ""
+        factor = row["factor"]
+        shown = f"  {factor_setting(factor, values[a])} -> {factor_setting(factor, values[b])}" if values else ""
         if row["factor"] == DATA_ORDER:
             shown = "  range between the baseline's seeds"
         out.append(f"{row['factor']:<28}{_cells(row, metrics)}{shown}")

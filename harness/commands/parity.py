@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from harness.config.profiles import factor_setting
 from harness.errors import UserError
 from harness.run_spec import Spec
 
@@ -208,7 +209,7 @@ def format_profile_ablation(doc: dict) -> str:
            "saw), not a ranking of what changes the result; --outcome ranks by the held-out result.", "",
            f"{'factor':<26}{'max |Δloss|':>13}{'final Δ':>11}  {a} -> {b}"]
     for r in doc["factors"]:
-        values = f"{_fmt(r['values'][a])} -> {_fmt(r['values'][b])}"
+        values = f"{factor_setting(r['factor'], r['values'][a])} -> {factor_setting(r['factor'], r['values'][b])}"
         if "error" in r:
             out.append(f"{r['factor']:<26}{'—':>13}{'—':>11}  {values}  ({r['error']})")
         else:

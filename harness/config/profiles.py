@@ -29,9 +29,53 @@ equivalent and the mapping is stated in NOTES.
 
 from __future__ import annotations
 
+import json
 import math
 
 from harness.config.native_defaults import swift_grad_accum
+
+# The factors two named profiles can differ in, each a group of spec keys that move together
+# (the profile ablation sets each group to the other profile's values at once).
+PROFILE_FACTORS: dict[str, tuple[str, ...]] = {
+    "targets": ("lora.targets",), "rank": ("lora.r",), "alpha": ("lora.alpha",), "dropout": ("lora.dropout",),
+    "modules trained in full": ("lora.modules_to_save", "train.freeze_vision"),
+    "lr": ("optim.lr",), "weight_decay": ("optim.weight_decay",), "betas": ("optim.betas",),
+    "schedule": ("schedule.type", "schedule.warmup_steps"),
+    "batch x accumulation": ("train.batch_size", "train.grad_accum"), "loss_norm": ("train.loss_norm",),
+    "grad_checkpointing": ("train.grad_checkpointing",), "precision": ("train.precision",),
+    "data_order": ("train.data_order",), "label_mask": ("train.label_mask",),
+    "answer_prefix": ("train.answer_prefix",), "system_prompt": ("train.system_prompt",),
+    "deepspeed": ("distributed.zero_stage",),
+}
+
+
+def factor_setting(factor: str, value: object) -> str:
+    """A profile factor's setting as a table shows it. The value is the list of the factor's spec keys'
+    values (PROFILE_FACTORS); a factor of several keys names each, so
+    `[[], true]` reads "modules_to_save none; freeze_vision true"."""
+    if value is None:
+        return "—"
+    keys = PROFILE_FACTORS.get(factor, ())
+    if isinstance(value, list) and len(keys) > 1 and len(value) == len(keys):
+        return "; ".join(f"{key.rsplit('.', 1)[-1]} {_setting(v)}" for key, v in zip(keys, value))
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return _setting(value)
+
+
+def _setting(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_setting(v) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
 
 SOURCES = {
     "swift-default": "ms-swift 4.6.0 argument defaults: swift/arguments/tuner_args.py (lora_rank 8, lora_alpha 32, "

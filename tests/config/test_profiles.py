@@ -86,6 +86,19 @@ def test_profile_ablation_table_in_the_report():
     (table,) = parity_tables([{**doc, "_label": "x"}], 5)
     assert table.title.startswith("Table 5a. Why swift-default and minicpmv-official")
     assert [r[0].text for r in table.rows] == ["lr", "label_mask", "minicpmv-official on peft"]
+    assert [c.text for c in table.rows[0][:3]] == ["lr", "0.0001", "1e-06"]
+
+
+def test_a_factor_of_several_keys_reads_as_named_settings():
+    from harness.config.profiles import factor_setting
+
+    assert factor_setting("modules trained in full", [[], True]) == "modules_to_save none; freeze_vision true"
+    assert (factor_setting("modules trained in full", [["embed_tokens", "model.merger"], False])
+            == "modules_to_save embed_tokens, model.merger; freeze_vision false")
+    assert factor_setting("batch x accumulation", [1, 16]) == "batch_size 1; grad_accum 16"
+    assert factor_setting("betas", [[0.9, 0.95]]) == "0.9, 0.95"  # one key whose value is a list
+    assert factor_setting("targets", ["lm-linear"]) == "lm-linear"
+    assert factor_setting("lr", None) == "—"
 
 
 def test_vision_lora_on_a_tower_trained_in_full_is_refused():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 
-from harness.analysis.attribution import DATA_ORDER, describe_budget
+from harness.analysis.attribution import DATA_ORDER, OUTCOME_LABELS as LABELS, describe_budget
 from harness.analysis.report.model import Table, TableCell
+from harness.config.profiles import factor_setting
 
-LABELS = {"heldout_loss": "held-out loss", "field_f1": "field F1", "field_anls": "ANLS", "cer": "CER"}
 
 
 def _effect(row: Mapping, metric: str) -> str:
@@ -19,13 +18,6 @@ def _effect(row: Mapping, metric: str) -> str:
     within = (row.get("within_noise") or {}).get(metric)
     sign = "" if row.get("factor") == DATA_ORDER else "+"
     return f"{value:{sign}.3g}" + ("~" if within else "")
-
-
-def _value(values: Mapping | None, name: str) -> str:
-    if not values or name not in values:
-        return "—"
-    shown = values[name]
-    return json.dumps(shown[0] if isinstance(shown, list) and len(shown) == 1 else shown)
 
 
 def outcome_table(doc: Mapping, title: str, doc_label: str) -> Table:
@@ -55,9 +47,9 @@ def outcome_table(doc: Mapping, title: str, doc_label: str) -> Table:
             cells = [TableCell("—") for _ in metrics]
         else:
             cells = [TableCell(_effect(row, m)) for m in metrics]
-        values = row.get("values")
-        t.rows.append([TableCell(str(row.get("factor"))), TableCell(_value(values, str(a))),
-                       TableCell(_value(values, str(b))), *cells])
+        factor, values = str(row.get("factor")), row.get("values") or {}
+        t.rows.append([TableCell(factor), TableCell(factor_setting(factor, values.get(str(a)))),
+                       TableCell(factor_setting(factor, values.get(str(b)))), *cells])
         t.row_runs.append([doc_label])
         t.row_labels.append(str(row.get("factor")))
     return t

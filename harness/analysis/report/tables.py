@@ -7,10 +7,11 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cost, fmt_number, fmt_quality,
-                                           column_value, roundtrip_cell, runs_cell, shown_keys)
+from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cost, fmt_number,
+                                           fmt_quality, column_value, roundtrip_cell, runs_cell, shown_keys)
 from harness.analysis.cell_names import cell_label, group_label
 from harness.analysis.report.outcome_ablation import outcome_table
+from harness.config.profiles import factor_setting
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
 from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS, TIMING_METRICS
 from harness.results.stats import mean_t_interval
@@ -281,9 +282,10 @@ def _profile_ablation_table(doc: Mapping, title: str, doc_label: str) -> Table:
               "each step saw, and does not rank what changes the result (the outcome ablation does).",
               ["factor", f"{a}", f"{b}", "max |Δloss|", "final-loss Δ"], label_cols=3)
     for row in [*(doc.get("factors") or []), *(doc.get("totals") or [])]:
-        values = row.get("values") or {}
-        t.rows.append([TableCell(str(row.get("factor"))), TableCell(_fmt_setting(values.get(a, "—"))),
-                       TableCell(_fmt_setting(values.get(b, "—"))), TableCell(fmt_number(row.get("max_abs_dloss"))),
+        factor, values = str(row.get("factor")), row.get("values") or {}
+        t.rows.append([TableCell(factor), TableCell(factor_setting(factor, values.get(a))),
+                       TableCell(factor_setting(factor, values.get(b))),
+                       TableCell(fmt_number(row.get("max_abs_dloss"))),
                        TableCell(fmt_number(row.get("final_loss_gap")))])
         t.row_runs.append([doc_label])
         t.row_labels.append(str(row.get("factor")))
