@@ -32,7 +32,7 @@ lint: setup  ## ruff, mypy on the spec and records, and the import layers (docs/
 # Tests run in one pytest worker per core (pytest-xdist), each test taken by whichever worker is free
 # (worksteal: the long integration tests do not queue behind each other on one worker).
 test: setup lint  ## lint, then the whole test suite (unit, integration on the tiny model, CLI)
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=1200 -n auto --dist worksteal
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=1200 -n auto --dist worksteal --durations=25
 
 test-fast: setup lint  ## lint, then unit and CLI tests only (no framework training)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not integration and not slow" -n auto --dist worksteal
