@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harness.config.profiles import factor_setting
 from harness.analysis.attribution import DATA_ORDER, OUTCOME_LABELS as LABELS, describe_budget
+from harness.config.profiles import factor_setting
 
 MARK = "~"  # within the noise floor
 
@@ -40,12 +40,11 @@ def format_outcome_ablation(doc: dict) -> str:
         if "error" in row:
             out.append(f"{row['factor']:<28}" + "".join(f"{'—':>14}" for _ in metrics) + f"  ({row['error']})")
             continue
-        values = row.get("values")
-        factor = row["factor"]
+        factor, values = row["factor"], row.get("values")
         shown = f"  {factor_setting(factor, values[a])} -> {factor_setting(factor, values[b])}" if values else ""
-        if row["factor"] == DATA_ORDER:
+        if factor == DATA_ORDER:
             shown = "  range between the baseline's seeds"
-        out.append(f"{row['factor']:<28}{_cells(row, metrics)}{shown}")
+        out.append(f"{factor:<28}{_cells(row, metrics)}{shown}")
     out += ["", f"All of {b} at once:"]
     for row in doc["totals"]:
         if "error" in row:

@@ -10,7 +10,6 @@ from harness.analysis.report.model import Table, TableCell
 from harness.config.profiles import factor_setting
 
 
-
 def _effect(row: Mapping, metric: str) -> str:
     value = (row.get("effect") or {}).get(metric)
     if value is None:
@@ -20,12 +19,17 @@ def _effect(row: Mapping, metric: str) -> str:
     return f"{value:{sign}.3g}" + ("~" if within else "")
 
 
+def _floors(floor: Mapping, metrics: list[str]) -> str:
+    """Each metric's noise floor, as the table's caption and the figure's title name it."""
+    return ", ".join(f"{LABELS.get(m, m)} {floor[m]:.3g}" for m in metrics if floor.get(m) is not None)
+
+
 def outcome_table(doc: Mapping, title: str, doc_label: str) -> Table:
     """One row per factor (ranked by effect, data order among them), then the whole other recipe."""
     a, b, metrics = doc.get("first"), doc.get("second"), list(doc.get("metrics") or [])
     floor = (doc.get("noise_floor") or {}).get("values") or {}
     inter = doc.get("interaction") or {}
-    floors = ", ".join(f"{LABELS.get(m, m)} {floor[m]:.3g}" for m in metrics if floor.get(m) is not None)
+    floors = _floors(floor, metrics)
     caption = (f"On {doc.get('framework')}: {describe_budget(doc)}, under data seeds "
                f"{', '.join(str(s) for s in doc.get('seeds') or [])}, then evaluated on the held-out split. "
                f"Effect = mean over seeds of (arm − {a}) under the same data seed; largest |Δ "
@@ -51,7 +55,7 @@ def outcome_table(doc: Mapping, title: str, doc_label: str) -> Table:
         t.rows.append([TableCell(factor), TableCell(factor_setting(factor, values.get(str(a)))),
                        TableCell(factor_setting(factor, values.get(str(b)))), *cells])
         t.row_runs.append([doc_label])
-        t.row_labels.append(str(row.get("factor")))
+        t.row_labels.append(factor)
     return t
 
 
@@ -99,7 +103,7 @@ def outcome_figure(doc: Mapping) -> dict:
         panels.append({"xlabel": f"Δ {LABELS.get(m, m)} vs {doc.get('first')}", "values": values, "lows": lows,
                        "highs": highs, "within": within, "floor": floor.get(m)})
     labels, kinds = [b[0] for b in bars], [b[1] for b in bars]
-    floors = ", ".join(f"{LABELS.get(m, m)} {floor[m]:.3g}" for m in metrics if floor.get(m) is not None)
+    floors = _floors(floor, metrics)
     return {"labels": labels, "kinds": kinds, "panels": panels,
             "title": f"Why {doc.get('first')} and {doc.get('second')} end differently: effect of each setting "
                      + (f"(noise floor, grey band: {floors})" if floors else "(one seed: no noise floor)")}

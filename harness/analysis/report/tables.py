@@ -11,8 +11,8 @@ from harness.analysis.report.model import (TableCell, Table, best_index, fmt_cos
                                            fmt_quality, column_value, roundtrip_cell, runs_cell, shown_keys)
 from harness.analysis.cell_names import cell_label, group_label
 from harness.analysis.report.outcome_ablation import outcome_table
-from harness.config.profiles import factor_setting
 from harness.analysis.report.significance import SIGNIFICANCE_P, holm_pvalues, pooled_sample_columns
+from harness.config.profiles import factor_setting
 from harness.results.metric_table import COST_COLUMNS, QUALITY_COLUMNS, TIMING_METRICS
 from harness.results.stats import mean_t_interval
 from harness.results.store import group_cells, metric_values, timed_under_load
@@ -288,7 +288,7 @@ def _profile_ablation_table(doc: Mapping, title: str, doc_label: str) -> Table:
                        TableCell(fmt_number(row.get("max_abs_dloss"))),
                        TableCell(fmt_number(row.get("final_loss_gap")))])
         t.row_runs.append([doc_label])
-        t.row_labels.append(str(row.get("factor")))
+        t.row_labels.append(factor)
     return t
 
 
